@@ -1,0 +1,112 @@
+#define _GNU_SOURCE
+#include "fdtable.h"
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include "real.h"
+
+pthread_mutex_t ff_table_lock = PTHREAD_MUTEX_INITIALIZER;
+atomic_int ff_channel_listeners;
+
+static struct ff_fd *_Atomic *table;
+static int table_size;
+
+void ff_table_init(void) {
+  struct rlimit rl;
+  long n = 65536;
+  if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_max != RLIM_INFINITY && (long)rl.rlim_max > n) n = rl.rlim_max;
+  if (n > (1 << 20)) n = 1 << 20;
+  /* calloc of this size is an anonymous mapping: only touched pages cost memory. */
+  table = calloc(n, sizeof *table);
+  table_size = table ? (int)n : 0;
+}
+
+struct ff_fd *ff_fd_get(int fd) {
+  if (fd < 0 || fd >= table_size) return NULL;
+  return atomic_load_explicit(&table[fd], memory_order_acquire);
+}
+
+static void sock_release(struct ff_sock *s) {
+  if (--s->refs > 0) return;
+  if (s->chan_fd >= 0) {
+    ff_real.close(s->chan_fd);
+    atomic_fetch_sub(&ff_channel_listeners, 1);
+  }
+  free(s);
+}
+
+void ff_fd_forget(int fd) {
+  struct ff_fd *e = ff_fd_get(fd);
+  if (!e) return;
+  atomic_store_explicit(&table[fd], NULL, memory_order_release);
+  sock_release(e->sock);
+  free(e);
+}
+
+struct ff_fd *ff_fd_track(int fd, enum ff_kind kind, int family) {
+  if (fd < 0 || fd >= table_size) return NULL;
+  struct ff_fd *e = calloc(1, sizeof *e);
+  struct ff_sock *s = calloc(1, sizeof *s);
+  if (!e || !s) {
+    free(e);
+    free(s);
+    return NULL;
+  }
+  s->refs = 1;
+  s->kind = kind;
+  s->family = family;
+  s->chan_fd = -1;
+  e->sock = s;
+  ff_fd_forget(fd); /* an entry left by a close we did not see (close_range, exit of a thread) */
+  atomic_store_explicit(&table[fd], e, memory_order_release);
+  return e;
+}
+
+void ff_fd_share(int oldfd, int newfd) {
+  struct ff_fd *src = ff_fd_get(oldfd);
+  ff_fd_forget(newfd);
+  if (!src || newfd < 0 || newfd >= table_size) return;
+  struct ff_fd *e = calloc(1, sizeof *e);
+  if (!e) return;
+  e->sock = src->sock;
+  e->sock->refs++;
+  atomic_store_explicit(&table[newfd], e, memory_order_release);
+}
+
+void ff_sock_record_opt(struct ff_sock *s, int level, int name, const void *val, socklen_t len) {
+  if (!val || len > FF_OPT_MAXLEN) return;
+  int i;
+  for (i = 0; i < s->nopts; i++)
+    if (s->opts[i].level == level && s->opts[i].name == name) break;
+  if (i == s->nopts) {
+    if (s->nopts == FF_MAX_OPTS) return;
+    s->nopts++;
+  }
+  s->opts[i].level = level;
+  s->opts[i].name = name;
+  s->opts[i].len = len;
+  memcpy(s->opts[i].value, val, len);
+}
+
+void ff_sock_replay_opts(const struct ff_sock *s, int fd) {
+  /* Options that make no sense on an IPv4 host socket (IPV6_V6ONLY, ...) fail harmlessly. */
+  for (int i = 0; i < s->nopts; i++)
+    ff_real.setsockopt(fd, s->opts[i].level, s->opts[i].name, s->opts[i].value, s->opts[i].len);
+}
+
+void ff_fd_record_epoll(struct ff_fd *e, int epfd, int op, const struct epoll_event *ev) {
+  int i;
+  for (i = 0; i < e->nregs; i++)
+    if (e->regs[i].epfd == epfd) break;
+  if (op == EPOLL_CTL_DEL) {
+    if (i < e->nregs) e->regs[i] = e->regs[--e->nregs];
+    return;
+  }
+  if (!ev) return;
+  if (i == e->nregs) {
+    if (e->nregs == FF_MAX_REGS) return;
+    e->nregs++;
+  }
+  e->regs[i].epfd = epfd;
+  e->regs[i].ev = *ev;
+}

@@ -1,0 +1,76 @@
+/* What the library knows about each application fd it may have to act on: TCP sockets in the
+ * overlay families that are not yet connected or listening (candidates), accelerated
+ * listeners, and accelerated connections. Any fd not in the table is passed through untouched,
+ * at the cost of one array load. */
+#ifndef FF_FDTABLE_H
+#define FF_FDTABLE_H
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include "addr.h"
+
+#define FF_MAX_OPTS 24
+#define FF_MAX_REGS 8
+#define FF_OPT_MAXLEN 64
+
+enum ff_kind {
+  FF_CANDIDATE = 1, /* AF_INET/AF_INET6 stream socket, still on the overlay */
+  FF_LISTENER,      /* overlay listener with a router accept channel beside it */
+  FF_ACCEL,         /* connection whose fd is now a host-network socket */
+};
+
+/* A setsockopt() the application made before the socket was swapped or accepted from the
+ * router; replayed on the host socket so it behaves as configured (TCP_CONGESTION, buffers). */
+struct ff_sockopt {
+  int level, name;
+  socklen_t len;
+  unsigned char value[FF_OPT_MAXLEN];
+};
+
+/* An epoll registration of this fd, remembered so that it survives the fd swap at connect()
+ * and can be mirrored onto a listener's accept channel. */
+struct ff_epoll_reg {
+  int epfd;
+  struct epoll_event ev;
+};
+
+/* Shared by all fds that dup() one another (like the open file description they name). */
+struct ff_sock {
+  int refs;
+  enum ff_kind kind;
+  int family; /* the application's family: AF_INET or AF_INET6 */
+  int nopts;
+  struct ff_sockopt opts[FF_MAX_OPTS];
+  struct ff_endpoint local; /* FF_ACCEL: overlay identity shown by getsockname */
+  struct ff_endpoint peer;  /* FF_ACCEL: overlay identity shown by getpeername */
+  int chan_fd;              /* FF_LISTENER: router accept channel (SOCK_SEQPACKET), or -1 */
+  unsigned accept_turn;     /* FF_LISTENER: alternates which source accept() tries first */
+};
+
+struct ff_fd {
+  struct ff_sock *sock;
+  int nregs;
+  struct ff_epoll_reg regs[FF_MAX_REGS];
+};
+
+/* Serialises every table change; lookups on hot paths read the slot without it. */
+extern pthread_mutex_t ff_table_lock;
+/* Number of live listeners with an accept channel: poll()/select() pass straight through
+ * while it is zero. */
+extern atomic_int ff_channel_listeners;
+
+void ff_table_init(void);
+struct ff_fd *ff_fd_get(int fd); /* NULL if untracked */
+/* Start tracking fd as a new socket of the given kind; replaces any stale entry. */
+struct ff_fd *ff_fd_track(int fd, enum ff_kind kind, int family);
+/* Make newfd refer to the same ff_sock as oldfd (dup family). Caller holds the lock. */
+void ff_fd_share(int oldfd, int newfd);
+/* Forget fd; closes a listener's channel when its last fd goes. Caller holds the lock. */
+void ff_fd_forget(int fd);
+void ff_sock_record_opt(struct ff_sock *s, int level, int name, const void *val, socklen_t len);
+void ff_sock_replay_opts(const struct ff_sock *s, int fd);
+void ff_fd_record_epoll(struct ff_fd *e, int epfd, int op, const struct epoll_event *ev);
+
+#endif

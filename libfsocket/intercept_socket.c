@@ -1,0 +1,289 @@
+/* socket(), connect(), listen() and the calls that must see through the fd swap: the heart of
+ * the library. A connect() to an overlay address asks the router for a host-network socket,
+ * moves it onto the application's fd number and connects it there, so the application keeps
+ * its fd, flags, options and epoll registrations while its bytes take the host path. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <stdarg.h>
+#include <string.h>
+#include <unistd.h>
+#include "config.h"
+#include "fdtable.h"
+#include "init.h"
+#include "router.h"
+
+int socket(int domain, int type, int protocol) {
+  FF_INIT();
+  int fd = ff_real.socket(domain, type, protocol);
+  if (fd >= 0 && ff_config.enabled && (domain == AF_INET || domain == AF_INET6) &&
+      (type & 0xf) == SOCK_STREAM && (protocol == 0 || protocol == IPPROTO_TCP)) {
+    pthread_mutex_lock(&ff_table_lock);
+    ff_fd_track(fd, FF_CANDIDATE, domain);
+    pthread_mutex_unlock(&ff_table_lock);
+  }
+  return fd;
+}
+
+/* The overlay address the kernel would use as our source towards dst: a connected UDP socket
+ * reveals it without sending anything. Cached: a container normally has one overlay address. */
+static bool overlay_source_for(const struct ff_endpoint *dst, struct in6_addr *out) {
+  static __thread struct in6_addr cached;
+  static __thread bool have;
+  if (have) {
+    *out = cached;
+    return true;
+  }
+  int u = ff_real.socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (u < 0) return false;
+  struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = htons(dst->port ? dst->port : 9)};
+  memcpy(&sin.sin_addr, &dst->addr.s6_addr[12], 4);
+  struct sockaddr_storage ss;
+  socklen_t len = sizeof ss;
+  struct ff_endpoint ep;
+  bool ok = ff_real.connect(u, (struct sockaddr *)&sin, sizeof sin) == 0 &&
+            ff_real.getsockname(u, (struct sockaddr *)&ss, &len) == 0 &&
+            ff_endpoint_from_sockaddr((struct sockaddr *)&ss, len, &ep) && ff_config_in_vnet(&ep.addr);
+  ff_real.close(u);
+  if (!ok) return false;
+  cached = *out = ep.addr;
+  have = true;
+  return true;
+}
+
+/* Puts host_fd on the application's fd number with the application's flags and options, and
+ * re-creates its epoll registrations (closing the overlay socket dropped them). */
+static bool swap_in(int fd, struct ff_fd *e, int host_fd) {
+  int fl = ff_real.fcntl(fd, F_GETFL);
+  int fdfl = ff_real.fcntl(fd, F_GETFD);
+  if (fl < 0 || fdfl < 0) return false;
+  if (fl & O_NONBLOCK) ff_real.fcntl(host_fd, F_SETFL, ff_real.fcntl(host_fd, F_GETFL) | O_NONBLOCK);
+  ff_sock_replay_opts(e->sock, host_fd);
+  if (ff_real.dup3(host_fd, fd, (fdfl & FD_CLOEXEC) ? O_CLOEXEC : 0) < 0) return false;
+  for (int i = 0; i < e->nregs; i++) ff_real.epoll_ctl(e->regs[i].epfd, EPOLL_CTL_ADD, fd, &e->regs[i].ev);
+  e->nregs = 0;
+  return true;
+}
+
+/* Returns true if the router took the connection (then *result is connect()'s result on the
+ * host socket, errno included), false to continue on the plain overlay. */
+static bool accelerated_connect(int fd, struct ff_fd *e, const struct ff_endpoint *dst, int *result) {
+  struct ff_endpoint src = {0};
+  struct sockaddr_storage ss;
+  socklen_t len = sizeof ss;
+  if (ff_real.getsockname(fd, (struct sockaddr *)&ss, &len) == 0) ff_endpoint_from_sockaddr((struct sockaddr *)&ss, len, &src);
+  if (ff_addr_is_any(&src.addr) && !overlay_source_for(dst, &src.addr)) return false;
+  if (!ff_addr_is_v4mapped(&src.addr)) return false;
+
+  struct ff_msg req, rep;
+  ff_msg_init(&req, FF_T_CONNECT);
+  req.family = (uint16_t)e->sock->family;
+  memcpy(req.local_addr, &src.addr, 16);
+  req.local_port = src.port;
+  memcpy(req.remote_addr, &dst->addr, 16);
+  req.remote_port = dst->port;
+  int host_fd;
+  if (ff_router_call(&req, &rep, &host_fd) < 0) return false;
+  if (rep.status != FF_REPLY_ACCEL || host_fd < 0) {
+    FF_DEBUG("connect fd %d: overlay path (router reply %d, reason %u)", fd, rep.status, rep.flags);
+    if (host_fd >= 0) ff_real.close(host_fd);
+    return false;
+  }
+  pthread_mutex_lock(&ff_table_lock);
+  bool swapped = e == ff_fd_get(fd) && swap_in(fd, e, host_fd);
+  if (swapped) {
+    e->sock->kind = FF_ACCEL;
+    e->sock->local.addr = src.addr;
+    e->sock->local.port = rep.local_port;
+    e->sock->peer = *dst;
+  }
+  pthread_mutex_unlock(&ff_table_lock);
+  ff_real.close(host_fd);
+  if (!swapped) return false;
+  struct sockaddr_in host = {.sin_family = AF_INET, .sin_port = htons(rep.host_port)};
+  memcpy(&host.sin_addr, &rep.host_addr[12], 4);
+  FF_DEBUG("connect fd %d: host path via router", fd);
+  *result = ff_real.connect(fd, (struct sockaddr *)&host, sizeof host);
+  return true;
+}
+
+int connect(int fd, const struct sockaddr *addr, socklen_t len) {
+  FF_INIT();
+  struct ff_fd *e = ff_fd_get(fd);
+  struct ff_endpoint dst;
+  /* Only an unshared candidate: a dup()ed twin would keep pointing at the overlay socket. */
+  if (e && e->sock->kind == FF_CANDIDATE && e->sock->refs == 1 && ff_endpoint_from_sockaddr(addr, len, &dst) &&
+      ff_addr_is_v4mapped(&dst.addr) && ff_config_in_vnet(&dst.addr)) {
+    int saved = errno, result;
+    if (accelerated_connect(fd, e, &dst, &result)) return result;
+    errno = saved;
+  }
+  return ff_real.connect(fd, addr, len);
+}
+
+/* Which listeners the router can serve: the wildcard address or one of our overlay addresses,
+ * IPv4 or dual-stack IPv6 (an IPV6_V6ONLY listener cannot receive the router's IPv4 peers). */
+static bool listener_eligible(int fd, int family, struct ff_endpoint *ep) {
+  struct sockaddr_storage ss;
+  socklen_t len = sizeof ss;
+  if (ff_real.getsockname(fd, (struct sockaddr *)&ss, &len) < 0 || !ff_endpoint_from_sockaddr((struct sockaddr *)&ss, len, ep))
+    return false;
+  if (family == AF_INET6) {
+    int v6only = 0;
+    socklen_t olen = sizeof v6only;
+    if (ff_real.getsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &v6only, &olen) < 0 || v6only) return false;
+  }
+  if (ff_addr_is_any(&ep->addr)) {
+    ff_addr_v4_any(&ep->addr);
+    return true;
+  }
+  return ff_addr_is_v4mapped(&ep->addr) && ff_config_in_vnet(&ep->addr);
+}
+
+int listen(int fd, int backlog) {
+  FF_INIT();
+  int r = ff_real.listen(fd, backlog);
+  struct ff_fd *e = ff_fd_get(fd);
+  if (r < 0 || !e || e->sock->kind != FF_CANDIDATE) return r;
+  int saved = errno;
+  struct ff_endpoint ep;
+  if (!listener_eligible(fd, e->sock->family, &ep)) return r;
+  struct ff_msg req, rep;
+  ff_msg_init(&req, FF_T_LISTEN);
+  req.family = (uint16_t)e->sock->family;
+  memcpy(req.local_addr, &ep.addr, 16);
+  req.local_port = ep.port;
+  req.flags = backlog > 0 ? (uint32_t)backlog : 0;
+  int chan;
+  if (ff_router_call(&req, &rep, &chan) == 0 && rep.status == FF_REPLY_ACCEL && chan >= 0) {
+    chan = ff_move_high(chan);
+    pthread_mutex_lock(&ff_table_lock);
+    if (e == ff_fd_get(fd) && e->sock->kind == FF_CANDIDATE) {
+      e->sock->kind = FF_LISTENER;
+      e->sock->chan_fd = chan;
+      atomic_fetch_add(&ff_channel_listeners, 1);
+      for (int i = 0; i < e->nregs; i++) {
+        struct epoll_event ev = e->regs[i].ev;
+        ev.events &= ~(uint32_t)EPOLLOUT;
+        ff_real.epoll_ctl(e->regs[i].epfd, EPOLL_CTL_ADD, chan, &ev);
+      }
+      chan = -1;
+    }
+    pthread_mutex_unlock(&ff_table_lock);
+    if (chan >= 0) ff_real.close(chan);
+    FF_DEBUG("listen fd %d port %u: router accept channel attached", fd, ep.port);
+  } else if (chan >= 0) {
+    ff_real.close(chan);
+  }
+  errno = saved;
+  return r;
+}
+
+int close(int fd) {
+  FF_INIT();
+  if (ff_router_owns_fd(fd)) return 0; /* keep our router link: closing it is not the app's call */
+  if (ff_fd_get(fd)) {
+    pthread_mutex_lock(&ff_table_lock);
+    ff_fd_forget(fd);
+    pthread_mutex_unlock(&ff_table_lock);
+  }
+  return ff_real.close(fd);
+}
+
+static int after_dup(int oldfd, int newfd) {
+  if (newfd >= 0 && (ff_fd_get(oldfd) || ff_fd_get(newfd))) {
+    int saved = errno;
+    pthread_mutex_lock(&ff_table_lock);
+    ff_fd_share(oldfd, newfd);
+    pthread_mutex_unlock(&ff_table_lock);
+    errno = saved;
+  }
+  return newfd;
+}
+
+int dup(int oldfd) {
+  FF_INIT();
+  return after_dup(oldfd, ff_real.dup(oldfd));
+}
+
+int dup2(int oldfd, int newfd) {
+  FF_INIT();
+  if (ff_router_owns_fd(newfd)) ff_router_release_fd();
+  if (oldfd == newfd) return ff_real.dup2(oldfd, newfd);
+  return after_dup(oldfd, ff_real.dup2(oldfd, newfd));
+}
+
+int dup3(int oldfd, int newfd, int flags) {
+  FF_INIT();
+  if (ff_router_owns_fd(newfd)) ff_router_release_fd();
+  return after_dup(oldfd, ff_real.dup3(oldfd, newfd, flags));
+}
+
+int fcntl(int fd, int cmd, ...) {
+  FF_INIT();
+  va_list ap;
+  va_start(ap, cmd);
+  void *arg = va_arg(ap, void *);
+  va_end(ap);
+  int r = ff_real.fcntl(fd, cmd, arg);
+  if (cmd == F_DUPFD || cmd == F_DUPFD_CLOEXEC) return after_dup(fd, r);
+  return r;
+}
+/* glibc redirects fcntl to fcntl64 with _FILE_OFFSET_BITS=64 / on newer headers. */
+int fcntl64(int fd, int cmd, ...) __attribute__((alias("fcntl")));
+
+static int overlay_name(int fd, struct sockaddr *addr, socklen_t *len, bool peer) {
+  struct ff_fd *e = ff_fd_get(fd);
+  if (!e || e->sock->kind != FF_ACCEL) return 1;
+  if (!len) {
+    errno = EFAULT;
+    return -1;
+  }
+  ff_endpoint_to_sockaddr(peer ? &e->sock->peer : &e->sock->local, e->sock->family, addr, len);
+  return 0;
+}
+
+int getsockname(int fd, struct sockaddr *addr, socklen_t *len) {
+  FF_INIT();
+  int r = overlay_name(fd, addr, len, false);
+  return r <= 0 ? r : ff_real.getsockname(fd, addr, len);
+}
+
+int getpeername(int fd, struct sockaddr *addr, socklen_t *len) {
+  FF_INIT();
+  int r = overlay_name(fd, addr, len, true);
+  if (r <= 0) {
+    /* A host socket that is not connected (yet, or any more) answers as the kernel would. */
+    struct sockaddr_storage ss;
+    socklen_t l = sizeof ss;
+    if (r == 0 && ff_real.getpeername(fd, (struct sockaddr *)&ss, &l) < 0) return -1;
+    return r;
+  }
+  return ff_real.getpeername(fd, addr, len);
+}
+
+int setsockopt(int fd, int level, int name, const void *val, socklen_t len) {
+  FF_INIT();
+  int r = ff_real.setsockopt(fd, level, name, val, len);
+  struct ff_fd *e = ff_fd_get(fd);
+  if (r == 0 && e && e->sock->kind != FF_ACCEL) {
+    int saved = errno;
+    pthread_mutex_lock(&ff_table_lock);
+    if (e == ff_fd_get(fd)) ff_sock_record_opt(e->sock, level, name, val, len);
+    pthread_mutex_unlock(&ff_table_lock);
+    errno = saved;
+  }
+  return r;
+}
+
+int getsockopt(int fd, int level, int name, void *val, socklen_t *len) {
+  FF_INIT();
+  struct ff_fd *e = ff_fd_get(fd);
+  if (e && e->sock->kind == FF_ACCEL && level == SOL_SOCKET && name == SO_DOMAIN && val && len && *len >= sizeof(int)) {
+    *(int *)val = e->sock->family; /* the host socket is AF_INET; the application made AF_INET6 */
+    *len = sizeof(int);
+    return 0;
+  }
+  return ff_real.getsockopt(fd, level, name, val, len);
+}

@@ -1,0 +1,177 @@
+/* Readiness calls. An accelerated listener is ready when either its overlay socket or its
+ * router channel has a connection, so wherever the application waits on the listener we also
+ * wait on the channel: epoll registrations are mirrored, poll()/select() sets are widened for
+ * the duration of the call. With no accelerated listener in the process, all pass through. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include "fdtable.h"
+#include "init.h"
+
+int epoll_ctl(int epfd, int op, int fd, struct epoll_event *ev) {
+  FF_INIT();
+  struct ff_fd *e = ff_fd_get(fd);
+  if (!e || e->sock->kind == FF_ACCEL) return ff_real.epoll_ctl(epfd, op, fd, ev);
+  int r = ff_real.epoll_ctl(epfd, op, fd, ev);
+  if (r < 0) return r;
+  int saved = errno;
+  int chan = -1;
+  pthread_mutex_lock(&ff_table_lock);
+  if (e == ff_fd_get(fd)) {
+    ff_fd_record_epoll(e, epfd, op, ev);
+    if (e->sock->kind == FF_LISTENER) chan = e->sock->chan_fd;
+  }
+  pthread_mutex_unlock(&ff_table_lock);
+  if (chan >= 0) {
+    struct epoll_event cev = ev ? *ev : (struct epoll_event){0};
+    cev.events &= ~(uint32_t)EPOLLOUT;
+    ff_real.epoll_ctl(epfd, op, chan, ev ? &cev : NULL);
+  }
+  errno = saved;
+  return r;
+}
+
+/* Index pairs: (position of a listener in the caller's array, its channel fd). */
+struct widen {
+  struct pollfd *fds;
+  nfds_t n;
+  nfds_t extra;
+  nfds_t *owner;
+  struct pollfd local[64];
+  nfds_t local_owner[64];
+};
+
+static bool widen_pollfds(struct widen *w, struct pollfd *fds, nfds_t n) {
+  nfds_t k = 0;
+  for (nfds_t i = 0; i < n; i++) {
+    struct ff_fd *e = ff_fd_get(fds[i].fd);
+    if (e && e->sock->kind == FF_LISTENER && e->sock->chan_fd >= 0 && (fds[i].events & POLLIN)) k++;
+  }
+  if (k == 0) return false;
+  w->n = n;
+  w->extra = k;
+  if (n + k <= 64) {
+    w->fds = w->local;
+    w->owner = w->local_owner;
+  } else {
+    w->fds = malloc((n + k) * sizeof *w->fds);
+    w->owner = malloc(k * sizeof *w->owner);
+    if (!w->fds || !w->owner) {
+      free(w->fds);
+      free(w->owner);
+      return false;
+    }
+  }
+  memcpy(w->fds, fds, n * sizeof *fds);
+  nfds_t j = 0;
+  for (nfds_t i = 0; i < n && j < k; i++) {
+    struct ff_fd *e = ff_fd_get(fds[i].fd);
+    if (e && e->sock->kind == FF_LISTENER && e->sock->chan_fd >= 0 && (fds[i].events & POLLIN)) {
+      w->fds[n + j] = (struct pollfd){e->sock->chan_fd, POLLIN, 0};
+      w->owner[j++] = i;
+    }
+  }
+  w->extra = j;
+  return true;
+}
+
+static int narrow_pollfds(struct widen *w, struct pollfd *fds, int r) {
+  if (r > 0) {
+    for (nfds_t i = 0; i < w->n; i++) fds[i].revents = w->fds[i].revents;
+    for (nfds_t j = 0; j < w->extra; j++)
+      if (w->fds[w->n + j].revents & (POLLIN | POLLHUP | POLLERR)) fds[w->owner[j]].revents |= POLLIN;
+    r = 0;
+    for (nfds_t i = 0; i < w->n; i++) r += fds[i].revents != 0;
+  }
+  if (w->fds != w->local) {
+    free(w->fds);
+    free(w->owner);
+  }
+  return r;
+}
+
+int poll(struct pollfd *fds, nfds_t n, int timeout) {
+  FF_INIT();
+  struct widen w;
+  if (!atomic_load_explicit(&ff_channel_listeners, memory_order_relaxed) || !widen_pollfds(&w, fds, n))
+    return ff_real.poll(fds, n, timeout);
+  int r = ff_real.poll(w.fds, w.n + w.extra, timeout);
+  int saved = errno;
+  r = narrow_pollfds(&w, fds, r);
+  errno = saved;
+  return r;
+}
+
+int ppoll(struct pollfd *fds, nfds_t n, const struct timespec *ts, const sigset_t *mask) {
+  FF_INIT();
+  struct widen w;
+  if (!atomic_load_explicit(&ff_channel_listeners, memory_order_relaxed) || !widen_pollfds(&w, fds, n))
+    return ff_real.ppoll(fds, n, ts, mask);
+  int r = ff_real.ppoll(w.fds, w.n + w.extra, ts, mask);
+  int saved = errno;
+  r = narrow_pollfds(&w, fds, r);
+  errno = saved;
+  return r;
+}
+
+struct select_pair {
+  int listener, chan;
+};
+
+/* Adds each watched listener's channel to readfds; returns the widened nfds and the pairs. */
+static int widen_fdset(int n, fd_set *rd, struct select_pair *pairs, int *npairs) {
+  int top = n;
+  *npairs = 0;
+  for (int fd = 0; fd < n && fd < FD_SETSIZE && *npairs < 64; fd++) {
+    if (!FD_ISSET(fd, rd)) continue;
+    struct ff_fd *e = ff_fd_get(fd);
+    if (!e || e->sock->kind != FF_LISTENER) continue;
+    int chan = e->sock->chan_fd;
+    if (chan < 0 || chan >= FD_SETSIZE) continue;
+    FD_SET(chan, rd);
+    pairs[(*npairs)++] = (struct select_pair){fd, chan};
+    if (chan + 1 > top) top = chan + 1;
+  }
+  return top;
+}
+
+static int narrow_fdset(int n, int r, fd_set *rd, fd_set *wr, fd_set *ex, const struct select_pair *pairs, int npairs) {
+  if (r <= 0) return r;
+  for (int i = 0; i < npairs; i++) {
+    if (FD_ISSET(pairs[i].chan, rd)) {
+      FD_CLR(pairs[i].chan, rd);
+      FD_SET(pairs[i].listener, rd);
+    }
+  }
+  r = 0;
+  for (int fd = 0; fd < n && fd < FD_SETSIZE; fd++)
+    r += (rd && FD_ISSET(fd, rd)) + (wr && FD_ISSET(fd, wr)) + (ex && FD_ISSET(fd, ex));
+  return r;
+}
+
+int select(int n, fd_set *rd, fd_set *wr, fd_set *ex, struct timeval *tv) {
+  FF_INIT();
+  struct select_pair pairs[64];
+  int npairs = 0, top = n;
+  if (rd && atomic_load_explicit(&ff_channel_listeners, memory_order_relaxed)) top = widen_fdset(n, rd, pairs, &npairs);
+  if (!npairs) return ff_real.select(n, rd, wr, ex, tv);
+  int r = ff_real.select(top, rd, wr, ex, tv);
+  int saved = errno;
+  r = narrow_fdset(n, r, rd, wr, ex, pairs, npairs);
+  errno = saved;
+  return r;
+}
+
+int pselect(int n, fd_set *rd, fd_set *wr, fd_set *ex, const struct timespec *ts, const sigset_t *mask) {
+  FF_INIT();
+  struct select_pair pairs[64];
+  int npairs = 0, top = n;
+  if (rd && atomic_load_explicit(&ff_channel_listeners, memory_order_relaxed)) top = widen_fdset(n, rd, pairs, &npairs);
+  if (!npairs) return ff_real.pselect(n, rd, wr, ex, ts, mask);
+  int r = ff_real.pselect(top, rd, wr, ex, ts, mask);
+  int saved = errno;
+  r = narrow_fdset(n, r, rd, wr, ex, pairs, npairs);
+  errno = saved;
+  return r;
+}

@@ -1,0 +1,157 @@
+#define _GNU_SOURCE
+#include "router.h"
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+#include "config.h"
+#include "init.h"
+#include "real.h"
+
+#define FF_REPLY_TIMEOUT_MS 2000
+#define FF_RETRY_AFTER_NS (1000LL * 1000 * 1000)
+#define FF_HIGH_FD 800
+
+static pthread_mutex_t call_lock = PTHREAD_MUTEX_INITIALIZER;
+static int router_fd = -1;
+static pid_t router_owner; /* pid that opened router_fd: a forked child must open its own */
+static long long retry_at_ns;
+static uint32_t next_seq;
+
+static long long now_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+int ff_move_high(int fd) {
+  int hi = ff_real.fcntl(fd, F_DUPFD_CLOEXEC, FF_HIGH_FD);
+  if (hi < 0) return fd; /* low RLIMIT_NOFILE: keep the number we have */
+  ff_real.close(fd);
+  return hi;
+}
+
+void ff_msg_init(struct ff_msg *m, int type) {
+  memset(m, 0, sizeof *m);
+  m->magic = FF_WIRE_MAGIC;
+  m->version = FF_WIRE_VERSION;
+  m->type = (uint16_t)type;
+  m->pid = (uint32_t)getpid();
+}
+
+void ff_router_after_fork(void) {
+  /* The inherited descriptor is the parent's stream; close the child's copy right away,
+   * while the number is certainly still ours. */
+  if (router_fd >= 0) ff_real.close(router_fd);
+  router_fd = -1;
+  retry_at_ns = 0;
+  pthread_mutex_init(&call_lock, NULL);
+}
+
+int ff_router_owns_fd(int fd) { return fd >= 0 && fd == router_fd; }
+
+void ff_router_release_fd(void) {
+  /* The application is about to reuse our number (dup2 onto it): let it go. */
+  router_fd = -1;
+}
+
+static void drop_connection(bool backoff) {
+  if (router_fd >= 0 && router_owner == getpid()) ff_real.close(router_fd);
+  router_fd = -1;
+  if (backoff) retry_at_ns = now_ns() + FF_RETRY_AFTER_NS;
+}
+
+static int open_connection(void) {
+  if (router_fd >= 0 && router_owner != getpid()) {
+    /* Inherited across fork(): the parent's stream; close our copy only. */
+    ff_real.close(router_fd);
+    router_fd = -1;
+    retry_at_ns = 0;
+  }
+  if (router_fd >= 0) return 0;
+  if (retry_at_ns && now_ns() < retry_at_ns) return -1;
+  int fd = ff_real.socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+  if (fd < 0) return -1;
+  struct sockaddr_un sun = {.sun_family = AF_UNIX};
+  memcpy(sun.sun_path, ff_config.router_path, sizeof sun.sun_path - 1);
+  if (ff_real.connect(fd, (struct sockaddr *)&sun, sizeof sun) < 0) {
+    FF_DEBUG("router %s unreachable (%s): plain overlay", sun.sun_path, strerror(errno));
+    ff_real.close(fd);
+    retry_at_ns = now_ns() + FF_RETRY_AFTER_NS;
+    return -1;
+  }
+  router_fd = ff_move_high(fd);
+  router_owner = getpid();
+  return 0;
+}
+
+int ff_recv_with_fd(int chan, struct ff_msg *msg, int *fd_out, int cloexec) {
+  struct iovec iov = {msg, sizeof *msg};
+  union {
+    struct cmsghdr hdr;
+    char buf[CMSG_SPACE(sizeof(int) * 4)];
+  } ctl;
+  struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.buf, .msg_controllen = sizeof ctl.buf};
+  *fd_out = -1;
+  ssize_t n = recvmsg(chan, &mh, MSG_DONTWAIT | (cloexec ? MSG_CMSG_CLOEXEC : 0));
+  if (n < 0) return -1;
+  for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c)) {
+    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+    int cnt = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+    int *fds = (int *)CMSG_DATA(c);
+    for (int i = 0; i < cnt; i++) {
+      if (*fd_out < 0) *fd_out = fds[i];
+      else ff_real.close(fds[i]); /* never leak extra fds a confused peer sent */
+    }
+  }
+  if (n == 0 && *fd_out < 0) return 0;
+  if (n != (ssize_t)sizeof *msg || msg->magic != FF_WIRE_MAGIC || msg->version != FF_WIRE_VERSION) {
+    if (*fd_out >= 0) ff_real.close(*fd_out);
+    *fd_out = -1;
+    errno = EPROTO;
+    return -1;
+  }
+  return 1;
+}
+
+static int wait_reply(uint32_t seq, struct ff_msg *rep, int *fd_out) {
+  long long deadline = now_ns() + FF_REPLY_TIMEOUT_MS * 1000000LL;
+  for (;;) {
+    int left = (int)((deadline - now_ns()) / 1000000);
+    if (left <= 0) return -1;
+    struct pollfd p = {router_fd, POLLIN, 0};
+    int r = ff_real.poll(&p, 1, left);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) return -1;
+    int got = ff_recv_with_fd(router_fd, rep, fd_out, 1);
+    if (got < 0 && (errno == EAGAIN || errno == EINTR)) continue;
+    if (got <= 0) return -1;
+    if (rep->type == FF_T_REPLY && rep->seq == seq) return 0;
+    if (*fd_out >= 0) ff_real.close(*fd_out); /* a stale reply to a timed-out request */
+  }
+}
+
+int ff_router_call(struct ff_msg *req, struct ff_msg *rep, int *fd_out) {
+  *fd_out = -1;
+  int saved_errno = errno; /* the application must never see our errno */
+  pthread_mutex_lock(&call_lock);
+  int rc = -1;
+  if (open_connection() == 0) {
+    req->seq = ++next_seq;
+    ssize_t n = send(router_fd, req, sizeof *req, MSG_NOSIGNAL);
+    if (n == (ssize_t)sizeof *req && wait_reply(req->seq, rep, fd_out) == 0) rc = 0;
+    else {
+      FF_DEBUG("router did not answer: plain overlay for a while");
+      drop_connection(true);
+    }
+  }
+  pthread_mutex_unlock(&call_lock);
+  errno = saved_errno;
+  return rc;
+}

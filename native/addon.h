@@ -1,0 +1,6 @@
+// Registration hooks of the native modules that make up the addon.
+#pragma once
+#include <napi.h>
+
+void InitSyscalls(Napi::Env env, Napi::Object exports);
+void InitPoller(Napi::Env env, Napi::Object exports);

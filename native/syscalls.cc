@@ -1,0 +1,280 @@
+// Thin, non-blocking wrappers over the socket calls the router needs. Every call returns a
+// negative errno instead of throwing, so the router can turn any failure into a clear reply
+// and keep running whatever a client does.
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+#include <string>
+#include <vector>
+#include "addon.h"
+
+namespace {
+
+constexpr int kMaxFds = 8;
+
+Napi::Value Err(Napi::Env env, int e) { return Napi::Number::New(env, -e); }
+
+bool ParseIPv4(const std::string& s, uint16_t port, sockaddr_in* sa) {
+  memset(sa, 0, sizeof(*sa));
+  sa->sin_family = AF_INET;
+  sa->sin_port = htons(port);
+  return inet_pton(AF_INET, s.c_str(), &sa->sin_addr) == 1;
+}
+
+Napi::Object AddrObject(Napi::Env env, const sockaddr_storage& ss) {
+  Napi::Object o = Napi::Object::New(env);
+  char buf[INET6_ADDRSTRLEN] = "";
+  int port = 0;
+  if (ss.ss_family == AF_INET) {
+    auto* sin = reinterpret_cast<const sockaddr_in*>(&ss);
+    inet_ntop(AF_INET, &sin->sin_addr, buf, sizeof buf);
+    port = ntohs(sin->sin_port);
+  } else if (ss.ss_family == AF_INET6) {
+    auto* sin6 = reinterpret_cast<const sockaddr_in6*>(&ss);
+    inet_ntop(AF_INET6, &sin6->sin6_addr, buf, sizeof buf);
+    port = ntohs(sin6->sin6_port);
+  }
+  o.Set("address", buf);
+  o.Set("port", port);
+  return o;
+}
+
+// seqpacketListen(path, mode) -> fd | -errno. Replaces a stale socket file left by a dead router.
+Napi::Value SeqpacketListen(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::string path = info[0].As<Napi::String>();
+  int mode = info[1].As<Napi::Number>().Int32Value();
+  sockaddr_un sun{};
+  if (path.size() >= sizeof(sun.sun_path)) return Err(env, ENAMETOOLONG);
+  sun.sun_family = AF_UNIX;
+  memcpy(sun.sun_path, path.c_str(), path.size() + 1);
+  int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) return Err(env, errno);
+  unlink(path.c_str());
+  if (bind(fd, reinterpret_cast<sockaddr*>(&sun), sizeof sun) < 0 || chmod(path.c_str(), mode) < 0 ||
+      listen(fd, 1024) < 0) {
+    int e = errno;
+    close(fd);
+    return Err(env, e);
+  }
+  return Napi::Number::New(env, fd);
+}
+
+// seqpacketConnect(path) -> fd | -errno (blocking socket; used by the CLI and tests)
+Napi::Value SeqpacketConnect(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::string path = info[0].As<Napi::String>();
+  sockaddr_un sun{};
+  if (path.size() >= sizeof(sun.sun_path)) return Err(env, ENAMETOOLONG);
+  sun.sun_family = AF_UNIX;
+  memcpy(sun.sun_path, path.c_str(), path.size() + 1);
+  int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+  if (fd < 0) return Err(env, errno);
+  if (connect(fd, reinterpret_cast<sockaddr*>(&sun), sizeof sun) < 0) {
+    int e = errno;
+    close(fd);
+    return Err(env, e);
+  }
+  return Napi::Number::New(env, fd);
+}
+
+// acceptUnix(fd) -> {fd, pid, uid, gid} | -errno (EAGAIN when none pending)
+Napi::Value AcceptUnix(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int lfd = info[0].As<Napi::Number>().Int32Value();
+  int fd = accept4(lfd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+  if (fd < 0) return Err(env, errno);
+  ucred cred{};
+  socklen_t len = sizeof cred;
+  if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0) {
+    int e = errno;
+    close(fd);
+    return Err(env, e);
+  }
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("fd", fd);
+  o.Set("pid", cred.pid);
+  o.Set("uid", cred.uid);
+  o.Set("gid", cred.gid);
+  return o;
+}
+
+// seqpacketPair() -> [routerEnd (non-blocking), clientEnd] | -errno
+Napi::Value SeqpacketPair(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int sv[2];
+  if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0) return Err(env, errno);
+  fcntl(sv[0], F_SETFL, fcntl(sv[0], F_GETFL) | O_NONBLOCK);
+  Napi::Array a = Napi::Array::New(env, 2);
+  a.Set(0u, sv[0]);
+  a.Set(1u, sv[1]);
+  return a;
+}
+
+// recvMsg(fd, max) -> {data: Buffer, fds: number[]} | 0 on EOF | -errno
+Napi::Value RecvMsg(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = info[0].As<Napi::Number>().Int32Value();
+  size_t max = info[1].As<Napi::Number>().Uint32Value();
+  std::vector<char> buf(max);
+  iovec iov{buf.data(), max};
+  alignas(cmsghdr) char cbuf[CMSG_SPACE(sizeof(int) * kMaxFds)];
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = cbuf;
+  msg.msg_controllen = sizeof cbuf;
+  ssize_t n = recvmsg(fd, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+  if (n < 0) return Err(env, errno);
+  Napi::Array fds = Napi::Array::New(env);
+  uint32_t nf = 0;
+  for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
+    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+    size_t cnt = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+    int* p = reinterpret_cast<int*>(CMSG_DATA(c));
+    for (size_t i = 0; i < cnt; i++) fds.Set(nf++, p[i]);
+  }
+  if (n == 0 && nf == 0) return Napi::Number::New(env, 0);
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("data", Napi::Buffer<char>::Copy(env, buf.data(), n));
+  o.Set("fds", fds);
+  o.Set("truncated", (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) != 0);
+  return o;
+}
+
+// sendMsg(fd, data, fds[]) -> bytes sent | -errno. Never blocks, never raises SIGPIPE.
+Napi::Value SendMsg(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = info[0].As<Napi::Number>().Int32Value();
+  Napi::Buffer<char> data = info[1].As<Napi::Buffer<char>>();
+  Napi::Array fdsArr = info.Length() > 2 && info[2].IsArray() ? info[2].As<Napi::Array>() : Napi::Array::New(env);
+  uint32_t nf = fdsArr.Length();
+  if (nf > kMaxFds) return Err(env, EINVAL);
+  iovec iov{data.Data(), data.Length()};
+  alignas(cmsghdr) char cbuf[CMSG_SPACE(sizeof(int) * kMaxFds)];
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  if (nf > 0) {
+    msg.msg_control = cbuf;
+    msg.msg_controllen = CMSG_SPACE(sizeof(int) * nf);
+    cmsghdr* c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int) * nf);
+    int* p = reinterpret_cast<int*>(CMSG_DATA(c));
+    for (uint32_t i = 0; i < nf; i++) p[i] = fdsArr.Get(i).As<Napi::Number>().Int32Value();
+  }
+  ssize_t n = sendmsg(fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
+  if (n < 0) return Err(env, errno);
+  return Napi::Number::New(env, n);
+}
+
+// tcpSocket(ip, port) -> {fd, port} | -errno: an unconnected host-namespace TCP socket bound to
+// ip:port (port 0 = kernel picks, and we learn it now so the peer router can be told).
+Napi::Value TcpSocket(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::string ip = info[0].As<Napi::String>();
+  int port = info[1].As<Napi::Number>().Int32Value();
+  sockaddr_in sa;
+  if (!ParseIPv4(ip, port, &sa)) return Err(env, EINVAL);
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return Err(env, errno);
+  int one = 1;
+  // SO_REUSEADDR lets bind(port 0) fall back to ports held by TIME_WAIT sockets instead of
+  // failing once the ephemeral range is exhausted by short connections.
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  socklen_t len = sizeof sa;
+  if (bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) < 0 ||
+      getsockname(fd, reinterpret_cast<sockaddr*>(&sa), &len) < 0) {
+    int e = errno;
+    close(fd);
+    return Err(env, e);
+  }
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("fd", fd);
+  o.Set("port", ntohs(sa.sin_port));
+  return o;
+}
+
+// tcpListen(ip, port, backlog) -> {fd, port} | -errno (non-blocking listener)
+Napi::Value TcpListen(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::string ip = info[0].As<Napi::String>();
+  int port = info[1].As<Napi::Number>().Int32Value();
+  int backlog = info[2].As<Napi::Number>().Int32Value();
+  sockaddr_in sa;
+  if (!ParseIPv4(ip, port, &sa)) return Err(env, EINVAL);
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) return Err(env, errno);
+  int one = 1;
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  socklen_t len = sizeof sa;
+  if (bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) < 0 || listen(fd, backlog) < 0 ||
+      getsockname(fd, reinterpret_cast<sockaddr*>(&sa), &len) < 0) {
+    int e = errno;
+    close(fd);
+    return Err(env, e);
+  }
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("fd", fd);
+  o.Set("port", ntohs(sa.sin_port));
+  return o;
+}
+
+// tcpAccept(fd) -> {fd, address, port} | -errno (EAGAIN when none pending)
+Napi::Value TcpAccept(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int lfd = info[0].As<Napi::Number>().Int32Value();
+  sockaddr_storage ss{};
+  socklen_t len = sizeof ss;
+  int fd = accept4(lfd, reinterpret_cast<sockaddr*>(&ss), &len, SOCK_CLOEXEC);
+  if (fd < 0) return Err(env, errno);
+  Napi::Object o = AddrObject(env, ss);
+  o.Set("fd", fd);
+  return o;
+}
+
+// getSockName(fd) -> {address, port} | -errno
+Napi::Value GetSockName(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  sockaddr_storage ss{};
+  socklen_t len = sizeof ss;
+  if (getsockname(info[0].As<Napi::Number>().Int32Value(), reinterpret_cast<sockaddr*>(&ss), &len) < 0)
+    return Err(env, errno);
+  return AddrObject(env, ss);
+}
+
+Napi::Value Close(const Napi::CallbackInfo& info) {
+  int fd = info[0].As<Napi::Number>().Int32Value();
+  if (fd < 0) return Err(info.Env(), EBADF);
+  return Napi::Number::New(info.Env(), close(fd) < 0 ? -errno : 0);
+}
+
+Napi::Value StrError(const Napi::CallbackInfo& info) {
+  return Napi::String::New(info.Env(), strerror(info[0].As<Napi::Number>().Int32Value()));
+}
+
+}  // namespace
+
+void InitSyscalls(Napi::Env env, Napi::Object exports) {
+  exports.Set("seqpacketListen", Napi::Function::New(env, SeqpacketListen));
+  exports.Set("seqpacketConnect", Napi::Function::New(env, SeqpacketConnect));
+  exports.Set("acceptUnix", Napi::Function::New(env, AcceptUnix));
+  exports.Set("seqpacketPair", Napi::Function::New(env, SeqpacketPair));
+  exports.Set("recvMsg", Napi::Function::New(env, RecvMsg));
+  exports.Set("sendMsg", Napi::Function::New(env, SendMsg));
+  exports.Set("tcpSocket", Napi::Function::New(env, TcpSocket));
+  exports.Set("tcpListen", Napi::Function::New(env, TcpListen));
+  exports.Set("tcpAccept", Napi::Function::New(env, TcpAccept));
+  exports.Set("getSockName", Napi::Function::New(env, GetSockName));
+  exports.Set("close", Napi::Function::New(env, Close));
+  exports.Set("strerror", Napi::Function::New(env, StrError));
+}

@@ -1,0 +1,66 @@
+// The one definition of FreeFlow's wire protocol. `node scripts/gen-wire.mjs` turns it into
+// libfsocket/ff_wire.h (C) and src/protocol/wire.generated.ts (TypeScript); a test checks that
+// both generated files are current and that the C compiler lays the struct out as TS reads it.
+//
+// Every message is one fixed-size little-endian record (one SOCK_SEQPACKET datagram on the
+// container <-> router socket, a length-free frame on router <-> router TCP), optionally followed
+// by `payload_len` bytes (JSON for STATUS replies). File descriptors ride along as SCM_RIGHTS.
+// Addresses are 16 bytes, IPv4 stored IPv4-mapped (::ffff:a.b.c.d) so one field serves both.
+
+export const MAGIC = 0x31574646; // "FFW1" read little-endian
+export const VERSION = 1;
+
+// [name, C type, byte size]
+export const FIELDS = [
+  ['magic', 'uint32_t', 4],
+  ['version', 'uint16_t', 2],
+  ['type', 'uint16_t', 2],
+  ['seq', 'uint32_t', 4],
+  ['status', 'int32_t', 4], // request: 0; reply: a REPLY_* code or a negative errno
+  ['flags', 'uint32_t', 4],
+  ['pid', 'uint32_t', 4],
+  ['family', 'uint16_t', 2], // the application's socket family (AF_INET / AF_INET6)
+  ['local_port', 'uint16_t', 2], // overlay port of the local end (host byte order)
+  ['remote_port', 'uint16_t', 2], // overlay port of the remote end
+  ['host_port', 'uint16_t', 2], // host-network port (meaning depends on type)
+  ['aux_port', 'uint16_t', 2], // second host-network port (ANNOUNCE: the listener's)
+  ['reserved', 'uint16_t', 2],
+  ['payload_len', 'uint32_t', 4],
+  ['local_addr', 'uint8_t[16]', 16], // overlay address of the local end
+  ['remote_addr', 'uint8_t[16]', 16], // overlay address of the remote end
+  ['host_addr', 'uint8_t[16]', 16], // host-network address
+];
+
+export const TYPES = {
+  // container library -> router
+  // The router checks every overlay address against the caller's netns (SO_PEERCRED pid).
+  CONNECT: 2, // remote_* = overlay destination; local_* = overlay source (port 0 if unbound)
+  LISTEN: 3, // local_* = overlay address/port the application listens on
+  STATUS: 4, // CLI asks for the router's state; reply carries JSON payload
+  REPLY: 5, // router -> library answer to any request (same seq)
+  // router -> library, on a listener's accept channel
+  ACCEPTED: 10, // one host connection (fd attached) from overlay peer remote_* to local_*
+  // router <-> router (host network)
+  PEER_HELLO: 20,
+  LISTEN_ADD: 21, // local_* = overlay listener, host_addr/host_port = its host endpoint
+  LISTEN_DEL: 22,
+  ANNOUNCE: 23, // host_addr:host_port = client's host source; aux_port = listener host port;
+  //               local_* = client's overlay address; remote_* = overlay destination
+};
+
+export const REPLY = {
+  ACCEL: 1, // accelerated: fd attached, host_addr/host_port = where to connect (CONNECT)
+  FALLBACK: 2, // use the plain overlay path; flags = FALLBACK_* reason
+};
+
+export const FALLBACK = {
+  NO_LISTENER: 1, // no accelerated listener known at that overlay address
+  NOT_OWNER: 2, // the overlay address is not in the caller's network namespace
+  BAD_REQUEST: 3,
+  INTERNAL: 4,
+};
+
+export const LIMITS = {
+  MAX_PAYLOAD: 65536,
+  PEER_PORT: 7471, // default router <-> router TCP port on the host network
+};

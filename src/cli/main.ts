@@ -1,0 +1,78 @@
+// The `freeflow` command: `freeflow router` runs a host's router, `freeflow status` asks it.
+import yargs from 'yargs';
+import { hideBin } from 'yargs/helpers';
+import { createLogger } from '../log.js';
+import { Limits } from '../protocol/codec.js';
+import { Router, socketPath } from '../router/router.js';
+import { hostAddressIn, inPrefix, parsePrefix } from './host-address.js';
+import { fetchStatus, formatStatus } from './status-client.js';
+
+const common = {
+  name: { type: 'string', default: process.env.FFR_NAME || 'ffrouter', describe: 'router name; the socket is <socket-dir>/<name>.sock (env FFR_NAME)' },
+  'socket-dir': { type: 'string', default: process.env.FFR_SOCKET_DIR || '/freeflow', describe: 'directory shared with containers (env FFR_SOCKET_DIR)' },
+} as const;
+
+function splitList(v: unknown): string[] {
+  const items = Array.isArray(v) ? v : v === undefined ? [] : [v];
+  return items.flatMap((x) => String(x).split(',')).map((s) => s.trim()).filter(Boolean);
+}
+
+await yargs(hideBin(process.argv))
+  .scriptName('freeflow')
+  .usage('$0 <command> [options]')
+  .command(
+    'router',
+    'run the FreeFlow router of this host (in the host network namespace)',
+    (y) =>
+      y.options({
+        ...common,
+        'host-ip-prefix': { type: 'string', default: process.env.HOST_IP_PREFIX, describe: 'host network prefix; picks this host\'s address (env HOST_IP_PREFIX)', demandOption: !process.env.HOST_IP_PREFIX },
+        peers: { type: 'string', array: true, default: splitList(process.env.FFR_PEERS), describe: 'host addresses of the other routers, comma or space separated (env FFR_PEERS)' },
+        'peer-port': { type: 'number', default: Limits.PEER_PORT, describe: 'TCP port for router-to-router messages' },
+        'log-level': { type: 'string', default: process.env.FFR_LOG_LEVEL || 'info', choices: ['debug', 'info', 'warn', 'error'] },
+      }),
+    async (argv) => {
+      const log = createLogger(`freeflow-router:${argv.name}`, argv['log-level']);
+      const prefixText = argv['host-ip-prefix']!;
+      const prefix = parsePrefix(prefixText);
+      const hostIp = hostAddressIn(prefixText);
+      const peers = splitList(argv.peers);
+      for (const p of peers) if (!inPrefix(p, prefix)) throw new Error(`peer ${p} is outside HOST_IP_PREFIX ${prefixText}`);
+      const router = new Router({
+        name: argv.name,
+        socketDir: argv['socket-dir'],
+        hostIp,
+        peers,
+        peerPort: argv['peer-port'],
+        isTrustedPeer: (ip) => inPrefix(ip, prefix),
+        log,
+      });
+      await router.start();
+      const stop = () => {
+        log.info('stopping');
+        router.stop();
+        process.exit(0);
+      };
+      process.on('SIGTERM', stop);
+      process.on('SIGINT', stop);
+      process.on('uncaughtException', (err) => log.error({ err }, 'unexpected error; router keeps running'));
+    },
+  )
+  .command(
+    'status',
+    "show the router's listeners, directory and recent connections with the path each took",
+    (y) => y.options({ ...common, json: { type: 'boolean', default: false, describe: 'print raw JSON' } }),
+    async (argv) => {
+      const s = await fetchStatus(socketPath(argv['socket-dir'], argv.name));
+      console.log(argv.json ? JSON.stringify(s, null, 2) : formatStatus(s));
+    },
+  )
+  .demandCommand(1, 'name a command: router or status')
+  .strict()
+  .fail((msg, err, y) => {
+    console.error(`freeflow: ${err ? err.message : msg}`);
+    if (!err) console.error(`\n${y.help()}`);
+    process.exit(2);
+  })
+  .help()
+  .parseAsync();

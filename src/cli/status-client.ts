@@ -1,0 +1,44 @@
+// `freeflow status`: asks a running router for its state over its FreeFlow socket.
+import { native, READABLE, errnoText } from '../native.js';
+import { decode, emptyMsg, encode, MSG_SIZE, MsgType, Reply } from '../protocol/codec.js';
+
+export function fetchStatus(path: string, timeoutMs = 3000): Promise<any> {
+  const fd = native.seqpacketConnect(path);
+  if (fd < 0) return Promise.reject(new Error(`no router at ${path}: ${errnoText(fd)}`));
+  const req = emptyMsg(MsgType.STATUS);
+  req.pid = process.pid;
+  req.seq = 1;
+  native.sendMsg(fd, encode(req));
+  return new Promise((resolve, reject) => {
+    const done = (err?: Error, value?: unknown) => {
+      clearTimeout(timer);
+      native.unwatch(watch);
+      native.close(fd);
+      err ? reject(err) : resolve(value);
+    };
+    const timer = setTimeout(() => done(new Error(`router at ${path} did not answer`)), timeoutMs);
+    const watch = native.watch(fd, READABLE, () => {
+      const r = native.recvMsg(fd, MSG_SIZE + 1 << 20);
+      if (typeof r === 'number') return done(new Error(`router closed the connection (${r})`));
+      const m = decode(r.data);
+      if (m.type !== MsgType.REPLY || m.status !== Reply.ACCEL) return done(new Error('router refused the status request'));
+      done(undefined, JSON.parse(r.data.subarray(MSG_SIZE, MSG_SIZE + m.payload_len).toString('utf8')));
+    });
+  });
+}
+
+export function formatStatus(s: any): string {
+  const lines: string[] = [];
+  lines.push(`router ${s.name} (pid ${s.pid}) host ${s.hostIp} socket ${s.socket}`);
+  lines.push(`peers: ${s.peers.map((p: any) => `${p.ip} ${p.connected ? 'up' : 'down'}`).join(', ') || 'none'}`);
+  lines.push(`clients: ${s.clients}   pairing: ${s.pairing.announced} announced, ${s.pairing.parked} waiting`);
+  lines.push('listeners (this host):');
+  for (const l of s.listeners) lines.push(`  ${l.overlay.join(' ')}  ->  host ${l.host}`);
+  lines.push(`directory: ${s.directory.length} entries`);
+  for (const d of s.directory) lines.push(`  ${d.overlayIp}:${d.port}  ->  ${d.hostIp}:${d.hostPort}`);
+  lines.push('counters: ' + (Object.entries(s.counters).map(([k, v]) => `${k}=${v}`).join(' ') || 'none'));
+  lines.push('recent connections (newest last):');
+  for (const c of s.connections.slice(-20))
+    lines.push(`  ${c.at} ${c.role.padEnd(7)} ${c.src} -> ${c.dst}  ${c.path}${c.host ? ` via ${c.host}` : ''}${c.reason ? ` (${c.reason})` : ''}`);
+  return lines.join('\n');
+}

@@ -1,0 +1,48 @@
+// The C++ addon (native/): socket calls Node cannot make, each returning -errno on failure.
+import { createRequire } from 'node:module';
+import { fileURLToPath } from 'node:url';
+import { dirname, join } from 'node:path';
+
+export interface AddrResult { address: string; port: number }
+export interface RecvResult { data: Buffer; fds: number[]; truncated: boolean }
+
+export interface NativeApi {
+  seqpacketListen(path: string, mode: number): number;
+  seqpacketConnect(path: string): number;
+  acceptUnix(fd: number): { fd: number; pid: number; uid: number; gid: number } | number;
+  seqpacketPair(): [number, number] | number;
+  recvMsg(fd: number, max: number): RecvResult | number;
+  sendMsg(fd: number, data: Buffer, fds?: number[]): number;
+  tcpSocket(ip: string, port: number): { fd: number; port: number } | number;
+  tcpListen(ip: string, port: number, backlog: number): { fd: number; port: number } | number;
+  tcpAccept(fd: number): (AddrResult & { fd: number }) | number;
+  getSockName(fd: number): AddrResult | number;
+  close(fd: number): number;
+  strerror(errno: number): string;
+  watch(fd: number, events: number, cb: (status: number, events: number) => void): number;
+  rewatch(id: number, events: number): void;
+  unwatch(id: number): void;
+}
+
+export const READABLE = 1;
+export const WRITABLE = 2;
+export const DISCONNECT = 4;
+export const EAGAIN = 11;
+
+const root = join(dirname(fileURLToPath(import.meta.url)), '..');
+const require = createRequire(import.meta.url);
+
+function load(): NativeApi {
+  try {
+    return require(join(root, 'native/build/Release/freeflow_native.node')) as NativeApi;
+  } catch (err) {
+    throw new Error(`FreeFlow native addon not built (run \`npm run build\`): ${(err as Error).message}`);
+  }
+}
+
+export const native: NativeApi = load();
+
+/** Message for a negative errno returned by the addon. */
+export function errnoText(code: number): string {
+  return native.strerror(-code);
+}

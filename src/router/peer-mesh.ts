@@ -1,0 +1,219 @@
+// The embedded directory: every router keeps a full copy of all accelerated listeners,
+// learned from its peers over the host network (TCP, the shared wire record). Each router
+// sends its own listeners and announcements on the connection it opens to each peer, and
+// receives the peers' on the connections they open to it. A peer that goes away takes its
+// listeners with it; reconnecting resends the full local state.
+import net from 'node:net';
+import type { Logger } from '../log.js';
+import { decode, emptyMsg, encode, ipv4ToWire, MSG_SIZE, MsgType, wireToIpv4, type WireMsg } from '../protocol/codec.js';
+import { listenerKey, type Announcement, type AnnouncementChannel, type Directory, type ListenerRecord } from './directory.js';
+
+const RECONNECT_MS = 500;
+const MAX_FRAME = MSG_SIZE + 65536;
+
+export interface PeerMeshOptions {
+  hostIp: string;
+  port: number;
+  peers: string[];
+  /** Accept inbound peer connections only from these addresses (the host network). */
+  isTrustedPeer: (ip: string) => boolean;
+  log: Logger;
+}
+
+interface Outbound {
+  ip: string;
+  socket?: net.Socket;
+  connected: boolean;
+  timer?: NodeJS.Timeout;
+}
+
+export function recordToMsg(type: number, rec: ListenerRecord): WireMsg {
+  const m = emptyMsg(type);
+  m.local_addr = ipv4ToWire(rec.overlayIp);
+  m.local_port = rec.port;
+  m.host_addr = ipv4ToWire(rec.hostIp);
+  m.host_port = rec.hostPort;
+  return m;
+}
+
+export function msgToRecord(m: WireMsg): ListenerRecord | undefined {
+  const overlayIp = wireToIpv4(m.local_addr);
+  const hostIp = wireToIpv4(m.host_addr);
+  if (!overlayIp || !hostIp || !m.local_port || !m.host_port) return undefined;
+  return { overlayIp, port: m.local_port, hostIp, hostPort: m.host_port };
+}
+
+export function announcementToMsg(a: Announcement): WireMsg {
+  const m = emptyMsg(MsgType.ANNOUNCE);
+  m.host_addr = ipv4ToWire(a.clientHostIp);
+  m.host_port = a.clientHostPort;
+  m.aux_port = a.listenerHostPort;
+  m.local_addr = ipv4ToWire(a.srcIp);
+  m.local_port = a.srcPort;
+  m.remote_addr = ipv4ToWire(a.dstIp);
+  m.remote_port = a.dstPort;
+  return m;
+}
+
+export function msgToAnnouncement(m: WireMsg): Announcement | undefined {
+  const clientHostIp = wireToIpv4(m.host_addr);
+  const srcIp = wireToIpv4(m.local_addr);
+  const dstIp = wireToIpv4(m.remote_addr);
+  if (!clientHostIp || !srcIp || !dstIp || !m.host_port || !m.aux_port) return undefined;
+  return { clientHostIp, clientHostPort: m.host_port, listenerHostPort: m.aux_port, srcIp, srcPort: m.local_port, dstIp, dstPort: m.remote_port };
+}
+
+/** Splits a TCP byte stream into wire records; throws on a malformed record. */
+export class FrameReader {
+  private buf: Buffer = Buffer.alloc(0);
+  push(chunk: Buffer, onMsg: (m: WireMsg) => void): void {
+    this.buf = this.buf.length ? Buffer.concat([this.buf, chunk]) : chunk;
+    while (this.buf.length >= MSG_SIZE) {
+      const m = decode(this.buf);
+      const total = MSG_SIZE + m.payload_len;
+      if (total > MAX_FRAME) throw new Error(`frame too large: ${total}`);
+      if (this.buf.length < total) return;
+      this.buf = this.buf.subarray(total);
+      onMsg(m);
+    }
+  }
+}
+
+export class PeerMesh implements Directory, AnnouncementChannel {
+  private readonly local = new Map<string, ListenerRecord>();
+  private readonly remote = new Map<string, ListenerRecord>();
+  private readonly outbound = new Map<string, Outbound>();
+  private readonly inbound = new Set<net.Socket>();
+  private announcementHandler: (a: Announcement) => void = () => {};
+  private server?: net.Server;
+  private closed = false;
+
+  constructor(private readonly opts: PeerMeshOptions) {}
+
+  async start(): Promise<void> {
+    this.server = net.createServer((s) => this.acceptPeer(s));
+    await new Promise<void>((resolve, reject) => {
+      this.server!.once('error', reject);
+      this.server!.listen(this.opts.port, this.opts.hostIp, () => resolve());
+    });
+    this.server.on('error', (err) => this.opts.log.error({ err }, 'peer listener error'));
+    for (const ip of this.opts.peers) if (ip !== this.opts.hostIp) this.connectPeer({ ip, connected: false });
+  }
+
+  close(): void {
+    this.closed = true;
+    this.server?.close();
+    for (const o of this.outbound.values()) {
+      clearTimeout(o.timer);
+      o.socket?.destroy();
+    }
+    for (const s of this.inbound) s.destroy();
+  }
+
+  publish(rec: ListenerRecord): void {
+    this.local.set(listenerKey(rec.overlayIp, rec.port), rec);
+    this.broadcast(encode(recordToMsg(MsgType.LISTEN_ADD, rec)));
+  }
+
+  withdraw(rec: ListenerRecord): void {
+    const key = listenerKey(rec.overlayIp, rec.port);
+    if (this.local.get(key)?.hostPort !== rec.hostPort) return;
+    this.local.delete(key);
+    this.broadcast(encode(recordToMsg(MsgType.LISTEN_DEL, rec)));
+  }
+
+  lookup(overlayIp: string, port: number): ListenerRecord | undefined {
+    const key = listenerKey(overlayIp, port);
+    return this.local.get(key) ?? this.remote.get(key);
+  }
+
+  entries(): ListenerRecord[] {
+    return [...this.local.values(), ...this.remote.values()];
+  }
+
+  peerStates(): { ip: string; connected: boolean }[] {
+    return [...this.outbound.values()].map((o) => ({ ip: o.ip, connected: o.connected }));
+  }
+
+  announce(hostIp: string, ann: Announcement): boolean {
+    const o = this.outbound.get(hostIp);
+    if (!o?.connected || !o.socket) return false;
+    return o.socket.write(encode(announcementToMsg(ann))) || true;
+  }
+
+  onAnnouncement(handler: (a: Announcement) => void): void {
+    this.announcementHandler = handler;
+  }
+
+  private broadcast(frame: Buffer): void {
+    for (const o of this.outbound.values()) if (o.connected) o.socket!.write(frame);
+  }
+
+  private connectPeer(o: Outbound): void {
+    this.outbound.set(o.ip, o);
+    const s = net.connect({ host: o.ip, port: this.opts.port, localAddress: this.opts.hostIp });
+    o.socket = s;
+    s.setNoDelay(true);
+    s.on('connect', () => {
+      o.connected = true;
+      this.opts.log.info({ peer: o.ip }, 'connected to peer router');
+      const hello = emptyMsg(MsgType.PEER_HELLO);
+      hello.host_addr = ipv4ToWire(this.opts.hostIp);
+      s.write(encode(hello));
+      for (const rec of this.local.values()) s.write(encode(recordToMsg(MsgType.LISTEN_ADD, rec)));
+    });
+    s.on('data', () => {}); // peers send us nothing on this connection
+    s.on('error', () => {});
+    s.on('close', () => {
+      if (o.connected) this.opts.log.warn({ peer: o.ip }, 'lost peer router');
+      o.connected = false;
+      if (!this.closed) o.timer = setTimeout(() => this.connectPeer(o), RECONNECT_MS);
+    });
+  }
+
+  private acceptPeer(s: net.Socket): void {
+    const ip = (s.remoteAddress ?? '').replace(/^::ffff:/, '');
+    if (!this.opts.isTrustedPeer(ip)) {
+      this.opts.log.warn({ from: ip }, 'refused peer connection from outside the host network');
+      s.destroy();
+      return;
+    }
+    this.inbound.add(s);
+    const learned = new Set<string>();
+    const reader = new FrameReader();
+    s.on('data', (chunk) => {
+      try {
+        reader.push(chunk, (m) => this.onPeerMessage(m, learned));
+      } catch (err) {
+        this.opts.log.warn({ peer: ip, err: (err as Error).message }, 'malformed peer message; dropping connection');
+        s.destroy();
+      }
+    });
+    s.on('error', () => {});
+    s.on('close', () => {
+      this.inbound.delete(s);
+      for (const key of learned) this.remote.delete(key);
+    });
+  }
+
+  private onPeerMessage(m: WireMsg, learned: Set<string>): void {
+    if (m.type === MsgType.LISTEN_ADD || m.type === MsgType.LISTEN_DEL) {
+      const rec = msgToRecord(m);
+      if (!rec) throw new Error('bad listener record');
+      const key = listenerKey(rec.overlayIp, rec.port);
+      if (m.type === MsgType.LISTEN_ADD) {
+        this.remote.set(key, rec);
+        learned.add(key);
+      } else if (this.remote.get(key)?.hostPort === rec.hostPort) {
+        this.remote.delete(key);
+        learned.delete(key);
+      }
+    } else if (m.type === MsgType.ANNOUNCE) {
+      const ann = msgToAnnouncement(m);
+      if (!ann) throw new Error('bad announcement');
+      this.announcementHandler(ann);
+    } else if (m.type !== MsgType.PEER_HELLO) {
+      throw new Error(`unexpected message type ${m.type}`);
+    }
+  }
+}

@@ -1,0 +1,132 @@
+// The router's answers to CONNECT, LISTEN and STATUS. Everything here is local and
+// non-blocking: the directory is a local replica, host sockets are created and handed over
+// unconnected, and the announcement to the listener's router is sent without waiting.
+import type { Logger } from '../log.js';
+import { native, errnoText } from '../native.js';
+import { emptyMsg, Fallback, ipv4ToWire, MsgType, Reply, wireToIpv4, type WireMsg } from '../protocol/codec.js';
+import { fallback, type Answer, type ClientSession, type RequestHandler } from './client-session.js';
+import type { Announcement, AnnouncementChannel, Directory, ListenerRecord } from './directory.js';
+import { HostListener, type PendingConn } from './host-listener.js';
+import type { Pairing } from './pairing.js';
+import type { ConnectionLog } from './status.js';
+
+export interface RequestContext {
+  hostIp: string;
+  directory: Directory;
+  announcer: AnnouncementChannel;
+  pairing: Pairing<PendingConn>;
+  connections: ConnectionLog;
+  listeners: Set<HostListener>;
+  status: () => unknown;
+  log: Logger;
+}
+
+const HOST_BACKLOG = 4096;
+
+export class RequestDispatcher implements RequestHandler {
+  constructor(private readonly ctx: RequestContext) {}
+
+  handle(session: ClientSession, msg: WireMsg): Answer {
+    switch (msg.type) {
+      case MsgType.CONNECT:
+        return this.connect(session, msg);
+      case MsgType.LISTEN:
+        return this.listen(session, msg);
+      case MsgType.STATUS:
+        return { reply: ok(), payload: Buffer.from(JSON.stringify(this.ctx.status())) };
+      default:
+        this.ctx.log.warn({ pid: session.pid, type: msg.type }, 'unknown request type');
+        return fallback(Fallback.BAD_REQUEST);
+    }
+  }
+
+  private connect(session: ClientSession, msg: WireMsg): Answer {
+    const srcIp = wireToIpv4(msg.local_addr);
+    const dstIp = wireToIpv4(msg.remote_addr);
+    if (!srcIp || !dstIp || !msg.remote_port) return fallback(Fallback.BAD_REQUEST);
+    const src = `${srcIp}:${msg.local_port}`;
+    const dst = `${dstIp}:${msg.remote_port}`;
+    const fall = (reason: number, why: string): Answer => {
+      this.ctx.connections.add({ role: 'connect', path: 'overlay-fallback', src, dst, reason: why, pid: session.pid });
+      return fallback(reason);
+    };
+    if (!session.ownership.owns(srcIp)) return fall(Fallback.NOT_OWNER, 'source address not in caller netns');
+    const rec = this.ctx.directory.lookup(dstIp, msg.remote_port);
+    if (!rec) return fall(Fallback.NO_LISTENER, 'no accelerated listener');
+
+    const sock = native.tcpSocket(this.ctx.hostIp, 0);
+    if (typeof sock === 'number') return fall(Fallback.INTERNAL, `host socket: ${errnoText(sock)}`);
+    const ann: Announcement = {
+      clientHostIp: this.ctx.hostIp,
+      clientHostPort: sock.port,
+      listenerHostPort: rec.hostPort,
+      srcIp,
+      srcPort: msg.local_port || sock.port,
+      dstIp,
+      dstPort: msg.remote_port,
+    };
+    const sameHost = rec.hostIp === this.ctx.hostIp;
+    if (sameHost) this.ctx.pairing.expect(ann);
+    else if (!this.ctx.announcer.announce(rec.hostIp, ann)) {
+      native.close(sock.fd);
+      return fall(Fallback.NO_LISTENER, `router at ${rec.hostIp} unreachable`);
+    }
+    this.ctx.connections.add({
+      role: 'connect',
+      path: sameHost ? 'same-host' : 'host-network',
+      src: `${srcIp}:${ann.srcPort}`,
+      dst,
+      host: `${rec.hostIp}:${rec.hostPort}`,
+      pid: session.pid,
+    });
+    const reply = ok();
+    reply.host_addr = ipv4ToWire(rec.hostIp);
+    reply.host_port = rec.hostPort;
+    reply.local_port = ann.srcPort;
+    return { reply, fd: sock.fd };
+  }
+
+  private listen(session: ClientSession, msg: WireMsg): Answer {
+    const ip = wireToIpv4(msg.local_addr);
+    if (!ip || !msg.local_port) return fallback(Fallback.BAD_REQUEST);
+    let overlayIps: string[];
+    if (ip === '0.0.0.0') overlayIps = session.ownership.overlayAddresses();
+    else if (session.ownership.owns(ip)) overlayIps = [ip];
+    else {
+      this.ctx.log.warn({ pid: session.pid, ip, port: msg.local_port }, 'refused listener on an address the caller does not own');
+      return fallback(Fallback.NOT_OWNER);
+    }
+    if (!overlayIps.length) return fallback(Fallback.NOT_OWNER);
+
+    const l = native.tcpListen(this.ctx.hostIp, 0, HOST_BACKLOG);
+    if (typeof l === 'number') return fallback(Fallback.INTERNAL);
+    const pair = native.seqpacketPair();
+    if (typeof pair === 'number') {
+      native.close(l.fd);
+      return fallback(Fallback.INTERNAL);
+    }
+    const [routerEnd, appEnd] = pair;
+    const records: ListenerRecord[] = overlayIps.map((o) => ({ overlayIp: o, port: msg.local_port, hostIp: this.ctx.hostIp, hostPort: l.port }));
+    const listener = new HostListener(l.fd, l.port, routerEnd, records, {
+      pairing: this.ctx.pairing,
+      log: this.ctx.log,
+      connections: this.ctx.connections,
+      onClosed: (gone) => {
+        this.ctx.listeners.delete(gone);
+        for (const r of gone.records) this.ctx.directory.withdraw(r);
+        this.ctx.log.info({ listeners: gone.records.map((r) => `${r.overlayIp}:${r.port}`) }, 'listener closed');
+      },
+    });
+    this.ctx.listeners.add(listener);
+    listener.start();
+    for (const r of records) this.ctx.directory.publish(r);
+    this.ctx.log.info({ pid: session.pid, overlay: overlayIps.map((o) => `${o}:${msg.local_port}`), host: `${this.ctx.hostIp}:${l.port}` }, 'accelerated listener');
+    return { reply: ok(), fd: appEnd };
+  }
+}
+
+function ok(): WireMsg {
+  const reply = emptyMsg(MsgType.REPLY);
+  reply.status = Reply.ACCEL;
+  return reply;
+}

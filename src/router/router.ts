@@ -1,0 +1,110 @@
+// One router per host, in the host network namespace: serves the FreeFlow socket
+// (FFR_SOCKET_DIR/FFR_NAME.sock) to containers and joins the other routers' directory.
+import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import type { Logger } from '../log.js';
+import { native, EAGAIN, READABLE, errnoText } from '../native.js';
+import { ClientSession } from './client-session.js';
+import type { HostListener, PendingConn } from './host-listener.js';
+import { Pairing } from './pairing.js';
+import { PeerMesh } from './peer-mesh.js';
+import { RequestDispatcher } from './requests.js';
+import { ConnectionLog } from './status.js';
+
+export interface RouterOptions {
+  name: string;
+  socketDir: string;
+  hostIp: string;
+  peers: string[];
+  peerPort: number;
+  isTrustedPeer: (ip: string) => boolean;
+  log: Logger;
+}
+
+export function socketPath(dir: string, name: string): string {
+  return join(dir, `${name}.sock`);
+}
+
+export class Router {
+  readonly connections = new ConnectionLog();
+  readonly listeners = new Set<HostListener>();
+  private readonly sessions = new Set<ClientSession>();
+  private readonly mesh: PeerMesh;
+  private readonly pairing: Pairing<PendingConn>;
+  private readonly dispatcher: RequestDispatcher;
+  private serverFd = -1;
+  private serverWatch = 0;
+  readonly path: string;
+
+  constructor(private readonly opts: RouterOptions) {
+    this.path = socketPath(opts.socketDir, opts.name);
+    this.mesh = new PeerMesh({ hostIp: opts.hostIp, port: opts.peerPort, peers: opts.peers, isTrustedPeer: opts.isTrustedPeer, log: opts.log });
+    this.pairing = new Pairing<PendingConn>(
+      (conn, ann) => conn.listener.deliver(conn.fd, ann),
+      (conn) => {
+        this.connections.count('accept:refused-unannounced');
+        opts.log.warn({ hostPort: conn.listener.hostPort }, 'closed a host connection no router announced');
+        native.close(conn.fd);
+      },
+    );
+    this.mesh.onAnnouncement((ann) => this.pairing.expect(ann));
+    this.dispatcher = new RequestDispatcher({
+      hostIp: opts.hostIp,
+      directory: this.mesh,
+      announcer: this.mesh,
+      pairing: this.pairing,
+      connections: this.connections,
+      listeners: this.listeners,
+      status: () => this.status(),
+      log: opts.log,
+    });
+  }
+
+  async start(): Promise<void> {
+    mkdirSync(this.opts.socketDir, { recursive: true });
+    await this.mesh.start();
+    const fd = native.seqpacketListen(this.path, 0o777);
+    if (fd < 0) throw new Error(`cannot serve ${this.path}: ${errnoText(fd)}`);
+    this.serverFd = fd;
+    this.serverWatch = native.watch(fd, READABLE, () => this.acceptClients());
+    this.opts.log.info({ socket: this.path, hostIp: this.opts.hostIp, peers: this.opts.peers }, 'router started');
+  }
+
+  stop(): void {
+    native.unwatch(this.serverWatch);
+    native.close(this.serverFd);
+    for (const s of [...this.sessions]) s.close();
+    for (const l of [...this.listeners]) l.close();
+    this.pairing.close();
+    this.mesh.close();
+  }
+
+  status(): unknown {
+    return {
+      name: this.opts.name,
+      socket: this.path,
+      hostIp: this.opts.hostIp,
+      pid: process.pid,
+      peers: this.mesh.peerStates(),
+      clients: this.sessions.size,
+      listeners: [...this.listeners].map((l) => ({ host: `${this.opts.hostIp}:${l.hostPort}`, overlay: l.records.map((r) => `${r.overlayIp}:${r.port}`) })),
+      directory: this.mesh.entries(),
+      pairing: this.pairing.counts(),
+      counters: this.connections.counters,
+      connections: this.connections.list(),
+    };
+  }
+
+  private acceptClients(): void {
+    for (;;) {
+      const c = native.acceptUnix(this.serverFd);
+      if (typeof c === 'number') {
+        if (c !== -EAGAIN) this.opts.log.warn({ error: errnoText(c) }, 'accept on router socket failed');
+        return;
+      }
+      const s = new ClientSession(c.fd, c.pid, this.dispatcher, this.opts.log, (gone) => this.sessions.delete(gone));
+      this.sessions.add(s);
+      s.start();
+    }
+  }
+}

@@ -1,0 +1,36 @@
+// What `freeflow status` shows: counters and the most recent connection set-ups, each with the
+// path it took (host network, same host, or the plain overlay and why).
+export type PathTaken = 'host-network' | 'same-host' | 'overlay-fallback' | 'refused';
+
+export interface ConnectionRecord {
+  at: string;
+  role: 'connect' | 'accept';
+  path: PathTaken;
+  src: string; // overlay ip:port
+  dst: string; // overlay ip:port
+  host?: string; // host-network endpoint used
+  reason?: string;
+  pid?: number;
+}
+
+const KEEP = 256;
+
+export class ConnectionLog {
+  private readonly recent: ConnectionRecord[] = [];
+  readonly counters: Record<string, number> = {};
+
+  add(rec: Omit<ConnectionRecord, 'at'>): void {
+    const counter = `${rec.role}:${rec.path}`;
+    this.counters[counter] = (this.counters[counter] ?? 0) + 1;
+    this.recent.push({ at: new Date().toISOString(), ...rec });
+    if (this.recent.length > KEEP) this.recent.splice(0, this.recent.length - KEEP);
+  }
+
+  count(name: string): void {
+    this.counters[name] = (this.counters[name] ?? 0) + 1;
+  }
+
+  list(): ConnectionRecord[] {
+    return [...this.recent];
+  }
+}
