@@ -3,7 +3,7 @@
 // up: malformed input gets a BAD_REQUEST fallback reply, never an exception.
 import type { Logger } from '../log.js';
 import { native, EAGAIN, READABLE, errnoText } from '../native.js';
-import { decode, emptyMsg, encode, Fallback, MSG_SIZE, MsgType, Reply, WireError, type WireMsg } from '../protocol/codec.js';
+import { decode, emptyMsg, encode, Fallback, Limits, MSG_SIZE, MsgType, Reply, WireError, type WireMsg } from '../protocol/codec.js';
 import { NetnsOwnership } from './netns.js';
 
 export interface Answer {
@@ -13,7 +13,11 @@ export interface Answer {
 }
 
 export interface RequestHandler {
-  handle(session: ClientSession, msg: WireMsg): Answer;
+  /** payload: bytes after the fixed record; fds: descriptors the client attached (the handler
+   * owns them). Synchronous answers keep TCP-mode connect() latency minimal; extensions (RDMA)
+   * may answer later. */
+  handle(session: ClientSession, msg: WireMsg, payload: Buffer, fds: number[]): Answer | Promise<Answer>;
+  sessionClosed?(session: ClientSession): void;
 }
 
 export function fallback(reason: number): Answer {
@@ -47,34 +51,48 @@ export class ClientSession {
     this.closed = true;
     native.unwatch(this.watchId);
     native.close(this.fd);
+    this.handler.sessionClosed?.(this);
     this.onClose(this);
   }
 
   private readAll(): void {
     while (!this.closed) {
-      const r = native.recvMsg(this.fd, MSG_SIZE + 64);
+      const r = native.recvMsg(this.fd, MSG_SIZE + Limits.MAX_PAYLOAD);
       if (r === -EAGAIN) return;
       if (typeof r === 'number') {
         this.close();
         return;
       }
-      for (const fd of r.fds) native.close(fd); // clients have no business sending us fds
-      this.respond(r.data, r.truncated);
+      this.respond(r.data, r.fds, r.truncated);
     }
   }
 
-  private respond(data: Buffer, truncated: boolean): void {
-    let answer: Answer;
-    let seq = data.length >= 12 ? data.readUInt32LE(8) : 0;
+  private respond(data: Buffer, fds: number[], truncated: boolean): void {
+    const seq = data.length >= 12 ? data.readUInt32LE(8) : 0;
+    let answer: Answer | Promise<Answer>;
     try {
-      if (truncated || data.length !== MSG_SIZE) throw new WireError(`message of ${data.length} bytes, expected ${MSG_SIZE}`);
+      if (truncated) throw new WireError('message truncated');
       const msg = decode(data);
-      seq = msg.seq;
-      answer = this.handler.handle(this, msg);
+      if (data.length !== MSG_SIZE + msg.payload_len) throw new WireError(`message of ${data.length} bytes, header says ${MSG_SIZE}+${msg.payload_len}`);
+      answer = this.handler.handle(this, msg, data.subarray(MSG_SIZE), fds);
     } catch (err) {
-      const bad = err instanceof WireError;
-      this.log.warn({ pid: this.pid, error: (err as Error).message }, bad ? 'malformed request' : 'request failed');
-      answer = fallback(bad ? Fallback.BAD_REQUEST : Fallback.INTERNAL);
+      for (const fd of fds) native.close(fd);
+      answer = this.failed(err);
+    }
+    if (answer instanceof Promise) answer.catch((err) => this.failed(err)).then((a) => this.send(seq, a));
+    else this.send(seq, answer);
+  }
+
+  private failed(err: unknown): Answer {
+    const bad = err instanceof WireError;
+    this.log.warn({ pid: this.pid, error: (err as Error).message }, bad ? 'malformed request' : 'request failed');
+    return fallback(bad ? Fallback.BAD_REQUEST : Fallback.INTERNAL);
+  }
+
+  private send(seq: number, answer: Answer): void {
+    if (this.closed) {
+      if (answer.fd !== undefined) native.close(answer.fd);
+      return;
     }
     answer.reply.seq = seq;
     const n = native.sendMsg(this.fd, encode(answer.reply, answer.payload), answer.fd !== undefined ? [answer.fd] : []);

@@ -23,10 +23,29 @@ export interface RequestContext {
 
 const HOST_BACKLOG = 4096;
 
+/** A feature served on the same FreeFlow socket with its own message types (RDMA mode). */
+export interface RouterExtension {
+  handles(type: number): boolean;
+  handle(session: ClientSession, msg: WireMsg, payload: Buffer, fds: number[]): Answer | Promise<Answer>;
+  sessionClosed(session: ClientSession): void;
+}
+
 export class RequestDispatcher implements RequestHandler {
+  private readonly extensions: RouterExtension[] = [];
   constructor(private readonly ctx: RequestContext) {}
 
-  handle(session: ClientSession, msg: WireMsg): Answer {
+  addExtension(ext: RouterExtension): void {
+    this.extensions.push(ext);
+  }
+
+  sessionClosed(session: ClientSession): void {
+    for (const ext of this.extensions) ext.sessionClosed(session);
+  }
+
+  handle(session: ClientSession, msg: WireMsg, payload: Buffer, fds: number[]): Answer | Promise<Answer> {
+    const ext = this.extensions.find((e) => e.handles(msg.type));
+    if (ext) return ext.handle(session, msg, payload, fds);
+    for (const fd of fds) native.close(fd); // TCP mode takes no descriptors from clients
     switch (msg.type) {
       case MsgType.CONNECT:
         return this.connect(session, msg);

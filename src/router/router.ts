@@ -8,7 +8,7 @@ import { ClientSession } from './client-session.js';
 import type { HostListener, PendingConn } from './host-listener.js';
 import { Pairing } from './pairing.js';
 import { PeerMesh } from './peer-mesh.js';
-import { RequestDispatcher } from './requests.js';
+import { RequestDispatcher, type RouterExtension } from './requests.js';
 import { ConnectionLog } from './status.js';
 
 export interface RouterOptions {
@@ -77,6 +77,15 @@ export class Router {
     for (const l of [...this.listeners]) l.close();
     this.pairing.close();
     this.mesh.close();
+  }
+
+  /** Serves another feature (RDMA mode) on the same socket; see RouterExtension. */
+  addExtension(ext: RouterExtension): void {
+    this.dispatcher.addExtension(ext);
+  }
+
+  get hostIp(): string {
+    return this.opts.hostIp;
   }
 
   status(): unknown {
