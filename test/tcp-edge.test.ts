@@ -1,0 +1,72 @@
+// Socket semantics through libfsocket, with the edge-case program (test/apps/edge.c) in
+// containers of the testbed: non-blocking connect with epoll registered before connect,
+// accept4 flags, overlay names, half-close, 200 concurrent connections with per-connection
+// checksums, fork after connect. Each run also checks which path the bytes took.
+import t from 'tap';
+import { EDGE, Testbed, overlayIp, vxlanBytesDuring } from './lib/testbed.js';
+
+const tb = await Testbed.up(t);
+
+async function edgePair(server: string, client: string, opts: { workers?: number; v6?: boolean; port: number }) {
+  const args = ['server', opts.v6 ? '::' : '0.0.0.0', String(opts.port)];
+  if (opts.workers) args.push('--workers', String(opts.workers));
+  if (opts.v6) args.push('--v6');
+  const srv = tb.start(server, [EDGE, ...args], { preload: true });
+  await srv.waitFor(/listening \d+/);
+  for (let h = 1; h <= 2; h++) await tb.waitListener(`h${h}`, overlayIp(server), opts.port);
+  const { result, bytes } = await vxlanBytesDuring(tb, 'h1', () =>
+    tb.run(client, [EDGE, 'client', overlayIp(server), String(opts.port), 'all'], { preload: true, timeoutMs: 120_000 }),
+  );
+  await tb.stop(srv);
+  return { result, bytes, srvOut: srv.output() };
+}
+
+function checkEdge(t: Tap.Test, r: { result: { code: number | null; stdout: string; stderr: string }; bytes: number }, client: string, server: string, port: number) {
+  const out = r.result.stdout;
+  t.equal(r.result.code, 0, 'edge client: all checks pass', { output: out + r.result.stderr });
+  t.notMatch(out, /^FAIL/m, 'no failed check');
+  for (const check of ['nbconnect-inprogress', 'nbconnect-epollout', 'nbconnect-soerror', 'nbconnect-echo', 'accept4', 'halfclose', 'fork-child-echo'])
+    t.match(out, new RegExp(`^ok ${check}\\b`, 'm'), `check ${check}`);
+  t.match(out, /^ok concurrent 200\/200/m, '200 concurrent connections each paired with its own peer');
+  // Names are the overlay's, on both sides, whatever path the bytes took.
+  const names = /^ok names local=([\d.]+):(\d+) peer=([\d.]+):(\d+)/m.exec(out);
+  t.ok(names, 'names reported');
+  if (names) {
+    t.equal(names[1], overlayIp(client), 'getsockname shows the client overlay address');
+    t.equal(`${names[3]}:${names[4]}`, `${overlayIp(server)}:${port}`, 'getpeername shows the server overlay address');
+  }
+  t.match(out, /^ok names-server-peer/m, "server's accept()/getpeername show the client's overlay address and port");
+  t.match(out, /^ok names-server-local/m, "server's getsockname shows its overlay address");
+}
+
+t.test('cross-host: edge cases pass and bytes bypass VXLAN', async (t) => {
+  const r = await edgePair('c21', 'c11', { port: 7001 });
+  checkEdge(t, r, 'c11', 'c21', 7001);
+  // ~2.6 MB of payload plus 200 connections went over the link; over VXLAN that would be >2.6 MB.
+  t.ok(r.bytes < 200_000, `VXLAN carried ${r.bytes} bytes (expected almost none)`);
+  const s = await tb.status('h1');
+  t.ok((s.counters['connect:host-network'] ?? 0) >= 200, 'router on h1 set up the connections on the host network');
+});
+
+t.test('cross-host: nginx-style server with 2 worker processes and a dual-stack listener', async (t) => {
+  const r = await edgePair('c21', 'c12', { port: 7002, workers: 2, v6: true });
+  checkEdge(t, r, 'c12', 'c21', 7002);
+  t.ok(r.bytes < 200_000, `VXLAN carried ${r.bytes} bytes`);
+});
+
+t.test('same host: edge cases pass over the host kernel path', async (t) => {
+  const before = (await tb.status('h1')).counters['connect:same-host'] ?? 0;
+  const r = await edgePair('c12', 'c11', { port: 7003 });
+  checkEdge(t, r, 'c11', 'c12', 7003);
+  const after = (await tb.status('h1')).counters['connect:same-host'] ?? 0;
+  t.ok(after - before >= 200, `router on h1 set up ${after - before} same-host connections`);
+});
+
+t.test('plain (not preloaded) run of the same program for comparison uses VXLAN', async (t) => {
+  const srv = tb.start('c21', [EDGE, 'server', '0.0.0.0', '7004']);
+  await srv.waitFor(/listening/);
+  const { result, bytes } = await vxlanBytesDuring(tb, 'h1', () => tb.run('c11', [EDGE, 'client', overlayIp('c21'), '7004', 'halfclose']));
+  t.equal(result.code, 0, 'plain client works');
+  t.ok(bytes > 100_000, `VXLAN carried ${bytes} bytes on the plain path (the counter does see overlay traffic)`);
+  await tb.stop(srv);
+});
