@@ -73,6 +73,21 @@ void ff_fd_share(int oldfd, int newfd) {
   atomic_store_explicit(&table[newfd], e, memory_order_release);
 }
 
+void ff_listener_drop_channel(int fd, struct ff_fd *e) {
+  pthread_mutex_lock(&ff_table_lock);
+  if (e == ff_fd_get(fd) && e->sock->chan_fd >= 0) {
+    ff_real.close(e->sock->chan_fd);
+    e->sock->chan_fd = -1;
+    atomic_fetch_sub(&ff_channel_listeners, 1);
+  }
+  pthread_mutex_unlock(&ff_table_lock);
+}
+
+bool ff_channel_at_eof(int chan) {
+  char b;
+  return recv(chan, &b, 1, MSG_PEEK | MSG_DONTWAIT) == 0;
+}
+
 void ff_sock_record_opt(struct ff_sock *s, int level, int name, const void *val, socklen_t len) {
   if (!val || len > FF_OPT_MAXLEN) return;
   int i;

@@ -69,6 +69,10 @@ struct ff_fd *ff_fd_track(int fd, enum ff_kind kind, int family);
 void ff_fd_share(int oldfd, int newfd);
 /* Forget fd; closes a listener's channel when its last fd goes. Caller holds the lock. */
 void ff_fd_forget(int fd);
+/* The router went away: the listener carries on as a plain overlay listener. */
+void ff_listener_drop_channel(int fd, struct ff_fd *e);
+/* True if the channel's only news is that the router closed it (checked with MSG_PEEK). */
+bool ff_channel_at_eof(int chan);
 void ff_sock_record_opt(struct ff_sock *s, int level, int name, const void *val, socklen_t len);
 void ff_sock_replay_opts(const struct ff_sock *s, int fd);
 void ff_fd_record_epoll(struct ff_fd *e, int epfd, int op, const struct epoll_event *ev);

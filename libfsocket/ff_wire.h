@@ -15,6 +15,18 @@
 #define FF_T_LISTEN_ADD 21
 #define FF_T_LISTEN_DEL 22
 #define FF_T_ANNOUNCE 23
+#define FF_T_RDMA_OPEN 100
+#define FF_T_RDMA_ALLOC_PD 101
+#define FF_T_RDMA_DEALLOC_PD 102
+#define FF_T_RDMA_REG_MR 103
+#define FF_T_RDMA_DEREG_MR 104
+#define FF_T_RDMA_CREATE_CQ 105
+#define FF_T_RDMA_DESTROY_CQ 106
+#define FF_T_RDMA_CREATE_QP 107
+#define FF_T_RDMA_MODIFY_QP 108
+#define FF_T_RDMA_DESTROY_QP 109
+#define FF_T_RDMA_CREATE_CHANNEL 110
+#define FF_T_RDMA_DESTROY_CHANNEL 111
 #define FF_REPLY_ACCEL 1
 #define FF_REPLY_FALLBACK 2
 #define FF_FALLBACK_NO_LISTENER 1
@@ -62,5 +74,11 @@ _Static_assert(sizeof(struct ff_msg) == FF_WIRE_MSG_SIZE, "ff_msg layout");
 #define FF_OFF_LOCAL_ADDR 40
 #define FF_OFF_REMOTE_ADDR 56
 #define FF_OFF_HOST_ADDR 72
+
+struct ff_rdma_args {
+  uint32_t h[6];
+  uint64_t v[4];
+} __attribute__((packed));
+_Static_assert(sizeof(struct ff_rdma_args) == 56, "ff_rdma_args layout");
 
 #endif

@@ -11,17 +11,6 @@
 #include "init.h"
 #include "router.h"
 
-/* The router went away: the listener carries on as a plain overlay listener. */
-static void drop_channel(int fd, struct ff_fd *e) {
-  pthread_mutex_lock(&ff_table_lock);
-  if (e == ff_fd_get(fd) && e->sock->chan_fd >= 0) {
-    ff_real.close(e->sock->chan_fd);
-    e->sock->chan_fd = -1;
-    atomic_fetch_sub(&ff_channel_listeners, 1);
-  }
-  pthread_mutex_unlock(&ff_table_lock);
-}
-
 /* One connection from the channel: >= 0 an fd, -1 with errno EAGAIN if none is waiting. */
 static int take_from_channel(int fd, struct ff_fd *e, struct sockaddr *addr, socklen_t *len, int flags) {
   for (;;) {
@@ -34,7 +23,7 @@ static int take_from_channel(int fd, struct ff_fd *e, struct sockaddr *addr, soc
     int afd;
     int got = ff_recv_with_fd(chan, &m, &afd, flags & SOCK_CLOEXEC);
     if (got == 0 || (got < 0 && errno != EAGAIN && errno != EINTR && errno != EPROTO)) {
-      drop_channel(fd, e);
+      ff_listener_drop_channel(fd, e);
       errno = EAGAIN;
       return -1;
     }

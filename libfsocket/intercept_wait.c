@@ -8,6 +8,7 @@
 #include <string.h>
 #include "fdtable.h"
 #include "init.h"
+#include <stdbool.h>
 
 int epoll_ctl(int epfd, int op, int fd, struct epoll_event *ev) {
   FF_INIT();
@@ -76,11 +77,22 @@ static bool widen_pollfds(struct widen *w, struct pollfd *fds, nfds_t n) {
   return true;
 }
 
+/* A channel the router closed is not a connection to accept: drop it (the listener goes on as
+ * a plain overlay listener) instead of reporting readiness, which would send an application
+ * with a blocking listener into an accept() that never returns. */
+static bool channel_has_connection(int listener_fd, int chan) {
+  if (!ff_channel_at_eof(chan)) return true;
+  struct ff_fd *e = ff_fd_get(listener_fd);
+  if (e) ff_listener_drop_channel(listener_fd, e);
+  return false;
+}
+
 static int narrow_pollfds(struct widen *w, struct pollfd *fds, int r) {
   if (r > 0) {
     for (nfds_t i = 0; i < w->n; i++) fds[i].revents = w->fds[i].revents;
     for (nfds_t j = 0; j < w->extra; j++)
-      if (w->fds[w->n + j].revents & (POLLIN | POLLHUP | POLLERR)) fds[w->owner[j]].revents |= POLLIN;
+      if ((w->fds[w->n + j].revents & (POLLIN | POLLHUP | POLLERR)) && channel_has_connection(fds[w->owner[j]].fd, w->fds[w->n + j].fd))
+        fds[w->owner[j]].revents |= POLLIN;
     r = 0;
     for (nfds_t i = 0; i < w->n; i++) r += fds[i].revents != 0;
   }
@@ -91,28 +103,36 @@ static int narrow_pollfds(struct widen *w, struct pollfd *fds, int r) {
   return r;
 }
 
+/* A wake-up that was only a dropped channel is not an answer: wait again (with the same
+ * timeout; this happens once per listener, when its router dies). */
 int poll(struct pollfd *fds, nfds_t n, int timeout) {
   FF_INIT();
-  struct widen w;
-  if (!atomic_load_explicit(&ff_channel_listeners, memory_order_relaxed) || !widen_pollfds(&w, fds, n))
-    return ff_real.poll(fds, n, timeout);
-  int r = ff_real.poll(w.fds, w.n + w.extra, timeout);
-  int saved = errno;
-  r = narrow_pollfds(&w, fds, r);
-  errno = saved;
-  return r;
+  for (;;) {
+    struct widen w;
+    if (!atomic_load_explicit(&ff_channel_listeners, memory_order_relaxed) || !widen_pollfds(&w, fds, n))
+      return ff_real.poll(fds, n, timeout);
+    int r = ff_real.poll(w.fds, w.n + w.extra, timeout);
+    int saved = errno;
+    int raw = r;
+    r = narrow_pollfds(&w, fds, r);
+    errno = saved;
+    if (!(raw > 0 && r == 0)) return r;
+  }
 }
 
 int ppoll(struct pollfd *fds, nfds_t n, const struct timespec *ts, const sigset_t *mask) {
   FF_INIT();
-  struct widen w;
-  if (!atomic_load_explicit(&ff_channel_listeners, memory_order_relaxed) || !widen_pollfds(&w, fds, n))
-    return ff_real.ppoll(fds, n, ts, mask);
-  int r = ff_real.ppoll(w.fds, w.n + w.extra, ts, mask);
-  int saved = errno;
-  r = narrow_pollfds(&w, fds, r);
-  errno = saved;
-  return r;
+  for (;;) {
+    struct widen w;
+    if (!atomic_load_explicit(&ff_channel_listeners, memory_order_relaxed) || !widen_pollfds(&w, fds, n))
+      return ff_real.ppoll(fds, n, ts, mask);
+    int r = ff_real.ppoll(w.fds, w.n + w.extra, ts, mask);
+    int saved = errno;
+    int raw = r;
+    r = narrow_pollfds(&w, fds, r);
+    errno = saved;
+    if (!(raw > 0 && r == 0)) return r;
+  }
 }
 
 struct select_pair {
@@ -141,7 +161,7 @@ static int narrow_fdset(int n, int r, fd_set *rd, fd_set *wr, fd_set *ex, const 
   for (int i = 0; i < npairs; i++) {
     if (FD_ISSET(pairs[i].chan, rd)) {
       FD_CLR(pairs[i].chan, rd);
-      FD_SET(pairs[i].listener, rd);
+      if (channel_has_connection(pairs[i].listener, pairs[i].chan)) FD_SET(pairs[i].listener, rd);
     }
   }
   r = 0;
@@ -150,28 +170,54 @@ static int narrow_fdset(int n, int r, fd_set *rd, fd_set *wr, fd_set *ex, const 
   return r;
 }
 
+struct saved_sets {
+  fd_set rd, wr, ex;
+};
+
+static void save_sets(struct saved_sets *s, fd_set *rd, fd_set *wr, fd_set *ex) {
+  if (rd) s->rd = *rd;
+  if (wr) s->wr = *wr;
+  if (ex) s->ex = *ex;
+}
+
+static void restore_sets(const struct saved_sets *s, fd_set *rd, fd_set *wr, fd_set *ex) {
+  if (rd) *rd = s->rd;
+  if (wr) *wr = s->wr;
+  if (ex) *ex = s->ex;
+}
+
 int select(int n, fd_set *rd, fd_set *wr, fd_set *ex, struct timeval *tv) {
   FF_INIT();
-  struct select_pair pairs[64];
-  int npairs = 0, top = n;
-  if (rd && atomic_load_explicit(&ff_channel_listeners, memory_order_relaxed)) top = widen_fdset(n, rd, pairs, &npairs);
-  if (!npairs) return ff_real.select(n, rd, wr, ex, tv);
-  int r = ff_real.select(top, rd, wr, ex, tv);
-  int saved = errno;
-  r = narrow_fdset(n, r, rd, wr, ex, pairs, npairs);
-  errno = saved;
-  return r;
+  struct saved_sets orig;
+  save_sets(&orig, rd, wr, ex);
+  for (;;) {
+    struct select_pair pairs[64];
+    int npairs = 0, top = n;
+    if (rd && atomic_load_explicit(&ff_channel_listeners, memory_order_relaxed)) top = widen_fdset(n, rd, pairs, &npairs);
+    if (!npairs) return ff_real.select(n, rd, wr, ex, tv);
+    int raw = ff_real.select(top, rd, wr, ex, tv);
+    int saved = errno;
+    int r = narrow_fdset(n, raw, rd, wr, ex, pairs, npairs);
+    errno = saved;
+    if (!(raw > 0 && r == 0)) return r;
+    restore_sets(&orig, rd, wr, ex);
+  }
 }
 
 int pselect(int n, fd_set *rd, fd_set *wr, fd_set *ex, const struct timespec *ts, const sigset_t *mask) {
   FF_INIT();
-  struct select_pair pairs[64];
-  int npairs = 0, top = n;
-  if (rd && atomic_load_explicit(&ff_channel_listeners, memory_order_relaxed)) top = widen_fdset(n, rd, pairs, &npairs);
-  if (!npairs) return ff_real.pselect(n, rd, wr, ex, ts, mask);
-  int r = ff_real.pselect(top, rd, wr, ex, ts, mask);
-  int saved = errno;
-  r = narrow_fdset(n, r, rd, wr, ex, pairs, npairs);
-  errno = saved;
-  return r;
+  struct saved_sets orig;
+  save_sets(&orig, rd, wr, ex);
+  for (;;) {
+    struct select_pair pairs[64];
+    int npairs = 0, top = n;
+    if (rd && atomic_load_explicit(&ff_channel_listeners, memory_order_relaxed)) top = widen_fdset(n, rd, pairs, &npairs);
+    if (!npairs) return ff_real.pselect(n, rd, wr, ex, ts, mask);
+    int raw = ff_real.pselect(top, rd, wr, ex, ts, mask);
+    int saved = errno;
+    int r = narrow_fdset(n, raw, rd, wr, ex, pairs, npairs);
+    errno = saved;
+    if (!(raw > 0 && r == 0)) return r;
+    restore_sets(&orig, rd, wr, ex);
+  }
 }

@@ -1,0 +1,105 @@
+/* The verbs library's own connection to the host router (SOCK_SEQPACKET). One request at a
+ * time; every RDMA message is struct ff_msg + struct ff_rdma_args, optionally with one fd. */
+#define _GNU_SOURCE
+#include "ffv.h"
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+static int conn = -1;
+static pid_t conn_pid;
+static uint32_t seq;
+
+static int open_conn(void) {
+  if (conn >= 0 && conn_pid == getpid()) return 0;
+  if (conn >= 0) close(conn); /* inherited over fork: resources belong to the parent */
+  conn = -1;
+  const char *dir = getenv("FFR_SOCKET_DIR");
+  const char *name = getenv("FFR_NAME");
+  struct sockaddr_un sun = {.sun_family = AF_UNIX};
+  snprintf(sun.sun_path, sizeof sun.sun_path, "%s/%s.sock", dir && *dir ? dir : "/freeflow", name && *name ? name : "ffrouter");
+  int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+  if (fd < 0) return -errno;
+  if (connect(fd, (struct sockaddr *)&sun, sizeof sun) < 0) {
+    int e = errno;
+    close(fd);
+    return -e;
+  }
+  int hi = fcntl(fd, F_DUPFD_CLOEXEC, 900); /* keep the application's low fd numbers free */
+  if (hi >= 0) { close(fd); fd = hi; }
+  conn = fd;
+  conn_pid = getpid();
+  return 0;
+}
+
+int ffv_call(int type, const struct ff_rdma_args *args, int fd_in, const uint8_t *remote_addr, struct ff_msg *rep, struct ff_rdma_args *out) {
+  struct {
+    struct ff_msg m;
+    struct ff_rdma_args a;
+  } __attribute__((packed)) req, resp;
+  memset(&req, 0, sizeof req);
+  req.m.magic = FF_WIRE_MAGIC;
+  req.m.version = FF_WIRE_VERSION;
+  req.m.type = (uint16_t)type;
+  req.m.pid = (uint32_t)getpid();
+  req.m.payload_len = sizeof req.a;
+  if (args) req.a = *args;
+  if (remote_addr) memcpy(req.m.remote_addr, remote_addr, 16);
+  int saved = errno;
+  pthread_mutex_lock(&lock);
+  int rc = open_conn();
+  if (rc < 0) goto done;
+  req.m.seq = ++seq;
+  struct iovec iov = {&req, sizeof req};
+  union {
+    struct cmsghdr h;
+    char b[CMSG_SPACE(sizeof(int))];
+  } ctl;
+  struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
+  if (fd_in >= 0) {
+    memset(&ctl, 0, sizeof ctl);
+    mh.msg_control = ctl.b;
+    mh.msg_controllen = sizeof ctl.b;
+    struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(c), &fd_in, sizeof(int));
+  }
+  if (sendmsg(conn, &mh, MSG_NOSIGNAL) != (ssize_t)sizeof req) {
+    rc = -EIO;
+    goto fail;
+  }
+  for (;;) {
+    struct pollfd p = {conn, POLLIN, 0};
+    int r = poll(&p, 1, 10000);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) { rc = -ETIMEDOUT; goto fail; }
+    memset(&resp, 0, sizeof resp);
+    ssize_t n = recv(conn, &resp, sizeof resp, 0);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < (ssize_t)sizeof resp.m || resp.m.magic != FF_WIRE_MAGIC) { rc = -EIO; goto fail; }
+    if (resp.m.type != FF_T_REPLY || resp.m.seq != req.m.seq) continue;
+    break;
+  }
+  if (rep) *rep = resp.m;
+  if (out) *out = resp.a;
+  /* A TCP-mode style fallback reply (positive status) means the router has no RDMA support. */
+  rc = resp.m.status > 0 ? -EOPNOTSUPP : resp.m.status;
+  goto done;
+fail:
+  close(conn);
+  conn = -1;
+done:
+  pthread_mutex_unlock(&lock);
+  errno = saved;
+  return rc;
+}

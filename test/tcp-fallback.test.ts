@@ -1,0 +1,85 @@
+// Where FreeFlow must step aside: a missing or dead router, addresses outside VNET_PREFIX,
+// LD_PRELOAD="", a malformed VNET_PREFIX. The application must work every time, on the
+// plain overlay, and the bytes must be seen on VXLAN.
+import t from 'tap';
+import { EDGE, LIB, Testbed, overlayIp, vxlanBytesDuring } from './lib/testbed.js';
+
+const tb = await Testbed.up(t);
+const OVERLAY_MIN = 100_000; // the halfclose test moves 100 kB each way
+
+async function halfclose(client: string, port: number, opts: { preload?: boolean; env?: Record<string, string> }) {
+  return vxlanBytesDuring(tb, 'h1', () => tb.run(client, [EDGE, 'client', overlayIp('c21'), String(port), 'halfclose'], opts));
+}
+
+t.test('address outside VNET_PREFIX: plain overlay, no error', async (t) => {
+  const srv = tb.start('c21', [EDGE, 'server', '0.0.0.0', '7101'], { preload: true, env: { VNET_PREFIX: '10.244.0.0/16' } });
+  await srv.waitFor(/listening/);
+  await tb.waitListener('h1', overlayIp('c21'), 7101);
+  const { result, bytes } = await halfclose('c11', 7101, { preload: true, env: { VNET_PREFIX: '10.245.0.0/16' } });
+  t.equal(result.code, 0, result.stdout);
+  t.ok(bytes > OVERLAY_MIN, `VXLAN carried ${bytes} bytes`);
+  await tb.stop(srv);
+});
+
+t.test('LD_PRELOAD="" opts out: plain overlay to an accelerated server', async (t) => {
+  const srv = tb.start('c21', [EDGE, 'server', '0.0.0.0', '7102'], { preload: true });
+  await srv.waitFor(/listening/);
+  await tb.waitListener('h1', overlayIp('c21'), 7102);
+  const { result, bytes } = await halfclose('c11', 7102, { env: { LD_PRELOAD: '', VNET_PREFIX: '10.244.0.0/16' } });
+  t.equal(result.code, 0, result.stdout);
+  t.ok(bytes > OVERLAY_MIN, `VXLAN carried ${bytes} bytes`);
+  await tb.stop(srv);
+});
+
+t.test('malformed VNET_PREFIX: one clear warning, no acceleration, connection works', async (t) => {
+  const srv = tb.start('c21', [EDGE, 'server', '0.0.0.0', '7103'], { preload: true });
+  await srv.waitFor(/listening/);
+  await tb.waitListener('h1', overlayIp('c21'), 7103);
+  const { result, bytes } = await halfclose('c11', 7103, { preload: true, env: { VNET_PREFIX: '10.244.0.0/33' } });
+  t.equal(result.code, 0, result.stdout);
+  const warnings = result.stderr.split('\n').filter((l) => /VNET_PREFIX/.test(l));
+  t.equal(warnings.length, 1, `exactly one warning: ${result.stderr}`);
+  t.match(warnings[0] ?? '', /malformed/, 'the warning says what is wrong');
+  t.ok(bytes > OVERLAY_MIN, `VXLAN carried ${bytes} bytes`);
+  await tb.stop(srv);
+});
+
+t.test('unset VNET_PREFIX accelerates nothing (unlike the original, which took 0.0.0.0/0)', async (t) => {
+  const srv = tb.start('c21', [EDGE, 'server', '0.0.0.0', '7104'], { preload: true });
+  await srv.waitFor(/listening/);
+  await tb.waitListener('h1', overlayIp('c21'), 7104);
+  // (the testbed sets VNET_PREFIX in containers, so remove it explicitly)
+  const { result, bytes } = await vxlanBytesDuring(tb, 'h1', () =>
+    tb.run('c11', ['env', '-u', 'VNET_PREFIX', EDGE, 'client', overlayIp('c21'), '7104', 'halfclose'], { env: { LD_PRELOAD: LIB } }),
+  );
+  t.equal(result.code, 0, result.stdout);
+  t.equal(result.stderr, '', 'silent');
+  t.ok(bytes > OVERLAY_MIN, `VXLAN carried ${bytes} bytes`);
+  await tb.stop(srv);
+});
+
+t.test('router killed mid-transfer: established connections keep going; new ones use the overlay', async (t) => {
+  const srv = tb.start('c21', ['iperf3', '-s', '--forceflush', '-p', '7105'], { preload: true });
+  await srv.waitFor(/listening/);
+  await tb.waitListener('h1', overlayIp('c21'), 7105);
+  const run = tb.run('c11', ['iperf3', '-c', overlayIp('c21'), '-p', '7105', '-t', '4', '-C', 'cubic'], { preload: true });
+  await new Promise((r) => setTimeout(r, 1500));
+  await tb.stopRouter('h1');
+  await tb.stopRouter('h2');
+  const res = await run;
+  t.equal(res.code, 0, 'iperf3 finished although both routers died during the run');
+  t.match(res.stdout, /receiver/, res.stdout + res.stderr);
+  await tb.stop(srv);
+
+  // No router at all now: a preloaded server and client still talk, over VXLAN.
+  const srv2 = tb.start('c21', [EDGE, 'server', '0.0.0.0', '7106'], { preload: true });
+  await srv2.waitFor(/listening/);
+  const start = Date.now();
+  const all = await vxlanBytesDuring(tb, 'h1', () => tb.run('c11', [EDGE, 'client', overlayIp('c21'), '7106', 'all'], { preload: true, timeoutMs: 90_000 }));
+  t.equal(all.result.code, 0, `edge cases pass with no router: ${all.result.stdout}`);
+  t.ok(all.bytes > 1_000_000, `VXLAN carried ${all.bytes} bytes`);
+  t.ok(Date.now() - start < 30_000, 'no stalls waiting for a router that is not there');
+  await tb.stop(srv2);
+  await tb.startRouter('h1');
+  await tb.startRouter('h2');
+});
