@@ -3,7 +3,7 @@
 // connection to the same port, so both go through the accelerated listener. The path is shown
 // by the VXLAN counters on h1 and by the routers' connection counters; a plain run is the
 // contrast that proves the counters do see overlay traffic.
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { Testbed, overlayIp, vxlanBytesDuring } from './lib/testbed.js';
 
 const tb = await Testbed.up(t);
@@ -38,7 +38,7 @@ async function iperf(server: string, client: string, port: number, preload: bool
   return { code: result.code, json, raw: result.stdout + result.stderr + '\n--- server:\n' + srv.output(), bytes, received: Number(sum.bytes ?? 0), bps: Number(sum.bits_per_second ?? 0), serverCode: srvCode };
 }
 
-function checkRun(t: Tap.Test, r: IperfRun, client: string, server: string, port: number) {
+function checkRun(t: Test, r: IperfRun, client: string, server: string, port: number) {
   t.equal(r.code, 0, 'iperf3 client exited 0', { output: r.raw.slice(0, 4000) });
   t.equal(r.serverCode, 0, 'iperf3 server (-1) served the test and exited 0');
   t.ok(r.json, 'iperf3 -J printed JSON');

@@ -1,0 +1,222 @@
+// nginx (Debian's nginx-light: a master and 2 worker processes sharing one listening socket,
+// epoll, accept after fork) preloaded in c21, with curl and wrk as clients in c11. Checks the
+// bytes (sha256 of a 1 MiB random file), wrk's error counts, and which path each client took:
+// accelerated client -> accelerated nginx bypasses VXLAN; a plain client still reaches the
+// accelerated nginx over the overlay; an accelerated client still reaches a plain nginx over
+// the overlay (router answers "overlay-fallback").
+import t, { type Test } from 'tap';
+import { createHash, randomFillSync } from 'node:crypto';
+import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Testbed, overlayIp, vxlanBytesDuring, type Started } from './lib/testbed.js';
+
+const tb = await Testbed.up(t);
+const SERVER = 'c21';
+const CLIENT = 'c11';
+const ACCEL_PORT = 8080;
+const PLAIN_PORT = 8081;
+const BIG = 1 << 20;
+
+const dir = mkdtempSync(join(tmpdir(), 'ff-nginx-'));
+t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+chmodSync(dir, 0o755); // nginx workers run as nobody and must read the files
+const www = join(dir, 'www');
+mkdirSync(www, { mode: 0o755 });
+const big = randomFillSync(Buffer.alloc(BIG));
+writeFileSync(join(www, 'big.bin'), big, { mode: 0o644 });
+writeFileSync(join(www, 'small.txt'), 'hello from nginx\n', { mode: 0o644 });
+const bigSha = sha256(big);
+
+function sha256(b: Buffer): string {
+  return createHash('sha256').update(b).digest('hex');
+}
+
+/** A private nginx instance: everything it writes stays in its own temp dir. */
+function nginxConf(name: string, port: number): string {
+  const d = join(dir, name);
+  mkdirSync(d, { mode: 0o755 });
+  const conf = join(d, 'nginx.conf');
+  writeFileSync(
+    conf,
+    `worker_processes 2;
+daemon off;
+master_process on;
+pid ${d}/nginx.pid;
+error_log ${d}/error.log info;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  client_body_temp_path ${d}/client_body;
+  proxy_temp_path ${d}/proxy;
+  fastcgi_temp_path ${d}/fastcgi;
+  uwsgi_temp_path ${d}/uwsgi;
+  scgi_temp_path ${d}/scgi;
+  keepalive_requests 100000;
+  server {
+    listen ${port};
+    root ${www};
+  }
+}
+`,
+  );
+  return conf;
+}
+
+async function startNginx(name: string, port: number, preload: boolean): Promise<Started> {
+  const conf = nginxConf(name, port);
+  const d = join(dir, name);
+  const ngx = tb.start(SERVER, ['nginx', '-p', d, '-e', `${d}/error.log`, '-c', conf], { preload });
+  // With `daemon off` nginx prints nothing; it is up when both workers run and the port answers.
+  const end = Date.now() + 10_000;
+  for (;;) {
+    const log = (() => {
+      try {
+        return readFileSync(join(d, 'error.log'), 'utf8');
+      } catch {
+        return '';
+      }
+    })();
+    if ((log.match(/start worker process \d+/g) ?? []).length >= 2) break;
+    if (Date.now() > end || ngx.proc.exitCode !== null) throw new Error(`nginx ${name} did not start:\n${ngx.output()}\n${log}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  if (preload) for (let h = 1; h <= 2; h++) await tb.waitListener(`h${h}`, overlayIp(SERVER), port);
+  return ngx;
+}
+
+/** Fetches big.bin `times` times in one curl run (one keep-alive connection); returns the hashes. */
+async function curlBig(port: number, times: number, preload: boolean, tag: string) {
+  const args: string[] = ['curl', '-sS', '--fail', '--max-time', '20', '-w', '%{http_code} %{size_download} %{num_connects}\\n'];
+  const files: string[] = [];
+  for (let i = 0; i < times; i++) {
+    const f = join(dir, `${tag}-${i}.bin`);
+    files.push(f);
+    args.push('-o', f, `http://${overlayIp(SERVER)}:${port}/big.bin`);
+  }
+  const env: Record<string, string> = preload ? {} : { LD_PRELOAD: '' };
+  const { result, bytes } = await vxlanBytesDuring(tb, 'h1', () => tb.run(CLIENT, args, { preload, env, timeoutMs: 30_000 }));
+  const hashes = files.map((f) => {
+    try {
+      return sha256(readFileSync(f));
+    } catch {
+      return 'missing';
+    }
+  });
+  const lines = result.stdout.trim().split('\n').filter(Boolean);
+  return { result, bytes, hashes, lines };
+}
+
+function checkCurl(t: Test, r: Awaited<ReturnType<typeof curlBig>>, times: number) {
+  t.equal(r.result.code, 0, 'curl exited 0', { stderr: r.result.stderr });
+  t.equal(r.lines.length, times, `${times} transfers reported`);
+  t.ok(r.lines.every((l) => l.startsWith(`200 ${BIG} `)), `every fetch: 200 and ${BIG} bytes`, { lines: r.lines });
+  t.same(r.hashes, Array(times).fill(bigSha), `every copy has the sha256 of the original (${bigSha.slice(0, 16)}…)`);
+}
+
+interface Wrk {
+  code: number | null;
+  out: string;
+  requests: number;
+  readBytes: number;
+  rps: number;
+  socketErrors: number;
+  non2xx: number;
+}
+
+function parseWrk(code: number | null, out: string): Wrk {
+  const req = /(\d+) requests in [\d.]+\w+, ([\d.]+)(B|KB|MB|GB) read/.exec(out);
+  const unit: Record<string, number> = { B: 1, KB: 1024, MB: 1024 ** 2, GB: 1024 ** 3 };
+  const sock = /Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)/.exec(out);
+  const non2xx = /Non-2xx or 3xx responses: (\d+)/.exec(out);
+  const rps = /Requests\/sec:\s+([\d.]+)/.exec(out);
+  return {
+    code,
+    out,
+    requests: req ? Number(req[1]) : 0,
+    readBytes: req ? Number(req[2]) * unit[req[3]] : 0,
+    rps: rps ? Number(rps[1]) : 0,
+    socketErrors: sock ? sock.slice(1).reduce((a, b) => a + Number(b), 0) : 0,
+    non2xx: non2xx ? Number(non2xx[1]) : 0,
+  };
+}
+
+async function wrk(extra: string[]) {
+  const { result, bytes } = await vxlanBytesDuring(tb, 'h1', () =>
+    tb.run(CLIENT, ['wrk', '-t1', '-c50', '-d3s', ...extra, `http://${overlayIp(SERVER)}:${ACCEL_PORT}/small.txt`], { preload: true, timeoutMs: 20_000 }),
+  );
+  return { w: parseWrk(result.code, result.stdout + result.stderr), bytes };
+}
+
+function checkWrk(t: Test, w: Wrk) {
+  t.equal(w.code, 0, 'wrk exited 0', { output: w.out });
+  t.match(w.out, /requests in/, 'wrk printed its summary');
+  t.ok(w.requests > 0, `${w.requests} requests completed (${w.rps} req/s)`);
+  t.equal(w.socketErrors, 0, 'no socket errors (connect/read/write/timeout)', { output: w.out });
+  t.equal(w.non2xx, 0, 'no non-2xx responses');
+}
+
+const counter = async (host: string, name: string): Promise<number> => (await tb.status(host)).counters[name] ?? 0;
+
+const ngx = await startNginx('accel', ACCEL_PORT, true);
+
+t.test('accelerated curl -> accelerated nginx (2 workers): 1 MiB x5 intact, no VXLAN', async (t) => {
+  const before = await counter('h1', 'connect:host-network');
+  const r = await curlBig(ACCEL_PORT, 5, true, 'accel');
+  checkCurl(t, r, 5);
+  t.ok(r.bytes < (5 * BIG) / 100, `VXLAN carried ${r.bytes} bytes for ${5 * BIG} transferred (< 1%)`);
+  t.ok((await counter('h1', 'connect:host-network')) - before >= 1, 'router on h1 set up the connection on the host network');
+});
+
+t.test('wrk keep-alive, 50 connections, 3 s', async (t) => {
+  const before = await counter('h1', 'connect:host-network');
+  const { w, bytes } = await wrk([]);
+  checkWrk(t, w);
+  t.ok(bytes < Math.max(w.readBytes / 100, 1), `VXLAN carried ${bytes} bytes for ${Math.round(w.readBytes)} read (< 1%)`);
+  const made = (await counter('h1', 'connect:host-network')) - before;
+  t.ok(made >= 50, `router on h1 set up ${made} host-network connections (50 expected)`);
+  t.comment(`wrk keep-alive: ${w.rps} req/s`);
+});
+
+t.test("wrk with 'Connection: close': a new connection per request", async (t) => {
+  const before = await counter('h1', 'connect:host-network');
+  const acceptedBefore = await counter('h2', 'accept:host-network');
+  const { w, bytes } = await wrk(['-H', 'Connection: close']);
+  checkWrk(t, w);
+  t.ok(bytes < Math.max(w.readBytes / 100, 1), `VXLAN carried ${bytes} bytes for ${Math.round(w.readBytes)} read (< 1%)`);
+  const made = (await counter('h1', 'connect:host-network')) - before;
+  t.ok(made >= w.requests, `router on h1 set up ${made} host-network connections for ${w.requests} requests`);
+  const accepted = (await counter('h2', 'accept:host-network')) - acceptedBefore;
+  t.ok(accepted >= w.requests, `router on h2 handed ${accepted} connections to nginx`);
+  t.comment(`wrk Connection: close: ${w.rps} req/s`);
+});
+
+t.test('plain curl (no preload) -> accelerated nginx: served over the overlay', async (t) => {
+  const before = await counter('h1', 'connect:host-network');
+  const r = await curlBig(ACCEL_PORT, 2, false, 'plain');
+  checkCurl(t, r, 2);
+  t.ok(r.bytes >= 2 * BIG, `VXLAN carried ${r.bytes} bytes for ${2 * BIG} transferred`);
+  t.equal(await counter('h1', 'connect:host-network'), before, 'router on h1 not involved');
+});
+
+t.test('accelerated curl -> plain nginx (no preload): overlay fallback', async (t) => {
+  const plain = await startNginx('plain', PLAIN_PORT, false);
+  const before = await counter('h1', 'connect:overlay-fallback');
+  const hostBefore = await counter('h1', 'connect:host-network');
+  const r = await curlBig(PLAIN_PORT, 2, true, 'fallback');
+  checkCurl(t, r, 2);
+  t.ok(r.bytes >= 2 * BIG, `VXLAN carried ${r.bytes} bytes for ${2 * BIG} transferred`);
+  const fell = (await counter('h1', 'connect:overlay-fallback')) - before;
+  t.ok(fell >= 1, `router on h1 answered overlay-fallback ${fell} time(s)`);
+  t.equal(await counter('h1', 'connect:host-network'), hostBefore, 'no host-network connection set up');
+  const rec = (await tb.status('h1')).connections.filter((c: any) => c.path === 'overlay-fallback').pop();
+  t.equal(rec?.dst, `${overlayIp(SERVER)}:${PLAIN_PORT}`, `fallback recorded for the plain nginx (reason: ${rec?.reason})`);
+  await tb.stop(plain);
+});
+
+t.test('nginx survived everything and logged no errors', async (t) => {
+  t.equal(ngx.proc.exitCode, null, 'accelerated nginx still running');
+  const log = readFileSync(join(dir, 'accel', 'error.log'), 'utf8');
+  t.notMatch(log, /\[(alert|emerg|crit)\]/, 'no alert/emerg/crit in the error log', { log: log.slice(-2000) });
+  await tb.stop(ngx);
+});
