@@ -4,3 +4,4 @@
 
 void InitSyscalls(Napi::Env env, Napi::Object exports);
 void InitPoller(Napi::Env env, Napi::Object exports);
+void InitRdma(Napi::Env env, Napi::Object exports);

@@ -2,10 +2,10 @@
   "targets": [
     {
       "target_name": "freeflow_native",
-      "sources": ["syscalls.cc", "poller.cc", "addon.cc"],
-      "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
+      "sources": ["syscalls.cc", "poller.cc", "addon.cc", "rdma/engine.cc", "rdma/addon_rdma.cc"],
+      "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")", "../libfsocket/verbs"],
       "defines": ["NAPI_VERSION=8", "NAPI_DISABLE_CPP_EXCEPTIONS"],
-      "cflags_cc": ["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"]
+      "cflags_cc": ["-O2", "-std=c++17", "-Wall", "-Wextra", "-Wno-unused-parameter"]
     }
   ]
 }

@@ -46,6 +46,22 @@ export const TYPES = {
   LISTEN_DEL: 22,
   ANNOUNCE: 23, // host_addr:host_port = client's host source; aux_port = listener host port;
   //               local_* = client's overlay address; remote_* = overlay destination
+  // RDMA mode: container libibverbs -> router. Payload: struct ff_rdma_args (RDMA_STRUCTS).
+  // Reply status: 0 or a negative errno; reply payload: ff_rdma_args with the results.
+  RDMA_OPEN: 100, // reply: local_addr = the container's GID (IPv4-mapped overlay address)
+  RDMA_ALLOC_PD: 101, // reply h0 = pd
+  RDMA_DEALLOC_PD: 102, // h0 = pd
+  RDMA_REG_MR: 103, // h0 = pd, h1 = access flags, v0 = addr, v1 = length; reply h0 = lkey, h1 = rkey
+  RDMA_DEREG_MR: 104, // h0 = lkey
+  RDMA_CREATE_CQ: 105, // fd = memfd (struct ff_cq_shm), h0 = depth, h1 = channel or 0; reply h0 = cq
+  RDMA_DESTROY_CQ: 106, // h0 = cq
+  RDMA_CREATE_QP: 107, // fd = memfd (struct ff_qp_shm), h0 = pd, h1 = send cq, h2 = recv cq,
+  //                      h3 = qp type, h4 = sq depth, h5 = rq depth, v0 = sq_sig_all; reply h0 = qpn
+  RDMA_MODIFY_QP: 108, // h0 = qpn, h1 = attr_mask, h2 = state, h3 = dest qpn, h4 = access flags,
+  //                      remote_addr = destination GID
+  RDMA_DESTROY_QP: 109, // h0 = qpn
+  RDMA_CREATE_CHANNEL: 110, // fd = write end of a pipe for CQ events; reply h0 = channel
+  RDMA_DESTROY_CHANNEL: 111, // h0 = channel
 };
 
 export const REPLY = {
@@ -58,6 +74,14 @@ export const FALLBACK = {
   NOT_OWNER: 2, // the overlay address is not in the caller's network namespace
   BAD_REQUEST: 3,
   INTERNAL: 4,
+};
+
+// Fixed payload records, emitted as C structs and TS layouts: [name, C type, byte size].
+export const RDMA_STRUCTS = {
+  ff_rdma_args: [
+    ['h', 'uint32_t[6]', 24], // handles, counts, flags (meaning per message type)
+    ['v', 'uint64_t[4]', 32], // addresses and lengths
+  ],
 };
 
 export const LIMITS = {

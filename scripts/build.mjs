@@ -2,7 +2,7 @@
 // `npm run build`: wire protocol headers, the native addon, libfsocket.so, the test programs.
 // The addon is built against this machine's Node headers (--nodedir), never downloaded ones.
 import { execFileSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, statSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -24,7 +24,9 @@ function nodeDir() {
 run('node', ['scripts/gen-wire.mjs']);
 const gyp = join(root, 'node_modules/node-gyp/bin/node-gyp.js');
 const nativeDir = join(root, 'native');
-if (!existsSync(join(nativeDir, 'build/Makefile'))) run('node', [gyp, 'configure', `--nodedir=${nodeDir()}`], nativeDir);
+const mk = join(nativeDir, 'build/Makefile');
+if (!existsSync(mk) || statSync(join(nativeDir, 'binding.gyp')).mtimeMs > statSync(mk).mtimeMs) run('node', [gyp, 'configure', `--nodedir=${nodeDir()}`], nativeDir);
 run('node', [gyp, 'build', '-j', '2'], nativeDir);
 run('make', ['-s', '-C', 'libfsocket']);
+run('make', ['-s', '-C', 'libfsocket/verbs']);
 run('make', ['-s', '-C', 'test/apps']);

@@ -34,6 +34,17 @@ function cHeader() {
   l.push('} __attribute__((packed));', '');
   l.push(`_Static_assert(sizeof(struct ff_msg) == FF_WIRE_MSG_SIZE, "ff_msg layout");`);
   for (const f of fields) l.push(`#define FF_OFF_${f.name.toUpperCase()} ${f.off}`);
+  for (const [sname, sfields] of Object.entries(spec.RDMA_STRUCTS ?? {})) {
+    let off = 0;
+    l.push('', `struct ${sname} {`);
+    for (const [name, ctype] of sfields) {
+      const m = /^(\w+)\[(\d+)\]$/.exec(ctype);
+      l.push(m ? `  ${m[1]} ${name}[${m[2]}];` : `  ${ctype} ${name};`);
+    }
+    l.push('} __attribute__((packed));');
+    for (const [, , size] of sfields) off += size;
+    l.push(`_Static_assert(sizeof(struct ${sname}) == ${off}, "${sname} layout");`);
+  }
   l.push('', '#endif', '');
   return l.join('\n');
 }
@@ -52,6 +63,16 @@ function tsModule() {
   l.push('export const FIELD_LAYOUT = [');
   for (const f of fields) l.push(`  { name: '${f.name}', ctype: '${f.ctype}', offset: ${f.off}, size: ${f.size} },`);
   l.push('] as const;', '');
+  for (const [sname, sfields] of Object.entries(spec.RDMA_STRUCTS ?? {})) {
+    let off = 0;
+    const parts = sfields.map(([name, ctype, size]) => {
+      const p = `  { name: '${name}', ctype: '${ctype}', offset: ${off}, size: ${size} },`;
+      off += size;
+      return p;
+    });
+    l.push(`/** Payload record struct ${sname} (${off} bytes). */`, `export const ${sname.toUpperCase()}_SIZE = ${off};`);
+    l.push(`export const ${sname.toUpperCase()}_LAYOUT = [`, ...parts, '] as const;', '');
+  }
   return l.join('\n');
 }
 

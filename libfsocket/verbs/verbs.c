@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -60,6 +61,10 @@ struct ffv_qp {
   struct ibv_qp_cap cap;
   struct ibv_qp_attr attr; /* what ibv_query_qp reports */
 };
+
+static struct ffv_context *fctx(struct ibv_context *ctx) {
+  return (struct ffv_context *)((char *)ctx - offsetof(struct ffv_context, vctx.context));
+}
 
 static pthread_mutex_t reg_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct ffv_cq *cq_list;
@@ -150,12 +155,12 @@ EXPORT struct ibv_context *ibv_open_device(struct ibv_device *dev) {
 
 EXPORT int ibv_close_device(struct ibv_context *ctx) {
   if (!ctx) return err_ret(EINVAL);
-  free((struct ffv_context *)ctx);
+  free(fctx(ctx));
   return 0;
 }
 
 EXPORT int ibv_query_device(struct ibv_context *ctx, struct ibv_device_attr *a) {
-  struct ffv_device *d = ((struct ffv_context *)ctx)->dev;
+  struct ffv_device *d = fctx(ctx)->dev;
   memset(a, 0, sizeof *a);
   snprintf(a->fw_ver, sizeof a->fw_ver, "freeflow-1.0");
   a->node_guid = guid_of(d->gid);
@@ -214,7 +219,7 @@ EXPORT int ibv_query_port(struct ibv_context *ctx, uint8_t port, struct _compat_
 
 EXPORT int ibv_query_gid(struct ibv_context *ctx, uint8_t port, int index, union ibv_gid *gid) {
   if (port != 1 || index != 0) return err_ret(EINVAL) ? -1 : -1;
-  memcpy(gid->raw, ((struct ffv_context *)ctx)->dev->gid, 16);
+  memcpy(gid->raw, fctx(ctx)->dev->gid, 16);
   return 0;
 }
 
@@ -222,7 +227,7 @@ EXPORT int _ibv_query_gid_ex(struct ibv_context *ctx, uint32_t port, uint32_t in
   if (port != 1 || index != 0) return err_ret(ENODATA);
   if (sz < sizeof *e) return err_ret(EINVAL);
   memset(e, 0, sizeof *e);
-  memcpy(e->gid.raw, ((struct ffv_context *)ctx)->dev->gid, 16);
+  memcpy(e->gid.raw, fctx(ctx)->dev->gid, 16);
   e->gid_index = 0;
   e->port_num = 1;
   e->gid_type = IBV_GID_TYPE_ROCE_V2;

@@ -4,6 +4,7 @@ import { hideBin } from 'yargs/helpers';
 import { createLogger } from '../log.js';
 import { Limits } from '../protocol/codec.js';
 import { Router, socketPath } from '../router/router.js';
+import { createRdmaExtension } from '../router/rdma/extension.js';
 import { hostAddressIn, inPrefix, parsePrefix } from './host-address.js';
 import { fetchStatus, formatStatus } from './status-client.js';
 
@@ -30,6 +31,7 @@ await yargs(hideBin(process.argv))
         peers: { type: 'string', array: true, default: splitList(process.env.FFR_PEERS), describe: 'host addresses of the other routers, comma or space separated (env FFR_PEERS)' },
         'peer-port': { type: 'number', default: Limits.PEER_PORT, describe: 'TCP port for router-to-router messages' },
         'log-level': { type: 'string', default: process.env.FFR_LOG_LEVEL || 'info', choices: ['debug', 'info', 'warn', 'error'] },
+        'rdma-rate-limit': { type: 'number', default: Number(process.env.FFR_RDMA_RATE_LIMIT || 0), describe: 'RDMA mode: bytes per second each container may send (0 = unlimited)' },
       }),
     async (argv) => {
       const log = createLogger(`freeflow-router:${argv.name}`, argv['log-level']);
@@ -47,6 +49,7 @@ await yargs(hideBin(process.argv))
         isTrustedPeer: (ip) => inPrefix(ip, prefix),
         log,
       });
+      router.addExtension(createRdmaExtension({ log, rateLimit: argv['rdma-rate-limit'] }));
       await router.start();
       const stop = () => {
         log.info('stopping');

@@ -3,7 +3,7 @@
 export const MAGIC = 0x31574646;
 export const VERSION = 1;
 export const MSG_SIZE = 88;
-export const MsgType = {"CONNECT":2,"LISTEN":3,"STATUS":4,"REPLY":5,"ACCEPTED":10,"PEER_HELLO":20,"LISTEN_ADD":21,"LISTEN_DEL":22,"ANNOUNCE":23} as const;
+export const MsgType = {"CONNECT":2,"LISTEN":3,"STATUS":4,"REPLY":5,"ACCEPTED":10,"PEER_HELLO":20,"LISTEN_ADD":21,"LISTEN_DEL":22,"ANNOUNCE":23,"RDMA_OPEN":100,"RDMA_ALLOC_PD":101,"RDMA_DEALLOC_PD":102,"RDMA_REG_MR":103,"RDMA_DEREG_MR":104,"RDMA_CREATE_CQ":105,"RDMA_DESTROY_CQ":106,"RDMA_CREATE_QP":107,"RDMA_MODIFY_QP":108,"RDMA_DESTROY_QP":109,"RDMA_CREATE_CHANNEL":110,"RDMA_DESTROY_CHANNEL":111} as const;
 export const Reply = {"ACCEL":1,"FALLBACK":2} as const;
 export const Fallback = {"NO_LISTENER":1,"NOT_OWNER":2,"BAD_REQUEST":3,"INTERNAL":4} as const;
 export const Limits = {"MAX_PAYLOAD":65536,"PEER_PORT":7471} as const;
@@ -47,4 +47,11 @@ export const FIELD_LAYOUT = [
   { name: 'local_addr', ctype: 'uint8_t[16]', offset: 40, size: 16 },
   { name: 'remote_addr', ctype: 'uint8_t[16]', offset: 56, size: 16 },
   { name: 'host_addr', ctype: 'uint8_t[16]', offset: 72, size: 16 },
+] as const;
+
+/** Payload record struct ff_rdma_args (56 bytes). */
+export const FF_RDMA_ARGS_SIZE = 56;
+export const FF_RDMA_ARGS_LAYOUT = [
+  { name: 'h', ctype: 'uint32_t[6]', offset: 0, size: 24 },
+  { name: 'v', ctype: 'uint64_t[4]', offset: 24, size: 32 },
 ] as const;

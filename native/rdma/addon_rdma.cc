@@ -1,0 +1,76 @@
+// N-API surface of the RDMA engine (see engine.h): thin argument conversion only.
+#include <unistd.h>
+
+#include "../addon.h"
+#include "engine.h"
+
+namespace {
+
+uint32_t U32(const Napi::CallbackInfo& info, int i) { return info[i].As<Napi::Number>().Uint32Value(); }
+int32_t I32(const Napi::CallbackInfo& info, int i) { return info[i].As<Napi::Number>().Int32Value(); }
+uint64_t U64(const Napi::CallbackInfo& info, int i) { return uint64_t(info[i].As<Napi::Number>().DoubleValue()); }
+const uint8_t* Gid(const Napi::CallbackInfo& info, int i) {
+  if (!info[i].IsBuffer()) return nullptr;
+  auto b = info[i].As<Napi::Buffer<uint8_t>>();
+  return b.Length() == 16 ? b.Data() : nullptr;
+}
+Napi::Value Num(const Napi::CallbackInfo& info, double v) { return Napi::Number::New(info.Env(), v); }
+
+// The engine takes ownership of fds it accepts (channels); memfds are mapped and closed here.
+Napi::Value AddMr(const Napi::CallbackInfo& i) { return Num(i, ffrdma::AddMr(U32(i, 0), U32(i, 1), I32(i, 2), U64(i, 3), U64(i, 4), U64(i, 5), U32(i, 6))); }
+Napi::Value DelMr(const Napi::CallbackInfo& i) { return Num(i, ffrdma::DelMr(U32(i, 0))); }
+Napi::Value AddChannel(const Napi::CallbackInfo& i) {
+  int rc = ffrdma::AddChannel(U32(i, 0), I32(i, 1));
+  if (rc < 0) close(I32(i, 1));
+  return Num(i, rc);
+}
+Napi::Value DelChannel(const Napi::CallbackInfo& i) { return Num(i, ffrdma::DelChannel(U32(i, 0))); }
+Napi::Value AddCq(const Napi::CallbackInfo& i) {
+  int rc = ffrdma::AddCq(U32(i, 0), I32(i, 1), U32(i, 2), U32(i, 3));
+  close(I32(i, 1));
+  return Num(i, rc);
+}
+Napi::Value DelCq(const Napi::CallbackInfo& i) { return Num(i, ffrdma::DelCq(U32(i, 0))); }
+Napi::Value AddQp(const Napi::CallbackInfo& i) {
+  const uint8_t* gid = Gid(i, 9);
+  int rc = gid ? ffrdma::AddQp(U32(i, 0), I32(i, 1), U32(i, 2), U32(i, 3), U32(i, 4), I32(i, 5), U32(i, 6), U32(i, 7),
+                               i[8].As<Napi::Boolean>().Value(), gid)
+               : -22;
+  close(I32(i, 5));
+  return Num(i, rc);
+}
+Napi::Value ModifyQp(const Napi::CallbackInfo& i) {
+  return Num(i, ffrdma::ModifyQp(U32(i, 0), U32(i, 1), int64_t(i[2].As<Napi::Number>().DoubleValue()), Gid(i, 3), I32(i, 4)));
+}
+Napi::Value DelQp(const Napi::CallbackInfo& i) { return Num(i, ffrdma::DelQp(U32(i, 0))); }
+Napi::Value SetRate(const Napi::CallbackInfo& i) {
+  ffrdma::SetRateLimit(U64(i, 0));
+  return i.Env().Undefined();
+}
+Napi::Value Stats(const Napi::CallbackInfo& i) {
+  ffrdma::Stats s = ffrdma::GetStats();
+  Napi::Object o = Napi::Object::New(i.Env());
+  o.Set("ops", double(s.ops));
+  o.Set("bytes", double(s.bytes));
+  o.Set("errors", double(s.errors));
+  o.Set("qps", double(s.qps));
+  o.Set("mrs", double(s.mrs));
+  o.Set("cqs", double(s.cqs));
+  return o;
+}
+
+}  // namespace
+
+void InitRdma(Napi::Env env, Napi::Object exports) {
+  exports.Set("rdmaAddMr", Napi::Function::New(env, AddMr));
+  exports.Set("rdmaDelMr", Napi::Function::New(env, DelMr));
+  exports.Set("rdmaAddChannel", Napi::Function::New(env, AddChannel));
+  exports.Set("rdmaDelChannel", Napi::Function::New(env, DelChannel));
+  exports.Set("rdmaAddCq", Napi::Function::New(env, AddCq));
+  exports.Set("rdmaDelCq", Napi::Function::New(env, DelCq));
+  exports.Set("rdmaAddQp", Napi::Function::New(env, AddQp));
+  exports.Set("rdmaModifyQp", Napi::Function::New(env, ModifyQp));
+  exports.Set("rdmaDelQp", Napi::Function::New(env, DelQp));
+  exports.Set("rdmaSetRate", Napi::Function::New(env, SetRate));
+  exports.Set("rdmaStats", Napi::Function::New(env, Stats));
+}

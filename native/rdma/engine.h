@@ -1,0 +1,30 @@
+// FreeFlow RDMA engine: the data path of full RDMA mode. One C++ thread in the router
+// process serves the shared-memory rings of every QP on this host; application memory is read
+// and written with process_vm_readv/process_vm_writev (the pid comes from SO_PEERCRED).
+// The JS extension (src/router/rdma/) owns the control path and calls the functions below.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+namespace ffrdma {
+
+int AddMr(uint32_t key, uint32_t pd, int pid, uint64_t addr, uint64_t len, uint64_t iova, uint32_t access);
+int DelMr(uint32_t key);
+int AddChannel(uint32_t id, int fd);
+int DelChannel(uint32_t id);
+int AddCq(uint32_t id, int fd, uint32_t depth, uint32_t channel);
+int DelCq(uint32_t id);
+int AddQp(uint32_t qpn, int pid, uint32_t pd, uint32_t scq, uint32_t rcq, int fd, uint32_t sqd, uint32_t rqd, bool sig_all,
+          const uint8_t gid[16]);
+// dest_qpn < 0 and dgid == nullptr leave those unchanged.
+int ModifyQp(uint32_t qpn, uint32_t state, int64_t dest_qpn, const uint8_t* dgid, int32_t access);
+int DelQp(uint32_t qpn);
+// Bytes per second a sending container (identified by its GID) may move; 0 = unlimited.
+void SetRateLimit(uint64_t bytes_per_sec);
+
+struct Stats {
+  uint64_t ops, bytes, errors, qps, mrs, cqs;
+};
+Stats GetStats();
+
+}  // namespace ffrdma

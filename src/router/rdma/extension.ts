@@ -1,0 +1,261 @@
+// Full RDMA mode, control path: the router side of FreeFlow's libibverbs replacement
+// (libfsocket/verbs). Every resource (PD, MR, CQ, completion channel, QP) belongs to the session
+// (one container process's router socket) that created it; every handle in a request is checked
+// against that session before the native engine (native/rdma) sees it, and everything is freed
+// when the session closes. The data path never passes through here: work requests and
+// completions are shared-memory rings served by the engine's C++ thread.
+import { randomInt } from 'node:crypto';
+import type { Logger } from '../../log.js';
+import { native } from '../../native.js';
+import { emptyMsg, FF_RDMA_ARGS_SIZE, ipv4ToWire, MsgType, type WireMsg } from '../../protocol/codec.js';
+import type { Answer, ClientSession } from '../client-session.js';
+import type { RouterExtension } from '../requests.js';
+
+interface RdmaNative {
+  rdmaAddMr(key: number, pd: number, pid: number, addr: number, len: number, iova: number, access: number): number;
+  rdmaDelMr(key: number): number;
+  rdmaAddChannel(id: number, fd: number): number;
+  rdmaDelChannel(id: number): number;
+  rdmaAddCq(id: number, fd: number, depth: number, channel: number): number;
+  rdmaDelCq(id: number): number;
+  rdmaAddQp(qpn: number, pid: number, pd: number, scq: number, rcq: number, fd: number, sqd: number, rqd: number, sigAll: boolean, gid: Buffer): number;
+  rdmaModifyQp(qpn: number, state: number, destQpn: number, dgid: Buffer | null, access: number): number;
+  rdmaDelQp(qpn: number): number;
+  rdmaSetRate(bytesPerSec: number): void;
+  rdmaStats(): { ops: number; bytes: number; errors: number; qps: number; mrs: number; cqs: number };
+}
+const rdma = native as unknown as RdmaNative;
+
+const EPERM = 1, ENOENT = 2, EBUSY = 16, ENODEV = 19, EINVAL = 22, EOPNOTSUPP = 95;
+// enum ibv_qp_attr_mask bits the router looks at
+const QP_STATE = 1, QP_ACCESS_FLAGS = 1 << 3, QP_AV = 1 << 7, QP_DEST_QPN = 1 << 20;
+const QPT_RC = 2, QPT_UC = 3;
+const MAX_MR = 2 ** 40;
+const MAX_PER_SESSION = 65536;
+const CREATES = new Set<number>([MsgType.RDMA_ALLOC_PD, MsgType.RDMA_REG_MR, MsgType.RDMA_CREATE_CHANNEL, MsgType.RDMA_CREATE_CQ, MsgType.RDMA_CREATE_QP]);
+
+interface Args { h: number[]; v: number[] }
+
+function readArgs(payload: Buffer): Args {
+  const b = Buffer.alloc(FF_RDMA_ARGS_SIZE);
+  payload.copy(b, 0, 0, Math.min(payload.length, FF_RDMA_ARGS_SIZE));
+  const h = [0, 1, 2, 3, 4, 5].map((i) => b.readUInt32LE(i * 4));
+  const v = [0, 1, 2, 3].map((i) => Number(b.readBigUInt64LE(24 + i * 8)));
+  return { h, v };
+}
+
+function answer(status: number, h: number[] = [], msg?: (m: WireMsg) => void): Answer {
+  const reply = emptyMsg(MsgType.REPLY);
+  reply.status = status;
+  msg?.(reply);
+  const payload = Buffer.alloc(FF_RDMA_ARGS_SIZE);
+  h.forEach((x, i) => payload.writeUInt32LE(x >>> 0, i * 4));
+  return { reply, payload };
+}
+const fail = (errno: number) => answer(-errno);
+
+interface SessionRes {
+  gid: Buffer;
+  pds: Set<number>;
+  mrs: Map<number, number>; // key -> pd
+  channels: Set<number>;
+  cqs: Map<number, number>; // cq -> channel
+  qps: Map<number, { pd: number; scq: number; rcq: number }>;
+}
+
+export interface RdmaOptions {
+  log: Logger;
+  /** Bytes per second each container may send through the engine; 0 = unlimited. */
+  rateLimit?: number;
+}
+
+export class RdmaExtension implements RouterExtension {
+  private readonly sessions = new Map<ClientSession, SessionRes>();
+  private readonly usedKeys = new Set<number>();
+  private readonly usedQpns = new Set<number>();
+  private nextId = 1;
+  private nextQpn = 0x100 + randomInt(0x8000);
+
+  constructor(private readonly opts: RdmaOptions) {
+    rdma.rdmaSetRate(opts.rateLimit ?? 0);
+  }
+
+  handles(type: number): boolean {
+    return type >= MsgType.RDMA_OPEN && type <= MsgType.RDMA_DESTROY_CHANNEL;
+  }
+
+  stats() {
+    return { sessions: this.sessions.size, ...rdma.rdmaStats() };
+  }
+
+  handle(session: ClientSession, msg: WireMsg, payload: Buffer, fds: number[]): Answer {
+    const fd = fds.length ? fds[0] : -1;
+    for (const extra of fds.slice(1)) native.close(extra);
+    let took = false;
+    try {
+      const res = this.resources(session);
+      if (!res) return fail(ENODEV);
+      const a = readArgs(payload);
+      const r = this.dispatch(session, res, msg, a, fd, () => (took = true));
+      return r;
+    } finally {
+      if (fd >= 0 && !took) native.close(fd);
+    }
+  }
+
+  private resources(session: ClientSession): SessionRes | undefined {
+    let res = this.sessions.get(session);
+    if (res) return res;
+    const ip = session.ownership.overlayAddresses()[0];
+    if (!ip) return undefined;
+    res = { gid: ipv4ToWire(ip), pds: new Set(), mrs: new Map(), channels: new Set(), cqs: new Map(), qps: new Map() };
+    this.sessions.set(session, res);
+    this.opts.log.debug({ pid: session.pid, ip }, 'rdma session');
+    return res;
+  }
+
+  private count(res: SessionRes): number {
+    return res.pds.size + res.mrs.size + res.channels.size + res.cqs.size + res.qps.size;
+  }
+
+  private dispatch(session: ClientSession, res: SessionRes, msg: WireMsg, a: Args, fd: number, take: () => void): Answer {
+    const { h, v } = a;
+    if (CREATES.has(msg.type) && this.count(res) >= MAX_PER_SESSION) return fail(EBUSY);
+    switch (msg.type) {
+      case MsgType.RDMA_OPEN:
+        return answer(0, [], (m) => res.gid.copy(m.local_addr));
+      case MsgType.RDMA_ALLOC_PD: {
+        const pd = this.nextId++;
+        res.pds.add(pd);
+        return answer(0, [pd]);
+      }
+      case MsgType.RDMA_DEALLOC_PD: {
+        if (!res.pds.has(h[0])) return fail(ENOENT);
+        if ([...res.mrs.values()].includes(h[0]) || [...res.qps.values()].some((q) => q.pd === h[0])) return fail(EBUSY);
+        res.pds.delete(h[0]);
+        return answer(0);
+      }
+      case MsgType.RDMA_REG_MR: {
+        const [pd, access] = h;
+        const [addr, len, iova] = v;
+        if (!res.pds.has(pd)) return fail(ENOENT);
+        if (!len || len > MAX_MR || !Number.isSafeInteger(addr + len) || !Number.isSafeInteger(iova + len)) return fail(EINVAL);
+        // Remote write/atomic access requires local write, as the verbs spec says.
+        if ((access & (2 | 8)) && !(access & 1)) return fail(EINVAL);
+        let key: number;
+        do key = randomInt(1, 0xffffffff);
+        while (this.usedKeys.has(key));
+        const rc = rdma.rdmaAddMr(key, pd, session.pid, addr, len, iova, access);
+        if (rc < 0) return fail(-rc);
+        this.usedKeys.add(key);
+        res.mrs.set(key, pd);
+        return answer(0, [key, key]);
+      }
+      case MsgType.RDMA_DEREG_MR: {
+        if (!res.mrs.has(h[0])) return fail(ENOENT);
+        rdma.rdmaDelMr(h[0]);
+        res.mrs.delete(h[0]);
+        this.usedKeys.delete(h[0]);
+        return answer(0);
+      }
+      case MsgType.RDMA_CREATE_CHANNEL: {
+        if (fd < 0) return fail(EINVAL);
+        const id = this.nextId++;
+        take();
+        const rc = rdma.rdmaAddChannel(id, fd); // the engine owns (or has closed) fd now
+        if (rc < 0) return fail(-rc);
+        res.channels.add(id);
+        return answer(0, [id]);
+      }
+      case MsgType.RDMA_DESTROY_CHANNEL: {
+        if (!res.channels.has(h[0])) return fail(ENOENT);
+        if ([...res.cqs.values()].includes(h[0])) return fail(EBUSY);
+        rdma.rdmaDelChannel(h[0]);
+        res.channels.delete(h[0]);
+        return answer(0);
+      }
+      case MsgType.RDMA_CREATE_CQ: {
+        const [depth, channel] = h;
+        if (fd < 0) return fail(EINVAL);
+        if (channel && !res.channels.has(channel)) return fail(ENOENT);
+        const id = this.nextId++;
+        take();
+        const rc = rdma.rdmaAddCq(id, fd, depth, channel);
+        if (rc < 0) return fail(-rc);
+        res.cqs.set(id, channel);
+        return answer(0, [id]);
+      }
+      case MsgType.RDMA_DESTROY_CQ: {
+        if (!res.cqs.has(h[0])) return fail(ENOENT);
+        if ([...res.qps.values()].some((q) => q.scq === h[0] || q.rcq === h[0])) return fail(EBUSY);
+        rdma.rdmaDelCq(h[0]);
+        res.cqs.delete(h[0]);
+        return answer(0);
+      }
+      case MsgType.RDMA_CREATE_QP: {
+        const [pd, scq, rcq, type, sqd, rqd] = h;
+        if (fd < 0) return fail(EINVAL);
+        if (!res.pds.has(pd) || !res.cqs.has(scq) || !res.cqs.has(rcq)) return fail(ENOENT);
+        if (type !== QPT_RC && type !== QPT_UC) return fail(EOPNOTSUPP);
+        const qpn = this.allocQpn();
+        take();
+        const rc = rdma.rdmaAddQp(qpn, session.pid, pd, scq, rcq, fd, sqd, rqd, v[0] !== 0, res.gid);
+        if (rc < 0) {
+          this.usedQpns.delete(qpn);
+          return fail(-rc);
+        }
+        res.qps.set(qpn, { pd, scq, rcq });
+        return answer(0, [qpn]);
+      }
+      case MsgType.RDMA_MODIFY_QP: {
+        const [qpn, mask, state, dest, access] = h;
+        if (!res.qps.has(qpn)) return fail(ENOENT);
+        if ((mask & QP_STATE) && state > 6) return fail(EINVAL);
+        const rc = rdma.rdmaModifyQp(qpn, state, mask & QP_DEST_QPN ? dest : -1, mask & QP_AV ? msg.remote_addr : null, mask & QP_ACCESS_FLAGS ? access : -1);
+        return rc < 0 ? fail(-rc) : answer(0);
+      }
+      case MsgType.RDMA_DESTROY_QP: {
+        if (!res.qps.has(h[0])) return fail(ENOENT);
+        rdma.rdmaDelQp(h[0]);
+        res.qps.delete(h[0]);
+        this.usedQpns.delete(h[0]);
+        return answer(0);
+      }
+      default:
+        return fail(EPERM);
+    }
+  }
+
+  private allocQpn(): number {
+    for (;;) {
+      const q = this.nextQpn;
+      this.nextQpn = this.nextQpn >= 0xfffff0 ? 0x100 : this.nextQpn + 1;
+      if (!this.usedQpns.has(q)) {
+        this.usedQpns.add(q);
+        return q;
+      }
+    }
+  }
+
+  sessionClosed(session: ClientSession): void {
+    const res = this.sessions.get(session);
+    if (!res) return;
+    this.sessions.delete(session);
+    // QPs first: once a QP is gone its peer's next operation completes with an error.
+    for (const qpn of res.qps.keys()) {
+      rdma.rdmaDelQp(qpn);
+      this.usedQpns.delete(qpn);
+    }
+    for (const key of res.mrs.keys()) {
+      rdma.rdmaDelMr(key);
+      this.usedKeys.delete(key);
+    }
+    for (const cq of res.cqs.keys()) rdma.rdmaDelCq(cq);
+    for (const ch of res.channels) rdma.rdmaDelChannel(ch);
+    this.opts.log.debug({ pid: session.pid, qps: res.qps.size, mrs: res.mrs.size }, 'rdma session closed; resources freed');
+  }
+}
+
+export function createRdmaExtension(opts: RdmaOptions): RdmaExtension {
+  return new RdmaExtension(opts);
+}
