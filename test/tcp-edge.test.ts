@@ -2,7 +2,7 @@
 // containers of the testbed: non-blocking connect with epoll registered before connect,
 // accept4 flags, overlay names, half-close, 200 concurrent connections with per-connection
 // checksums, fork after connect. Each run also checks which path the bytes took.
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { EDGE, Testbed, overlayIp, vxlanBytesDuring } from './lib/testbed.js';
 
 const tb = await Testbed.up(t);
@@ -21,7 +21,7 @@ async function edgePair(server: string, client: string, opts: { workers?: number
   return { result, bytes, srvOut: srv.output() };
 }
 
-function checkEdge(t: Tap.Test, r: { result: { code: number | null; stdout: string; stderr: string }; bytes: number }, client: string, server: string, port: number) {
+function checkEdge(t: Test, r: { result: { code: number | null; stdout: string; stderr: string }; bytes: number }, client: string, server: string, port: number) {
   const out = r.result.stdout;
   t.equal(r.result.code, 0, 'edge client: all checks pass', { output: out + r.result.stderr });
   t.notMatch(out, /^FAIL/m, 'no failed check');

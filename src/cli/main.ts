@@ -6,7 +6,7 @@ import { Limits } from '../protocol/codec.js';
 import { Router, socketPath } from '../router/router.js';
 import { createRdmaExtension } from '../router/rdma/extension.js';
 import { hostAddressIn, inPrefix, parsePrefix } from './host-address.js';
-import { fetchStatus, formatStatus } from './status-client.js';
+import { fetchStatus, formatStatus, waitForStatus } from './status-client.js';
 
 const common = {
   name: { type: 'string', default: process.env.FFR_NAME || 'ffrouter', describe: 'router name; the socket is <socket-dir>/<name>.sock (env FFR_NAME)' },
@@ -64,9 +64,16 @@ await yargs(hideBin(process.argv))
   .command(
     'status',
     "show the router's listeners, directory and recent connections with the path each took",
-    (y) => y.options({ ...common, json: { type: 'boolean', default: false, describe: 'print raw JSON' } }),
+    (y) =>
+      y.options({
+        ...common,
+        json: { type: 'boolean', default: false, describe: 'print raw JSON' },
+        wait: { type: 'number', default: 0, describe: 'wait up to this many seconds for the router to answer with all peers connected' },
+        'wait-listener': { type: 'string', describe: 'with --wait: also wait until the directory has this overlay ip:port' },
+      }),
     async (argv) => {
-      const s = await fetchStatus(socketPath(argv['socket-dir'], argv.name));
+      const path = socketPath(argv['socket-dir'], argv.name);
+      const s = argv.wait > 0 ? await waitForStatus(path, argv.wait * 1000, argv['wait-listener']) : await fetchStatus(path);
       console.log(argv.json ? JSON.stringify(s, null, 2) : formatStatus(s));
     },
   )

@@ -27,6 +27,26 @@ export function fetchStatus(path: string, timeoutMs = 3000): Promise<any> {
   });
 }
 
+/** Polls until the router answers, all its peers are connected and (optionally) the
+ * directory holds `listener` ("ip:port"). Rejects with the last problem seen. */
+export async function waitForStatus(path: string, timeoutMs: number, listener?: string): Promise<any> {
+  const end = Date.now() + timeoutMs;
+  let problem = 'no answer';
+  for (;;) {
+    try {
+      const s = await fetchStatus(path, 1000);
+      const down = s.peers.filter((p: any) => !p.connected).map((p: any) => p.ip);
+      const known = !listener || s.directory.some((d: any) => `${d.overlayIp}:${d.port}` === listener);
+      if (!down.length && known) return s;
+      problem = down.length ? `peers not connected: ${down.join(', ')}` : `listener ${listener} not in the directory`;
+    } catch (err) {
+      problem = (err as Error).message;
+    }
+    if (Date.now() > end) throw new Error(`gave up waiting: ${problem}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
 export function formatStatus(s: any): string {
   const lines: string[] = [];
   lines.push(`router ${s.name} (pid ${s.pid}) host ${s.hostIp} socket ${s.socket}`);

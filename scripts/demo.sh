@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# The FreeFlow demo: two simulated hosts, a router on each, and iperf3 between containers on
+# different hosts three ways in one run — host to host, plain overlay (VXLAN), FreeFlow —
+# interleaved, side by side. Leaves nothing running.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+export FF_TB=${FF_TB:-ffdemo$$}
+REPS=${DEMO_REPS:-3}
+SECS=${DEMO_SECONDS:-5}
+LIB=$ROOT/build/lib/libfsocket.so
+TB="bash $ROOT/scripts/testbed.sh"
+PIDS=()
+
+cleanup() {
+  for p in "${PIDS[@]}"; do kill -- -"$p" 2>/dev/null || true; done
+  $TB down >/dev/null 2>&1 || true
+}
+trap cleanup EXIT INT TERM
+
+# Runs in its own process group so cleanup kills exactly what we started.
+bg() { setsid "$@" >"/tmp/$FF_TB.$((${#PIDS[@]})).log" 2>&1 & PIDS+=($!); }
+
+echo "== testbed: 2 hosts (veth link), a bridge + 2 containers each, VXLAN overlay 10.244.0.0/16"
+$TB up
+for h in h1 h2; do
+  bg $TB exec "$h" sh -c "exec node $ROOT/bin/freeflow.js router --peers \"\$FF_PEERS\""
+done
+for h in h1 h2; do
+  node "$ROOT/bin/freeflow.js" status --wait 20 --json --socket-dir "/tmp/$FF_TB/$h" >/dev/null
+done
+echo "== routers up on h1 (192.168.77.1) and h2 (192.168.77.2)"
+
+# Servers pinned to CPU 1, clients to CPU 0 (as in the baseline measurements).
+bg $TB exec h2 taskset -c 1 iperf3 -s -p 5201
+bg $TB exec c21 taskset -c 1 iperf3 -s -p 5202
+bg $TB exec c21 env LD_PRELOAD="$LIB" taskset -c 1 iperf3 -s -p 5203
+node "$ROOT/bin/freeflow.js" status --wait 20 --wait-listener 10.244.2.11:5203 --json --socket-dir "/tmp/$FF_TB/h1" >/dev/null
+
+vx() { $TB counters h1 | awk '{printf "%.0f\n", $1 + $2}'; }
+gbps() { node -e 'let j="";process.stdin.on("data",d=>j+=d).on("end",()=>{const r=JSON.parse(j);if(r.error){console.error(r.error);process.exit(1)}console.log((r.end.sum_received.bits_per_second/1e9).toFixed(2))})'; }
+run() { # path -> Gbit/s
+  case $1 in
+    host) $TB exec h1 taskset -c 0 iperf3 -J -c 192.168.77.2 -p 5201 -t "$SECS" -C cubic | gbps ;;
+    overlay) $TB exec c11 taskset -c 0 iperf3 -J -c 10.244.2.11 -p 5202 -t "$SECS" -C cubic | gbps ;;
+    freeflow) $TB exec c11 env LD_PRELOAD="$LIB" taskset -c 0 iperf3 -J -c 10.244.2.11 -p 5203 -t "$SECS" -C cubic | gbps ;;
+  esac
+}
+
+echo "== iperf3 -C cubic, ${SECS}s per run, c11 (host h1) -> c21 (host h2), $REPS interleaved repetitions"
+printf '%-5s %12s %12s %12s %14s %20s\n' rep 'host Gb/s' 'overlay Gb/s' 'FreeFlow Gb/s' 'FreeFlow/host' 'VXLAN MB (ovl/FF)'
+declare -a H O F
+for i in $(seq "$REPS"); do
+  v0=$(vx); h=$(run host); v1=$(vx); o=$(run overlay); v2=$(vx); f=$(run freeflow); v3=$(vx)
+  H+=("$h"); O+=("$o"); F+=("$f")
+  printf '%-5s %12s %12s %12s %14s %20s\n' "$i" "$h" "$o" "$f" "$(echo "$f $h" | awk '{printf "%.3f", $1/$2}')" \
+    "$(( (v2 - v1) / 1000000 )) / $(( (v3 - v2) / 1000000 ))"
+done
+median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+ratios=(); for i in "${!H[@]}"; do ratios+=("$(echo "${F[$i]} ${H[$i]}" | awk '{print $1/$2}')"); done
+mh=$(median "${H[@]}"); mo=$(median "${O[@]}"); mf=$(median "${F[@]}"); mr=$(median "${ratios[@]}")
+printf '%-5s %12s %12s %12s %14s\n' median "$mh" "$mo" "$mf" "$(printf '%.3f' "$mr")"
+echo
+echo "FreeFlow vs host (median of paired ratios): $(printf '%.3f' "$mr") — $(awk -v r="$mr" 'BEGIN{print (r>=0.95 ? "within 5% of bare metal" : "NOT within 5% of bare metal")}')"
+echo "FreeFlow vs overlay (medians): $(echo "$mf $mo" | awk '{printf "%.2fx", $1/$2}')"
+echo
+echo "== h1 router: connections and the path each took"
+node "$ROOT/bin/freeflow.js" status --socket-dir "/tmp/$FF_TB/h1" | sed -n '/counters/,$p' | head -12
