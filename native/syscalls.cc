@@ -123,7 +123,10 @@ Napi::Value RecvMsg(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int fd = info[0].As<Napi::Number>().Int32Value();
   size_t max = info[1].As<Napi::Number>().Uint32Value();
-  std::vector<char> buf(max);
+  // One reused buffer: the router calls this for every request, and a fresh zeroed
+  // allocation of the maximum message size each time showed up in connection set-up cost.
+  static std::vector<char> buf;
+  if (buf.size() < max) buf.resize(max);
   iovec iov{buf.data(), max};
   alignas(cmsghdr) char cbuf[CMSG_SPACE(sizeof(int) * kMaxFds)];
   msghdr msg{};

@@ -22,20 +22,29 @@ export function localAddressesOf(pid: number): Set<string> {
   }
 }
 
-/** Per-process cache; re-reads on a miss so a freshly added address is accepted. */
+const MISS_REREAD_MS = 1000;
+
+/** Per-process cache; re-reads on a miss (at most once a second, so a client repeating a
+ * refused request cannot make the router read /proc in a loop) to accept new addresses. */
 export class NetnsOwnership {
   private addrs: Set<string> | undefined;
+  private readAt = 0;
   constructor(private readonly pid: number) {}
 
   owns(ip: string): boolean {
     if (this.addrs?.has(ip)) return true;
+    if (this.addrs && Date.now() - this.readAt < MISS_REREAD_MS) return false;
     this.addrs = localAddressesOf(this.pid);
+    this.readAt = Date.now();
     return this.addrs.has(ip);
   }
 
   /** The namespace's own non-loopback addresses (what a wildcard listener listens on). */
   overlayAddresses(): string[] {
-    this.addrs ??= localAddressesOf(this.pid);
+    if (!this.addrs) {
+      this.addrs = localAddressesOf(this.pid);
+      this.readAt = Date.now();
+    }
     return [...this.addrs].filter((a) => !a.startsWith('127.'));
   }
 }
