@@ -62,6 +62,7 @@ export const TYPES = {
   RDMA_DESTROY_QP: 109, // h0 = qpn
   RDMA_CREATE_CHANNEL: 110, // fd = write end of a pipe for CQ events; reply h0 = channel
   RDMA_DESTROY_CHANNEL: 111, // h0 = channel
+  RDMA_STATS: 112, // reply payload: JSON {sessions, qps, mrs, cqs, ops, bytes, errors} of this router
 };
 
 export const REPLY = {

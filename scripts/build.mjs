@@ -29,4 +29,5 @@ if (!existsSync(mk) || statSync(join(nativeDir, 'binding.gyp')).mtimeMs > statSy
 run('node', [gyp, 'build', '-j', '2'], nativeDir);
 run('make', ['-s', '-C', 'libfsocket']);
 run('make', ['-s', '-C', 'libfsocket/verbs']);
+run('make', ['-s', '-C', 'test/rdma']);
 run('make', ['-s', '-C', 'test/apps']);

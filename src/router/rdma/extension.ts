@@ -81,7 +81,7 @@ export class RdmaExtension implements RouterExtension {
   }
 
   handles(type: number): boolean {
-    return type >= MsgType.RDMA_OPEN && type <= MsgType.RDMA_DESTROY_CHANNEL;
+    return type >= MsgType.RDMA_OPEN && type <= MsgType.RDMA_STATS;
   }
 
   stats() {
@@ -92,6 +92,10 @@ export class RdmaExtension implements RouterExtension {
     const fd = fds.length ? fds[0] : -1;
     for (const extra of fds.slice(1)) native.close(extra);
     let took = false;
+    if (msg.type === MsgType.RDMA_STATS) {
+      for (const f of fds) native.close(f);
+      return { ...answer(0), payload: Buffer.from(JSON.stringify(this.stats())) };
+    }
     try {
       const res = this.resources(session);
       if (!res) return fail(ENODEV);
