@@ -1,0 +1,120 @@
+// Full RDMA mode: unmodified Debian verbs programs (ibv_devinfo, ibv_rc_pingpong, perftest) run
+// in testbed containers on FreeFlow's libibverbs (build/verbs), with the data path in the
+// router's native engine. test/rdma/rdma_check.c checks payload integrity byte by byte and the
+// error semantics (wrong rkey, flush on ERR, killed peer). Same host only (c11 <-> c12).
+import t from 'tap';
+import { spawnSync } from 'node:child_process';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { ROOT, Testbed, overlayIp } from './lib/testbed.js';
+import { RDMA_CHECK, VERBS_ENV, pair, rdmaStats } from './rdma/helpers.js';
+
+const tb = await Testbed.up(t);
+const ip12 = overlayIp('c12');
+
+t.test('export tables match the installed libraries exactly', async (t) => {
+  for (const lib of ['libibverbs.so.1', 'librdmacm.so.1']) {
+    const table = (path: string) =>
+      spawnSync('objdump', ['-T', path], { encoding: 'utf8' })
+        .stdout.split('\n')
+        .filter((l) => / g /.test(l))
+        .map((l) => l.trim().split(/\s+/).slice(-2).join(' '))
+        .sort();
+    const ours = table(join(ROOT, 'build/verbs', lib));
+    t.ok(ours.length > 50, `${lib}: ${ours.length} exported symbols`);
+    t.same(ours, table(`/usr/lib/x86_64-linux-gnu/${lib}`), `${lib}: same symbol@version set as the installed one`);
+  }
+});
+
+
+t.test('ibv_devices and ibv_devinfo see one active RoCE port with the overlay GID', async (t) => {
+  const d = await tb.run('c11', ['ibv_devices'], { env: VERBS_ENV });
+  t.equal(d.code, 0, 'ibv_devices exits 0');
+  t.match(d.stdout, /ffvnic0/, 'lists ffvnic0');
+  const i = await tb.run('c11', ['ibv_devinfo', '-v'], { env: VERBS_ENV });
+  t.equal(i.code, 0, 'ibv_devinfo exits 0', { stderr: i.stderr });
+  t.match(i.stdout, /hca_id:\s+ffvnic0/);
+  t.match(i.stdout, /state:\s+PORT_ACTIVE/);
+  t.match(i.stdout, /link_layer:\s+Ethernet/);
+  const stock = await tb.run('c11', ['ibv_devices']);
+  t.not(stock.code, 0, 'without FreeFlow the stock library finds no device (so the device really is ours)');
+});
+
+for (const events of [false, true]) {
+  t.test(`ibv_rc_pingpong -g 0 -c${events ? ' -e' : ''} between c11 and c12 validates every buffer`, async (t) => {
+    const args = ['ibv_rc_pingpong', '-g', '0', '-c', '-n', '200', '-s', '8192', '-p', events ? '18601' : '18600', ...(events ? ['-e'] : [])];
+    const { srv, cli } = await pair(tb, 'c12', 'c11', ip12, args);
+    t.equal(cli.code, 0, 'client exits 0', { out: cli.stdout + cli.stderr });
+    t.equal(srv.code, 0, 'server exits 0', { out: srv.stdout });
+    t.match(cli.stdout, /GID ::ffff:10\.244\.1\.11/, 'local GID is the IPv4-mapped overlay address');
+    t.match(cli.stdout, /200 iters in/, 'all iterations done');
+    t.match(srv.stdout, /200 iters in/, 'server done too');
+  });
+}
+
+t.test('payload integrity and RDMA semantics (rdma_check)', async (t) => {
+  let port = 9200;
+  const check = async (mode: string) => {
+    const s = tb.start('c12', [RDMA_CHECK, 'server', String(++port)], { env: VERBS_ENV });
+    await s.waitFor(/listening/);
+    const r = await tb.run('c11', [RDMA_CHECK, 'client', ip12, String(port), mode], { env: VERBS_ENV, timeoutMs: 60_000 });
+    await Promise.race([s.exited, sleep(5000)]);
+    await tb.stop(s);
+    t.equal(r.code, 0, `${mode}: no failed check`, { out: r.stdout + r.stderr });
+    t.notMatch(r.stdout, /^FAIL/m);
+    return r.stdout;
+  };
+  const integ = await check('integrity');
+  for (const k of ['send', 'write', 'read', 'atomics', 'write with immediate']) t.match(integ, new RegExp(`^ok ${k}`, 'm'), `integrity: ${k}`);
+  const bad = await check('badrkey');
+  t.match(bad, /^ok badrkey status=remote access error/m, 'wrong rkey completes with IBV_WC_REM_ACCESS_ERR');
+  t.match(bad, /^ok after-error: next request flushed/m, 'the QP goes to ERR and flushes the next request');
+  t.match(bad, /^ok qp-state-err/m);
+  t.match(await check('range'), /^ok range/m, 'write past the remote MR is refused');
+  t.match(await check('flush'), /^ok flush: 4 posted receives/m, 'modify to ERR flushes posted receives with IBV_WC_WR_FLUSH_ERR');
+  t.match(await check('killpeer'), /^ok killpeer/m, 'peer killed mid-connection: error completion, not a hang');
+});
+
+const perftests: [string, RegExp][] = [
+  ['ib_write_bw', /^\s*65536\s+\d+\s+[\d.]+\s+([\d.]+)/m],
+  ['ib_send_bw', /^\s*65536\s+\d+\s+[\d.]+\s+([\d.]+)/m],
+  ['ib_read_bw', /^\s*65536\s+\d+\s+[\d.]+\s+([\d.]+)/m],
+  ['ib_atomic_bw', /^\s*8\s+\d+\s+[\d.]+\s+([\d.]+)/m],
+  ['ib_write_lat', /^\s*2\s+\d+\s+([\d.]+)/m],
+  ['ib_send_lat', /^\s*2\s+\d+\s+([\d.]+)/m],
+  ['ib_read_lat', /^\s*2\s+\d+\s+([\d.]+)/m],
+];
+let pport = 18700;
+for (const [prog, re] of perftests) {
+  t.test(`${prog} c11 -> c12 (unmodified perftest)`, async (t) => {
+    const args = [prog, '-d', 'ffvnic0', '-x', '0', '-n', prog.includes('lat') ? '300' : '500', '-p', String(++pport)];
+    const { srv, cli } = await pair(tb, 'c12', 'c11', ip12, args);
+    t.equal(cli.code, 0, 'client exits 0', { out: cli.stdout + cli.stderr });
+    t.equal(srv.code, 0, 'server exits 0', { out: srv.stdout });
+    const m = re.exec(cli.stdout);
+    t.ok(m, 'result line printed');
+    if (m) t.comment(`${prog}: ${prog.includes('lat') ? 't_min ' + m[1] + ' usec' : 'BW average ' + m[1] + ' MB/s'}`);
+  });
+}
+
+t.test('the router freed every resource of finished and killed programs', async (t) => {
+  let s = await rdmaStats(tb, 'h1');
+  for (let i = 0; i < 50 && (s.qps || s.mrs || s.cqs); i++) {
+    await sleep(100);
+    s = await rdmaStats(tb, 'h1');
+  }
+  t.equal(s.qps, 0, 'no QP left');
+  t.equal(s.mrs, 0, 'no MR left');
+  t.equal(s.cqs, 0, 'no CQ left');
+  t.ok(s.ops > 1000, `engine executed ${s.ops} work requests, ${s.bytes} bytes`);
+});
+
+t.test('per-container rate limit (--rdma-rate-limit)', async (t) => {
+  await tb.stopRouter('h1');
+  await tb.startRouter('h1', ['--rdma-rate-limit', '20000000']);
+  const { cli } = await pair(tb, 'c12', 'c11', ip12, ['ib_write_bw', '-d', 'ffvnic0', '-x', '0', '-n', '300', '-p', '18800']);
+  t.equal(cli.code, 0, 'ib_write_bw completes under the limit', { out: cli.stdout + cli.stderr });
+  const m = /^\s*65536\s+\d+\s+([\d.]+)\s+([\d.]+)/m.exec(cli.stdout);
+  t.ok(m, 'result line');
+  if (m) t.ok(Number(m[2]) < 20 * 1.25, `BW average ${m[2]} MB/s is held near 20 MB/s (19.07 MiB/s)`);
+});

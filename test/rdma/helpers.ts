@@ -1,0 +1,47 @@
+// Helpers for the RDMA-mode tests: running verbs programs with FreeFlow's libibverbs inside the
+// testbed, and asking a router for its RDMA resource counters.
+import { join } from 'node:path';
+import { native, READABLE } from '../../src/native.js';
+import { decode, emptyMsg, encode, MSG_SIZE, MsgType } from '../../src/protocol/codec.js';
+import { ROOT, type RunResult, type Started, type Testbed } from '../lib/testbed.js';
+
+export const VERBS_ENV = { LD_LIBRARY_PATH: join(ROOT, 'build/verbs') };
+export const RDMA_CHECK = join(ROOT, 'build/test-apps/rdma_check');
+
+export interface RdmaStats { sessions: number; qps: number; mrs: number; cqs: number; ops: number; bytes: number; errors: number }
+
+export function rdmaStats(tb: Testbed, host: string, timeoutMs = 2000): Promise<RdmaStats> {
+  const fd = native.seqpacketConnect(join(tb.socketDir(host), 'ffrouter.sock'));
+  if (fd < 0) return Promise.reject(new Error(`connect: ${native.strerror(-fd)}`));
+  const m = emptyMsg(MsgType.RDMA_STATS);
+  m.seq = 1;
+  native.sendMsg(fd, encode(m));
+  return new Promise((resolve, reject) => {
+    const done = (v: RdmaStats | Error) => {
+      clearTimeout(timer);
+      native.unwatch(w);
+      native.close(fd);
+      v instanceof Error ? reject(v) : resolve(v);
+    };
+    const timer = setTimeout(() => done(new Error('no reply')), timeoutMs);
+    const w = native.watch(fd, READABLE, () => {
+      const r = native.recvMsg(fd, MSG_SIZE + 65536);
+      if (typeof r === 'number') return done(new Error('router closed the connection'));
+      const reply = decode(r.data);
+      if (reply.status !== 0) return done(new Error(`status ${reply.status}`));
+      done(JSON.parse(r.data.subarray(MSG_SIZE).toString()) as RdmaStats);
+    });
+  });
+}
+
+/** Runs a server/client pair of the same verbs program; the client gets the server's overlay IP last. */
+export async function pair(tb: Testbed, server: string, client: string, serverIp: string, cmd: string[], opts: { ready?: RegExp; timeoutMs?: number; clientArgs?: string[] } = {}): Promise<{ srv: RunResult; cli: RunResult }> {
+  const s: Started = tb.start(server, cmd, { env: VERBS_ENV });
+  if (opts.ready) await s.waitFor(opts.ready);
+  else await new Promise((r) => setTimeout(r, 700));
+  const cli = await tb.run(client, [...cmd, ...(opts.clientArgs ?? []), serverIp], { env: VERBS_ENV, timeoutMs: opts.timeoutMs ?? 90_000 });
+  const timer = setTimeout(() => tb.stop(s), 15_000);
+  const code = await s.exited;
+  clearTimeout(timer);
+  return { srv: { code, stdout: s.output(), stderr: '' }, cli };
+}
