@@ -47,6 +47,13 @@ Napi::Value SetRate(const Napi::CallbackInfo& i) {
   ffrdma::SetRateLimit(U64(i, 0));
   return i.Env().Undefined();
 }
+Napi::Value StartTransport(const Napi::CallbackInfo& i) {
+  std::vector<std::string> peers;
+  Napi::Array a = i[2].As<Napi::Array>();
+  for (uint32_t k = 0; k < a.Length(); k++) peers.push_back(a.Get(k).As<Napi::String>().Utf8Value());
+  ffrdma::StartTransport(i[0].As<Napi::String>().Utf8Value(), I32(i, 1), peers);
+  return i.Env().Undefined();
+}
 Napi::Value Stats(const Napi::CallbackInfo& i) {
   ffrdma::Stats s = ffrdma::GetStats();
   Napi::Object o = Napi::Object::New(i.Env());
@@ -72,5 +79,6 @@ void InitRdma(Napi::Env env, Napi::Object exports) {
   exports.Set("rdmaModifyQp", Napi::Function::New(env, ModifyQp));
   exports.Set("rdmaDelQp", Napi::Function::New(env, DelQp));
   exports.Set("rdmaSetRate", Napi::Function::New(env, SetRate));
+  exports.Set("rdmaStartTransport", Napi::Function::New(env, StartTransport));
   exports.Set("rdmaStats", Napi::Function::New(env, Stats));
 }

@@ -14,6 +14,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cstring>
@@ -23,6 +24,7 @@
 #include <vector>
 
 #include "ff_rdma_shm.h"
+#include "transport.h"
 
 namespace ffrdma {
 namespace {
@@ -69,6 +71,15 @@ struct Qp {
   uint8_t dgid[16] = {0};
   uint32_t access = 0;
   uint32_t sq_tail = 0, rq_tail = 0;  // engine's own consumer counters
+  // Cross-host: the transport connection of the peer's host (-1 = unknown), the lookup in
+  // progress, and the one work request in flight (stop-and-wait keeps RC ordering simple).
+  int remote = -1;
+  bool resolving = false;
+  int resolve_left = 0;
+  uint64_t resolve_deadline = 0;
+  bool inflight = false;
+  ff_swqe inflight_wqe;
+  uint64_t inflight_cookie = 0;
 };
 
 // The receive ring lies after the send ring; the engine uses its own copy of the depths, never
@@ -86,6 +97,9 @@ std::unordered_map<uint32_t, Channel> channels;
 std::unordered_map<uint32_t, Cq> cqs;
 std::unordered_map<uint32_t, Qp*> qps;
 std::thread worker;
+Transport* transport = nullptr;
+std::deque<Inbound> pending;  // received requests waiting for the responder (RNR) or processing
+uint64_t next_cookie = 1;
 bool running = false;
 std::vector<uint8_t> bounce;
 std::atomic<uint64_t> st_ops{0}, st_bytes{0}, st_errors{0};
@@ -243,21 +257,55 @@ bool RateAllows(const Qp& q, uint64_t len) {
 
 // ------------------------------------------------------------------ work requests
 
-enum class Outcome { Done, Retry, Error };
+enum class Outcome { Done, Retry, Error, InFlight };
 
-Qp* Peer(Qp& q) {
+const uint8_t kZeroGid[16] = {0};
+
+// The destination QP on this host, or nullptr. *elsewhere is set when the destination GID
+// belongs to no QP of this host (so the peer must be on another host).
+Qp* Peer(Qp& q, bool* elsewhere) {
+  *elsewhere = false;
+  bool has_gid = memcmp(q.dgid, kZeroGid, 16) != 0;
   auto it = qps.find(q.dest_qpn);
-  if (it == qps.end()) return nullptr;
-  Qp* d = it->second;
+  Qp* d = it == qps.end() ? nullptr : it->second;
+  if (d && has_gid && memcmp(q.dgid, d->gid, 16)) d = nullptr;  // same number, another container
+  if (!d) {
+    if (has_gid) {
+      *elsewhere = true;
+      for (auto& [n, o] : qps)
+        if (!memcmp(o->gid, q.dgid, 16)) *elsewhere = false;
+    }
+    return nullptr;
+  }
   if (d->state != FF_QPS_RTR && d->state != FF_QPS_RTS) return nullptr;
   if (d->dest_qpn != q.qpn) return nullptr;
-  static const uint8_t zero[16] = {0};
-  if (memcmp(q.dgid, zero, 16) && memcmp(q.dgid, d->gid, 16)) return nullptr;  // GID must match the peer's container
   return d;
 }
 
+Outcome ExecuteRemote(Qp& q, const ff_swqe& w);
+
+// Completions of the requester's own work requests are pushed only after its send-queue tail
+// has moved past them: an application that sees the completion may post again at once and
+// must find the slot free.
+struct Deferred {
+  uint32_t cq;
+  ff_cqe e;
+  bool solicited;
+};
+std::vector<Deferred> deferred;
+void Defer(uint32_t cq, const ff_cqe& e, bool solicited) { deferred.push_back({cq, e, solicited}); }
+void FlushDeferred() {
+  for (auto& d : deferred) PushCqe(d.cq, d.e, d.solicited);
+  deferred.clear();
+}
+void AdvanceSq(Qp& q) {
+  q.sq_tail++;
+  __atomic_store_n(&q.shm->sq.tail, q.sq_tail, __ATOMIC_RELEASE);
+  FlushDeferred();
+}
+
 void Fail(Qp& q, const ff_swqe& w, uint32_t status) {
-  PushCqe(q.scq, MakeCqe(w.wr_id, status, SendWcOpcode(w.opcode), 0, q.qpn), true);
+  Defer(q.scq, MakeCqe(w.wr_id, status, SendWcOpcode(w.opcode), 0, q.qpn), true);
   SetState(q, FF_QPS_ERR);
   st_errors++;
 }
@@ -291,7 +339,9 @@ bool NextRecv(Qp& d, ff_rwqe* r) {
 Outcome Execute(Qp& q, const ff_swqe& w) {
   bool signaled = q.sig_all || (w.flags & FF_SWQE_SIGNALED);
   if (signaled && !CqHasRoom(q.scq)) return Outcome::Retry;
-  Qp* d = Peer(q);
+  bool elsewhere;
+  Qp* d = Peer(q, &elsewhere);
+  if (!d && elsewhere && transport) return ExecuteRemote(q, w);
   if (!d) {
     Fail(q, w, WC_RETRY_EXC_ERR);
     return Outcome::Error;
@@ -418,7 +468,7 @@ Outcome Execute(Qp& q, const ff_swqe& w) {
   }
   st_ops++;
   st_bytes += len;
-  if (signaled) PushCqe(q.scq, MakeCqe(w.wr_id, WC_SUCCESS, SendWcOpcode(w.opcode), uint32_t(len), q.qpn), false);
+  if (signaled) Defer(q.scq, MakeCqe(w.wr_id, WC_SUCCESS, SendWcOpcode(w.opcode), uint32_t(len), q.qpn), false);
   return Outcome::Done;
 }
 
@@ -428,23 +478,328 @@ bool Flush(Qp& q) {
   uint32_t head = __atomic_load_n(&q.shm->sq.head, __ATOMIC_ACQUIRE);
   while (q.sq_tail != head && CqHasRoom(q.scq)) {
     ff_swqe w = ff_qp_sq_entries(q.shm)[q.sq_tail & (q.sqd - 1)];
-    PushCqe(q.scq, MakeCqe(w.wr_id, WC_WR_FLUSH_ERR, SendWcOpcode(w.opcode), 0, q.qpn), true);
-    q.sq_tail++;
+    Defer(q.scq, MakeCqe(w.wr_id, WC_WR_FLUSH_ERR, SendWcOpcode(w.opcode), 0, q.qpn), true);
+    AdvanceSq(q);
     did = true;
   }
   __atomic_store_n(&q.shm->sq.tail, q.sq_tail, __ATOMIC_RELEASE);
   head = __atomic_load_n(&q.shm->rq.head, __ATOMIC_ACQUIRE);
   while (q.rq_tail != head && CqHasRoom(q.rcq)) {
     ff_rwqe r = RqEntry(q);
-    PushCqe(q.rcq, MakeCqe(r.wr_id, WC_WR_FLUSH_ERR, WCO_RECV, 0, q.qpn), true);
     q.rq_tail++;
+    __atomic_store_n(&q.shm->rq.tail, q.rq_tail, __ATOMIC_RELEASE);
+    PushCqe(q.rcq, MakeCqe(r.wr_id, WC_WR_FLUSH_ERR, WCO_RECV, 0, q.qpn), true);
     did = true;
   }
   __atomic_store_n(&q.shm->rq.tail, q.rq_tail, __ATOMIC_RELEASE);
   return did;
 }
 
+
+// ------------------------------------------------------------------ cross-host (transport.h)
+
+NetHdr NewHdr(uint32_t type) {
+  NetHdr h{};
+  h.magic = NET_MAGIC;
+  h.type = type;
+  return h;
+}
+
+// Requester side: sends the work request to the peer's host; completes in OnAck.
+Outcome ExecuteRemote(Qp& q, const ff_swqe& w) {
+  if (q.inflight) return Outcome::Retry;
+  if (q.remote < 0 || !transport) {
+    if (q.resolving) {
+      if (NowNs() < q.resolve_deadline && q.resolve_left > 0) return Outcome::Retry;
+      q.resolving = false;
+      Fail(q, w, WC_RETRY_EXC_ERR);  // no host has that QP
+      return Outcome::Error;
+    }
+    NetHdr h = NewHdr(NET_WHO_HAS);
+    h.dst_qpn = q.dest_qpn;
+    h.src_qpn = q.qpn;
+    memcpy(h.gid, q.dgid, 16);
+    memcpy(h.src_gid, q.gid, 16);
+    int sent = 0;
+    for (int c : transport->Peers()) sent += transport->Send(c, h, nullptr);
+    q.resolving = true;
+    q.resolve_left = sent;
+    q.resolve_deadline = NowNs() + 3000000000ull;
+    return Outcome::Retry;
+  }
+  NetHdr h = NewHdr(NET_OP);
+  h.src_qpn = q.qpn;
+  h.dst_qpn = q.dest_qpn;
+  h.opcode = w.opcode;
+  h.rkey = w.rkey;
+  h.imm = w.imm;
+  h.flags = w.flags;
+  h.remote_addr = w.remote_addr;
+  h.compare_add = w.compare_add;
+  h.swap = w.swap;
+  memcpy(h.gid, q.dgid, 16);
+  memcpy(h.src_gid, q.gid, 16);
+  const void* payload = nullptr;
+  switch (w.opcode) {
+    case FF_WR_SEND:
+    case FF_WR_SEND_WITH_IMM:
+    case FF_WR_RDMA_WRITE:
+    case FF_WR_RDMA_WRITE_WITH_IMM: {
+      uint64_t peek = (w.flags & FF_SWQE_INLINE) ? w.inline_len : 0;
+      if (!(w.flags & FF_SWQE_INLINE))
+        for (uint32_t i = 0; i < w.num_sge && i < FF_RDMA_MAX_SGE; i++) peek += w.sge[i].length;
+      if (!RateAllows(q, peek)) return Outcome::Retry;
+      uint64_t len;
+      if (!Gather(q, w, &len)) {
+        Fail(q, w, WC_LOC_PROT_ERR);
+        return Outcome::Error;
+      }
+      h.len = uint32_t(len);
+      payload = bounce.data();
+      break;
+    }
+    case FF_WR_RDMA_READ: {
+      std::vector<iovec> local;
+      uint64_t total;
+      if (!LocalIov(q, w.sge, w.num_sge, ACC_LOCAL_WRITE, UINT64_MAX, local, &total) || total > FF_RDMA_MAX_MSG) {
+        Fail(q, w, WC_LOC_PROT_ERR);
+        return Outcome::Error;
+      }
+      if (!RateAllows(q, total)) return Outcome::Retry;
+      h.compare_add = total;  // READ: the length asked for
+      break;
+    }
+    case FF_WR_ATOMIC_CMP_AND_SWP:
+    case FF_WR_ATOMIC_FETCH_AND_ADD: {
+      std::vector<iovec> local;
+      uint64_t total;
+      if (w.num_sge != 1 || w.sge[0].length != 8 || !LocalIov(q, w.sge, 1, ACC_LOCAL_WRITE, 8, local, &total)) {
+        Fail(q, w, WC_LOC_PROT_ERR);
+        return Outcome::Error;
+      }
+      break;
+    }
+    default:
+      Fail(q, w, WC_LOC_QP_OP_ERR);
+      return Outcome::Error;
+  }
+  h.cookie = next_cookie++;
+  if (!transport->Send(q.remote, h, payload)) {
+    q.remote = -1;
+    Fail(q, w, WC_RETRY_EXC_ERR);
+    return Outcome::Error;
+  }
+  q.inflight = true;
+  q.inflight_wqe = w;
+  q.inflight_cookie = h.cookie;
+  return Outcome::InFlight;
+}
+
+// Requester side: the answer to the work request in flight.
+void OnAck(const Inbound& in) {
+  auto it = qps.find(in.h.src_qpn);
+  if (it == qps.end()) return;
+  Qp& q = *it->second;
+  if (!q.inflight || q.inflight_cookie != in.h.cookie) return;
+  q.inflight = false;
+  const ff_swqe& w = q.inflight_wqe;
+  uint32_t status = in.h.status;
+  uint64_t len = in.h.compare_add;  // bytes moved, as the responder reports
+  if (status == WC_SUCCESS && (w.opcode == FF_WR_RDMA_READ || w.opcode == FF_WR_ATOMIC_CMP_AND_SWP || w.opcode == FF_WR_ATOMIC_FETCH_AND_ADD)) {
+    std::vector<iovec> local;
+    uint64_t total;
+    uint32_t n = w.opcode == FF_WR_RDMA_READ ? w.num_sge : 1;
+    if (!LocalIov(q, w.sge, n, ACC_LOCAL_WRITE, in.payload.size(), local, &total) ||
+        (in.payload.size() && !Xfer(q.pid, local, const_cast<uint8_t*>(in.payload.data()), in.payload.size(), true)))
+      status = WC_LOC_PROT_ERR;
+    len = in.payload.size();
+  }
+  if (status != WC_SUCCESS) Fail(q, w, status);
+  else {
+    st_ops++;
+    st_bytes += len;
+    if (q.sig_all || (w.flags & FF_SWQE_SIGNALED)) Defer(q.scq, MakeCqe(w.wr_id, WC_SUCCESS, SendWcOpcode(w.opcode), uint32_t(len), q.qpn), false);
+  }
+  AdvanceSq(q);
+}
+
+void Answer(const Inbound& in, uint32_t status, const void* data, uint32_t len, uint64_t moved) {
+  NetHdr h = NewHdr(NET_ACK);
+  h.src_qpn = in.h.src_qpn;
+  h.dst_qpn = in.h.dst_qpn;
+  h.cookie = in.h.cookie;
+  h.status = status;
+  h.len = len;
+  h.compare_add = moved;
+  transport->Send(in.conn, h, data);
+}
+
+// Responder side: runs a work request from another host against a local QP. Returns false
+// when it must wait (no receive posted, CQ full).
+bool Respond(Inbound& in) {
+  const NetHdr& m = in.h;
+  auto it = qps.find(m.dst_qpn);
+  Qp* d = it == qps.end() ? nullptr : it->second;
+  if (!d || memcmp(d->gid, m.gid, 16) || (d->state != FF_QPS_RTR && d->state != FF_QPS_RTS) || d->dest_qpn != m.src_qpn ||
+      (memcmp(d->dgid, kZeroGid, 16) && memcmp(d->dgid, m.src_gid, 16))) {
+    Answer(in, WC_RETRY_EXC_ERR, nullptr, 0, 0);
+    return true;
+  }
+  uint64_t len = in.payload.size();
+  switch (m.opcode) {
+    case FF_WR_SEND:
+    case FF_WR_SEND_WITH_IMM:
+    case FF_WR_RDMA_WRITE:
+    case FF_WR_RDMA_WRITE_WITH_IMM: {
+      bool consumes = m.opcode != FF_WR_RDMA_WRITE;
+      ff_rwqe r{};
+      if (consumes && (!NextRecv(*d, &r) || !CqHasRoom(d->rcq))) return false;  // RNR: retried
+      std::vector<iovec> dst;
+      if (m.opcode == FF_WR_SEND || m.opcode == FF_WR_SEND_WITH_IMM) {
+        uint64_t room;
+        if (!LocalIov(*d, r.sge, r.num_sge, ACC_LOCAL_WRITE, len, dst, &room) || room < len) {
+          d->rq_tail++;
+          __atomic_store_n(&d->shm->rq.tail, d->rq_tail, __ATOMIC_RELEASE);
+          PushCqe(d->rcq, MakeCqe(r.wr_id, room < len ? WC_LOC_LEN_ERR : WC_LOC_PROT_ERR, WCO_RECV, 0, d->qpn), true);
+          SetState(*d, FF_QPS_ERR);
+          Answer(in, WC_REM_INV_REQ_ERR, nullptr, 0, 0);
+          return true;
+        }
+      } else {
+        uint64_t a;
+        if (len && !Resolve(m.rkey, d->pd, d->pid, m.remote_addr, len, ACC_REMOTE_WRITE, &a)) {
+          Answer(in, WC_REM_ACCESS_ERR, nullptr, 0, 0);
+          return true;
+        }
+        if (len) dst.push_back({reinterpret_cast<void*>(a), size_t(len)});
+      }
+      if (len && !Xfer(d->pid, dst, in.payload.data(), len, true)) {
+        Answer(in, WC_REM_OP_ERR, nullptr, 0, 0);
+        return true;
+      }
+      if (consumes) {
+        d->rq_tail++;
+        __atomic_store_n(&d->shm->rq.tail, d->rq_tail, __ATOMIC_RELEASE);
+        ff_cqe e = MakeCqe(r.wr_id, WC_SUCCESS, m.opcode == FF_WR_RDMA_WRITE_WITH_IMM ? WCO_RECV_RDMA_WITH_IMM : WCO_RECV, uint32_t(len), d->qpn);
+        e.src_qp = m.src_qpn;
+        if (m.opcode != FF_WR_SEND) {
+          e.imm = m.imm;
+          e.wc_flags = WC_WITH_IMM;
+        }
+        PushCqe(d->rcq, e, (m.flags & FF_SWQE_SOLICITED) != 0);
+      }
+      Answer(in, WC_SUCCESS, nullptr, 0, len);
+      return true;
+    }
+    case FF_WR_RDMA_READ: {
+      uint64_t want = m.compare_add, a;
+      if (want > FF_RDMA_MAX_MSG || (want && !Resolve(m.rkey, d->pd, d->pid, m.remote_addr, want, ACC_REMOTE_READ, &a))) {
+        Answer(in, WC_REM_ACCESS_ERR, nullptr, 0, 0);
+        return true;
+      }
+      if (bounce.size() < want) bounce.resize(want);
+      std::vector<iovec> src{{reinterpret_cast<void*>(a), size_t(want)}};
+      if (want && !Xfer(d->pid, src, bounce.data(), want, false)) {
+        Answer(in, WC_REM_OP_ERR, nullptr, 0, 0);
+        return true;
+      }
+      Answer(in, WC_SUCCESS, bounce.data(), uint32_t(want), want);
+      return true;
+    }
+    case FF_WR_ATOMIC_CMP_AND_SWP:
+    case FF_WR_ATOMIC_FETCH_AND_ADD: {
+      uint64_t a;
+      if ((m.remote_addr & 7) || !Resolve(m.rkey, d->pd, d->pid, m.remote_addr, 8, ACC_REMOTE_ATOMIC, &a)) {
+        Answer(in, WC_REM_ACCESS_ERR, nullptr, 0, 0);
+        return true;
+      }
+      uint64_t orig = 0, upd;
+      iovec r{reinterpret_cast<void*>(a), 8}, l{&orig, 8};
+      if (process_vm_readv(d->pid, &l, 1, &r, 1, 0) != 8) {
+        Answer(in, WC_REM_OP_ERR, nullptr, 0, 0);
+        return true;
+      }
+      upd = m.opcode == FF_WR_ATOMIC_FETCH_AND_ADD ? orig + m.compare_add : (orig == m.compare_add ? m.swap : orig);
+      iovec lu{&upd, 8};
+      if (upd != orig && process_vm_writev(d->pid, &lu, 1, &r, 1, 0) != 8) {
+        Answer(in, WC_REM_OP_ERR, nullptr, 0, 0);
+        return true;
+      }
+      Answer(in, WC_SUCCESS, &orig, 8, 8);
+      return true;
+    }
+    default:
+      Answer(in, WC_REM_INV_REQ_ERR, nullptr, 0, 0);
+      return true;
+  }
+}
+
+// Handles everything the transport received; requests that must wait stay in `pending`, in
+// order per destination QP.
+bool ServeNetwork() {
+  bool did = transport->Drain(pending);
+  std::vector<uint32_t> blocked;
+  for (auto it = pending.begin(); it != pending.end();) {
+    Inbound& in = *it;
+    bool done = true;
+    switch (in.h.type) {
+      case NET_WHO_HAS: {
+        auto q = qps.find(in.h.dst_qpn);
+        NetHdr h = NewHdr(NET_HAVE);
+        h.src_qpn = in.h.src_qpn;
+        h.dst_qpn = in.h.dst_qpn;
+        h.status = (q != qps.end() && !memcmp(q->second->gid, in.h.gid, 16)) ? 0 : 1;
+        transport->Send(in.conn, h, nullptr);
+        break;
+      }
+      case NET_HAVE: {
+        auto q = qps.find(in.h.src_qpn);
+        if (q != qps.end() && q->second->resolving) {
+          Qp& r = *q->second;
+          r.resolve_left--;
+          if (in.h.status == 0) {
+            r.remote = in.conn;
+            r.resolving = false;
+          }
+        }
+        break;
+      }
+      case NET_OP: {
+        if (std::find(blocked.begin(), blocked.end(), in.h.dst_qpn) != blocked.end()) {
+          done = false;
+          break;
+        }
+        done = Respond(in);
+        if (!done) blocked.push_back(in.h.dst_qpn);
+        break;
+      }
+      case NET_ACK:
+        OnAck(in);
+        break;
+      case NET_DOWN:
+        for (auto& [n, q] : qps) {
+          if (q->remote != in.conn) continue;
+          q->remote = -1;
+          if (q->inflight) {  // the answer will never come
+            q->inflight = false;
+            Fail(*q, q->inflight_wqe, WC_RETRY_EXC_ERR);
+            AdvanceSq(*q);
+          }
+        }
+        break;
+    }
+    if (done) {
+      it = pending.erase(it);
+      did = true;
+    } else {
+      ++it;
+    }
+  }
+  return did;
+}
+
 bool Service(Qp& q) {
+  if (q.state == FF_QPS_ERR && q.inflight) return false;  // wait for the answer of the one in flight
   if (q.state == FF_QPS_ERR) return Flush(q);
   if (q.state != FF_QPS_RTS) return false;
   bool did = false;
@@ -454,9 +809,15 @@ bool Service(Qp& q) {
     ff_swqe w;
     memcpy(&w, &ff_qp_sq_entries(q.shm)[q.sq_tail & (q.sqd - 1)], sizeof w);
     Outcome o = Execute(q, w);
-    if (o == Outcome::Retry) break;
-    q.sq_tail++;
-    __atomic_store_n(&q.shm->sq.tail, q.sq_tail, __ATOMIC_RELEASE);
+    if (o == Outcome::Retry) {
+      FlushDeferred();  // (nothing is deferred on a retry; keep the list empty regardless)
+      break;
+    }
+    if (o == Outcome::InFlight) {  // completes when the peer host answers (OnAck)
+      did = true;
+      break;
+    }
+    AdvanceSq(q);
     did = true;
     if (o == Outcome::Error) break;
   }
@@ -476,6 +837,7 @@ void Loop() {
     {
       std::lock_guard<std::mutex> g(mu);
       if (!running) return;
+      if (transport) did |= ServeNetwork();
       for (auto& [n, q] : qps) did |= Service(*q);
     }
     if (did) {
@@ -618,6 +980,13 @@ int DelQp(uint32_t qpn) {
   delete it->second;
   qps.erase(it);
   return 0;
+}
+
+void StartTransport(const std::string& host_ip, int port, const std::vector<std::string>& peers) {
+  std::lock_guard<std::mutex> g(mu);
+  if (transport) return;
+  transport = StartTcpTransport(host_ip, port, peers);
+  EnsureThread();
 }
 
 void SetRateLimit(uint64_t bps) {

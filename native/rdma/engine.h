@@ -5,6 +5,8 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <string>
+#include <vector>
 
 namespace ffrdma {
 
@@ -19,6 +21,8 @@ int AddQp(uint32_t qpn, int pid, uint32_t pd, uint32_t scq, uint32_t rcq, int fd
 // dest_qpn < 0 and dgid == nullptr leave those unchanged.
 int ModifyQp(uint32_t qpn, uint32_t state, int64_t dest_qpn, const uint8_t* dgid, int32_t access);
 int DelQp(uint32_t qpn);
+// Cross-host: serve and reach the peer routers' engines over TCP on host_ip:port.
+void StartTransport(const std::string& host_ip, int port, const std::vector<std::string>& peers);
 // Bytes per second a sending container (identified by its GID) may move; 0 = unlimited.
 void SetRateLimit(uint64_t bytes_per_sec);
 

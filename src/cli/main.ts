@@ -49,7 +49,7 @@ await yargs(hideBin(process.argv))
         isTrustedPeer: (ip) => inPrefix(ip, prefix),
         log,
       });
-      router.addExtension(createRdmaExtension({ log, rateLimit: argv['rdma-rate-limit'] }));
+      router.addExtension(createRdmaExtension({ log, rateLimit: argv['rdma-rate-limit'], hostIp, peers, port: argv['peer-port'] + 1 }));
       await router.start();
       const stop = () => {
         log.info('stopping');

@@ -22,6 +22,7 @@ interface RdmaNative {
   rdmaModifyQp(qpn: number, state: number, destQpn: number, dgid: Buffer | null, access: number): number;
   rdmaDelQp(qpn: number): number;
   rdmaSetRate(bytesPerSec: number): void;
+  rdmaStartTransport(hostIp: string, port: number, peers: string[]): void;
   rdmaStats(): { ops: number; bytes: number; errors: number; qps: number; mrs: number; cqs: number };
 }
 const rdma = native as unknown as RdmaNative;
@@ -31,6 +32,8 @@ const EPERM = 1, ENOENT = 2, EBUSY = 16, ENODEV = 19, EINVAL = 22, EOPNOTSUPP = 
 const QP_STATE = 1, QP_ACCESS_FLAGS = 1 << 3, QP_AV = 1 << 7, QP_DEST_QPN = 1 << 20;
 const QPT_RC = 2, QPT_UC = 3;
 const MAX_MR = 2 ** 40;
+/** Default TCP port of the engines' router-to-router transport (the TCP-mode peer port + 1). */
+export const RDMA_PORT = 7472;
 const MAX_PER_SESSION = 65536;
 const CREATES = new Set<number>([MsgType.RDMA_ALLOC_PD, MsgType.RDMA_REG_MR, MsgType.RDMA_CREATE_CHANNEL, MsgType.RDMA_CREATE_CQ, MsgType.RDMA_CREATE_QP]);
 
@@ -67,6 +70,10 @@ export interface RdmaOptions {
   log: Logger;
   /** Bytes per second each container may send through the engine; 0 = unlimited. */
   rateLimit?: number;
+  /** Cross-host: this host's address, the peer routers' addresses and the engines' TCP port. */
+  hostIp?: string;
+  peers?: string[];
+  port?: number;
 }
 
 export class RdmaExtension implements RouterExtension {
@@ -78,6 +85,7 @@ export class RdmaExtension implements RouterExtension {
 
   constructor(private readonly opts: RdmaOptions) {
     rdma.rdmaSetRate(opts.rateLimit ?? 0);
+    if (opts.hostIp && opts.peers?.length) rdma.rdmaStartTransport(opts.hostIp, opts.port ?? RDMA_PORT, opts.peers);
   }
 
   handles(type: number): boolean {

@@ -1,0 +1,219 @@
+// TCP carrier of the engine's cross-host messages (see transport.h). One listening socket on
+// the host network; one outgoing connection per peer router (reconnected every second when
+// down) for requests, whose answers come back on the same connection. Each connection has a
+// reader thread that queues complete messages for the engine thread.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <thread>
+
+#include "ff_rdma_shm.h"
+#include "transport.h"
+
+namespace ffrdma {
+namespace {
+
+struct Conn {
+  int fd = -1;
+  std::atomic<bool> up{false};
+  std::mutex wmu;
+};
+
+bool ReadFull(int fd, void* p, size_t n) {
+  auto* c = static_cast<uint8_t*>(p);
+  while (n) {
+    ssize_t r = read(fd, c, n);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) return false;
+    c += r;
+    n -= size_t(r);
+  }
+  return true;
+}
+
+bool WriteFull(int fd, const void* p, size_t n) {
+  auto* c = static_cast<const uint8_t*>(p);
+  while (n) {
+    ssize_t r = send(fd, c, n, MSG_NOSIGNAL);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) return false;
+    c += r;
+    n -= size_t(r);
+  }
+  return true;
+}
+
+class TcpTransport : public Transport {
+ public:
+  TcpTransport(const std::string& host_ip, int port, const std::vector<std::string>& peers) : peers_(peers), port_(port) {
+    for (size_t i = 0; i < kMaxConns; i++) conns_[i] = std::make_unique<Conn>();
+    std::thread([this, host_ip] { Accept(host_ip); }).detach();
+    for (size_t i = 0; i < peers_.size() && i < kMaxPeers; i++) std::thread([this, i] { Dial(int(i)); }).detach();
+  }
+
+  bool Send(int conn, const NetHdr& h, const void* payload) override {
+    if (conn < 0 || size_t(conn) >= kMaxConns) return false;
+    Conn& c = *conns_[conn];
+    if (!c.up) return false;
+    std::lock_guard<std::mutex> g(c.wmu);
+    return WriteFull(c.fd, &h, sizeof h) && (!h.len || WriteFull(c.fd, payload, h.len));
+  }
+
+  std::vector<int> Peers() override {
+    std::vector<int> out;
+    for (size_t i = 0; i < peers_.size() && i < kMaxPeers; i++)
+      if (conns_[i]->up) out.push_back(int(i));
+    return out;
+  }
+
+  bool Drain(std::deque<Inbound>& out) override {
+    if (!pending_.load(std::memory_order_acquire)) return false;
+    std::lock_guard<std::mutex> g(qmu_);
+    bool any = !q_.empty();
+    while (!q_.empty()) {
+      out.push_back(std::move(q_.front()));
+      q_.pop_front();
+    }
+    pending_ = false;
+    return any;
+  }
+
+ private:
+  static constexpr size_t kMaxPeers = 256;  // connections [0, kMaxPeers) are outgoing, one per peer
+  static constexpr size_t kMaxConns = 1024;
+
+  void Push(Inbound&& in) {
+    std::lock_guard<std::mutex> g(qmu_);
+    q_.push_back(std::move(in));
+    pending_.store(true, std::memory_order_release);
+  }
+
+  // Reads messages until the connection fails, then reports it down.
+  void Reader(int idx) {
+    // Same weight as the engine thread: a reader waiting behind busy-polling applications
+    // would add a scheduler tick to every cross-host round trip.
+    setpriority(PRIO_PROCESS, pid_t(syscall(SYS_gettid)), -15);
+    Conn& c = *conns_[idx];
+    for (;;) {
+      Inbound in;
+      in.conn = idx;
+      if (!ReadFull(c.fd, &in.h, sizeof in.h) || in.h.magic != NET_MAGIC || in.h.len > FF_RDMA_MAX_MSG) break;
+      in.payload.resize(in.h.len);
+      if (in.h.len && !ReadFull(c.fd, in.payload.data(), in.h.len)) break;
+      Push(std::move(in));
+    }
+    {
+      std::lock_guard<std::mutex> g(c.wmu);
+      c.up = false;
+      shutdown(c.fd, SHUT_RDWR);
+      close(c.fd);
+      c.fd = -1;
+    }
+    Inbound down{};
+    down.conn = idx;
+    down.h.type = NET_DOWN;
+    Push(std::move(down));
+  }
+
+  static void Tune(int fd) {
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  }
+
+  void Dial(int idx) {
+    for (;;) {
+      sockaddr_in sa{};
+      sa.sin_family = AF_INET;
+      sa.sin_port = htons(uint16_t(port_));
+      if (inet_pton(AF_INET, peers_[idx].c_str(), &sa.sin_addr) != 1) return;
+      int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+      if (fd >= 0 && connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) == 0) {
+        Tune(fd);
+        Conn& c = *conns_[idx];
+        c.fd = fd;
+        c.up = true;
+        Reader(idx);  // returns when the connection is gone; then dial again
+      } else if (fd >= 0) {
+        close(fd);
+      }
+      std::this_thread::sleep_for(std::chrono::seconds(1));
+    }
+  }
+
+  void Accept(const std::string& host_ip) {
+    int ls = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int one = 1;
+    setsockopt(ls, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    sockaddr_in sa{};
+    sa.sin_family = AF_INET;
+    sa.sin_port = htons(uint16_t(port_));
+    inet_pton(AF_INET, host_ip.c_str(), &sa.sin_addr);
+    if (bind(ls, reinterpret_cast<sockaddr*>(&sa), sizeof sa) < 0 || listen(ls, 64) < 0) {
+      close(ls);
+      return;
+    }
+    size_t next = kMaxPeers;
+    for (;;) {
+      sockaddr_in from{};
+      socklen_t fl = sizeof from;
+      int fd = accept4(ls, reinterpret_cast<sockaddr*>(&from), &fl, SOCK_CLOEXEC);
+      if (fd < 0) {
+        if (errno == EINTR || errno == ECONNABORTED) continue;
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+        continue;
+      }
+      char ip[INET_ADDRSTRLEN] = {0};
+      inet_ntop(AF_INET, &from.sin_addr, ip, sizeof ip);
+      bool trusted = false;
+      for (auto& p : peers_) trusted |= p == ip;
+      if (!trusted) {  // only the configured peer routers may inject work requests
+        close(fd);
+        continue;
+      }
+      // Find a free slot for the incoming connection.
+      size_t idx = 0;
+      for (size_t tries = 0; tries < kMaxConns - kMaxPeers; tries++) {
+        size_t i = kMaxPeers + (next - kMaxPeers + tries) % (kMaxConns - kMaxPeers);
+        if (!conns_[i]->up && conns_[i]->fd < 0) {
+          idx = i;
+          break;
+        }
+      }
+      if (!idx) {
+        close(fd);
+        continue;
+      }
+      next = idx + 1 >= kMaxConns ? kMaxPeers : idx + 1;
+      Tune(fd);
+      conns_[idx]->fd = fd;
+      conns_[idx]->up = true;
+      std::thread([this, idx] { Reader(int(idx)); }).detach();
+    }
+  }
+
+  std::vector<std::string> peers_;
+  int port_;
+  std::unique_ptr<Conn> conns_[kMaxConns];
+  std::mutex qmu_;
+  std::deque<Inbound> q_;
+  std::atomic<bool> pending_{false};
+};
+
+}  // namespace
+
+Transport* StartTcpTransport(const std::string& host_ip, int port, const std::vector<std::string>& peers) {
+  return new TcpTransport(host_ip, port, peers);
+}
+
+}  // namespace ffrdma

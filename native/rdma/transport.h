@@ -1,0 +1,50 @@
+// Router-to-router transport of the RDMA engine (cross-host work requests). The engine only
+// sees this interface; tcp_transport.cc carries it over plain TCP between the hosts' routers.
+#pragma once
+#include <cstdint>
+#include <deque>
+#include <string>
+#include <vector>
+
+namespace ffrdma {
+
+enum NetType : uint32_t {
+  NET_WHO_HAS = 1,  // does your host have QP dst_qpn with GID gid? (requester -> all peers)
+  NET_HAVE = 2,     // answer: status 0 = yes, else no
+  NET_OP = 3,       // one work request; payload = data for SEND/WRITE
+  NET_ACK = 4,      // its result: status = ibv_wc_status; payload = data for READ/atomics
+  NET_DOWN = 100,   // local only: the connection `conn` went down
+};
+
+constexpr uint32_t NET_MAGIC = 0x4d444646;  // "FFDM"
+
+struct NetHdr {
+  uint32_t magic, type, len, status;
+  uint32_t src_qpn, dst_qpn, opcode, rkey;
+  uint32_t imm, flags;
+  uint64_t remote_addr, compare_add, swap, cookie;
+  uint8_t gid[16];      // GID of the destination QP's container
+  uint8_t src_gid[16];  // GID of the requester's container
+} __attribute__((packed));
+
+struct Inbound {
+  int conn;
+  NetHdr h;
+  std::vector<uint8_t> payload;
+};
+
+class Transport {
+ public:
+  virtual ~Transport() = default;
+  // Sends one message (h.len payload bytes) on a connection; false if it is down.
+  virtual bool Send(int conn, const NetHdr& h, const void* payload) = 0;
+  // Connections on which requests can be sent, one per reachable peer router.
+  virtual std::vector<int> Peers() = 0;
+  // Moves every message received so far into out; returns false if there was none.
+  virtual bool Drain(std::deque<Inbound>& out) = 0;
+};
+
+// Listens on host_ip:port (accepting only the listed peers) and keeps a connection to each peer.
+Transport* StartTcpTransport(const std::string& host_ip, int port, const std::vector<std::string>& peers);
+
+}  // namespace ffrdma
