@@ -20,8 +20,9 @@ static int take_from_channel(int fd, struct ff_fd *e, struct sockaddr *addr, soc
       return -1;
     }
     struct ff_msg m;
-    int afd;
-    int got = ff_recv_with_fd(chan, &m, &afd, flags & SOCK_CLOEXEC);
+    int afd = -1, nfds;
+    int got = ff_recv_msg(chan, &m, &afd, 1, &nfds, flags & SOCK_CLOEXEC);
+    if (got > 0 && nfds == 0) afd = -1;
     if (got == 0 || (got < 0 && errno != EAGAIN && errno != EINTR && errno != EPROTO)) {
       ff_listener_drop_channel(fd, e);
       errno = EAGAIN;

@@ -12,6 +12,7 @@
 #include "config.h"
 #include "fdtable.h"
 #include "init.h"
+#include "pool.h"
 #include "router.h"
 
 int socket(int domain, int type, int protocol) {
@@ -66,6 +67,33 @@ static bool swap_in(int fd, struct ff_fd *e, int host_fd) {
   return true;
 }
 
+/* Makes fd the accelerated connection of host_fd and starts the application's connect() on it.
+ * false: nothing changed, continue on the overlay. */
+static bool adopt(int fd, struct ff_fd *e, int host_fd, const struct ff_endpoint *src, uint16_t local_port,
+                  const struct ff_endpoint *dst, const struct ff_endpoint *host, int *result) {
+  pthread_mutex_lock(&ff_table_lock);
+  bool swapped = e == ff_fd_get(fd) && swap_in(fd, e, host_fd);
+  if (swapped) {
+    e->sock->kind = FF_ACCEL;
+    e->sock->local.addr = src->addr;
+    e->sock->local.port = local_port;
+    e->sock->peer = *dst;
+  }
+  pthread_mutex_unlock(&ff_table_lock);
+  ff_real.close(host_fd);
+  if (!swapped) return false;
+  struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = htons(host->port)};
+  memcpy(&sin.sin_addr, &host->addr.s6_addr[12], 4);
+  *result = ff_real.connect(fd, (struct sockaddr *)&sin, sizeof sin);
+  return true;
+}
+
+static uint16_t host_port_of(int fd) {
+  struct sockaddr_in sin;
+  socklen_t len = sizeof sin;
+  return ff_real.getsockname(fd, (struct sockaddr *)&sin, &len) == 0 ? ntohs(sin.sin_port) : 0;
+}
+
 /* Returns true if the router took the connection (then *result is connect()'s result on the
  * host socket, errno included), false to continue on the plain overlay. */
 static bool accelerated_connect(int fd, struct ff_fd *e, const struct ff_endpoint *dst, int *result) {
@@ -76,6 +104,15 @@ static bool accelerated_connect(int fd, struct ff_fd *e, const struct ff_endpoin
   if (ff_addr_is_any(&src.addr) && !overlay_source_for(dst, &src.addr)) return false;
   if (!ff_addr_is_v4mapped(&src.addr)) return false;
 
+  /* An application-chosen source port is the connection's identity: only unbound sockets
+   * may use prefetched host sockets (whose overlay port is their host port). */
+  bool poolable = src.port == 0;
+  struct ff_pooled pooled;
+  if (poolable && ff_pool_take(dst, &pooled)) {
+    FF_DEBUG("connect fd %d: host path (prefetched socket)", fd);
+    return adopt(fd, e, pooled.fd, &src, host_port_of(pooled.fd), dst, &pooled.host, result);
+  }
+
   struct ff_msg req, rep;
   ff_msg_init(&req, FF_T_CONNECT);
   req.family = (uint16_t)e->sock->family;
@@ -83,29 +120,20 @@ static bool accelerated_connect(int fd, struct ff_fd *e, const struct ff_endpoin
   req.local_port = src.port;
   memcpy(req.remote_addr, &dst->addr, 16);
   req.remote_port = dst->port;
-  int host_fd;
-  if (ff_router_call(&req, &rep, &host_fd) < 0) return false;
-  if (rep.status != FF_REPLY_ACCEL || host_fd < 0) {
+  req.flags = poolable ? (uint32_t)ff_pool_batch_size(dst) : 1; /* sockets wanted */
+  int fds[FF_MAX_REPLY_FDS];
+  int n = ff_router_call(&req, &rep, fds, FF_MAX_REPLY_FDS);
+  if (n < 0) return false;
+  if (rep.status != FF_REPLY_ACCEL || n == 0) {
     FF_DEBUG("connect fd %d: overlay path (router reply %d, reason %u)", fd, rep.status, rep.flags);
-    if (host_fd >= 0) ff_real.close(host_fd);
+    for (int i = 0; i < n; i++) ff_real.close(fds[i]);
     return false;
   }
-  pthread_mutex_lock(&ff_table_lock);
-  bool swapped = e == ff_fd_get(fd) && swap_in(fd, e, host_fd);
-  if (swapped) {
-    e->sock->kind = FF_ACCEL;
-    e->sock->local.addr = src.addr;
-    e->sock->local.port = rep.local_port;
-    e->sock->peer = *dst;
-  }
-  pthread_mutex_unlock(&ff_table_lock);
-  ff_real.close(host_fd);
-  if (!swapped) return false;
-  struct sockaddr_in host = {.sin_family = AF_INET, .sin_port = htons(rep.host_port)};
-  memcpy(&host.sin_addr, &rep.host_addr[12], 4);
-  FF_DEBUG("connect fd %d: host path via router", fd);
-  *result = ff_real.connect(fd, (struct sockaddr *)&host, sizeof host);
-  return true;
+  struct ff_endpoint host = {.port = rep.host_port};
+  memcpy(&host.addr, rep.host_addr, 16);
+  if (n > 1) ff_pool_put(dst, fds + 1, n - 1, &host);
+  FF_DEBUG("connect fd %d: host path via router (%d sockets fetched)", fd, n);
+  return adopt(fd, e, fds[0], &src, rep.local_port, dst, &host, result);
 }
 
 int connect(int fd, const struct sockaddr *addr, socklen_t len) {
@@ -155,8 +183,13 @@ int listen(int fd, int backlog) {
   memcpy(req.local_addr, &ep.addr, 16);
   req.local_port = ep.port;
   req.flags = backlog > 0 ? (uint32_t)backlog : 0;
-  int chan;
-  if (ff_router_call(&req, &rep, &chan) == 0 && rep.status == FF_REPLY_ACCEL && chan >= 0) {
+  int chan = -1;
+  int n = ff_router_call(&req, &rep, &chan, 1);
+  if (n == 1 && rep.status != FF_REPLY_ACCEL) {
+    ff_real.close(chan);
+    chan = -1;
+  }
+  if (n == 1 && chan >= 0) {
     chan = ff_move_high(chan);
     pthread_mutex_lock(&ff_table_lock);
     if (e == ff_fd_get(fd) && e->sock->kind == FF_CANDIDATE) {
@@ -173,8 +206,6 @@ int listen(int fd, int backlog) {
     pthread_mutex_unlock(&ff_table_lock);
     if (chan >= 0) ff_real.close(chan);
     FF_DEBUG("listen fd %d port %u: router accept channel attached", fd, ep.port);
-  } else if (chan >= 0) {
-    ff_real.close(chan);
   }
   errno = saved;
   return r;

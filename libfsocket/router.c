@@ -12,6 +12,7 @@
 #include <unistd.h>
 #include "config.h"
 #include "init.h"
+#include "pool.h"
 #include "real.h"
 
 #define FF_REPLY_TIMEOUT_MS 2000
@@ -46,6 +47,7 @@ void ff_msg_init(struct ff_msg *m, int type) {
 }
 
 void ff_router_after_fork(void) {
+  ff_pool_after_fork();
   /* The inherited descriptor is the parent's stream; close the child's copy right away,
    * while the number is certainly still ours. */
   if (router_fd >= 0) ff_real.close(router_fd);
@@ -91,36 +93,36 @@ static int open_connection(void) {
   return 0;
 }
 
-int ff_recv_with_fd(int chan, struct ff_msg *msg, int *fd_out, int cloexec) {
+int ff_recv_msg(int chan, struct ff_msg *msg, int *fds, int max, int *nfds, int cloexec) {
   struct iovec iov = {msg, sizeof *msg};
   union {
     struct cmsghdr hdr;
-    char buf[CMSG_SPACE(sizeof(int) * 4)];
+    char buf[CMSG_SPACE(sizeof(int) * FF_MAX_REPLY_FDS)];
   } ctl;
   struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.buf, .msg_controllen = sizeof ctl.buf};
-  *fd_out = -1;
+  *nfds = 0;
   ssize_t n = recvmsg(chan, &mh, MSG_DONTWAIT | (cloexec ? MSG_CMSG_CLOEXEC : 0));
   if (n < 0) return -1;
   for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c)) {
     if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
     int cnt = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
-    int *fds = (int *)CMSG_DATA(c);
+    int *in = (int *)CMSG_DATA(c);
     for (int i = 0; i < cnt; i++) {
-      if (*fd_out < 0) *fd_out = fds[i];
-      else ff_real.close(fds[i]); /* never leak extra fds a confused peer sent */
+      if (*nfds < max) fds[(*nfds)++] = in[i];
+      else ff_real.close(in[i]); /* never leak fds a confused peer sent */
     }
   }
-  if (n == 0 && *fd_out < 0) return 0;
+  if (n == 0 && *nfds == 0) return 0;
   if (n != (ssize_t)sizeof *msg || msg->magic != FF_WIRE_MAGIC || msg->version != FF_WIRE_VERSION) {
-    if (*fd_out >= 0) ff_real.close(*fd_out);
-    *fd_out = -1;
+    for (int i = 0; i < *nfds; i++) ff_real.close(fds[i]);
+    *nfds = 0;
     errno = EPROTO;
     return -1;
   }
   return 1;
 }
 
-static int wait_reply(uint32_t seq, struct ff_msg *rep, int *fd_out) {
+static int wait_reply(uint32_t seq, struct ff_msg *rep, int *fds, int max) {
   long long deadline = now_ns() + FF_REPLY_TIMEOUT_MS * 1000000LL;
   for (;;) {
     int left = (int)((deadline - now_ns()) / 1000000);
@@ -129,24 +131,24 @@ static int wait_reply(uint32_t seq, struct ff_msg *rep, int *fd_out) {
     int r = ff_real.poll(&p, 1, left);
     if (r < 0 && errno == EINTR) continue;
     if (r <= 0) return -1;
-    int got = ff_recv_with_fd(router_fd, rep, fd_out, 1);
+    int nfds;
+    int got = ff_recv_msg(router_fd, rep, fds, max, &nfds, 1);
     if (got < 0 && (errno == EAGAIN || errno == EINTR)) continue;
     if (got <= 0) return -1;
-    if (rep->type == FF_T_REPLY && rep->seq == seq) return 0;
-    if (*fd_out >= 0) ff_real.close(*fd_out); /* a stale reply to a timed-out request */
+    if (rep->type == FF_T_REPLY && rep->seq == seq) return nfds;
+    for (int i = 0; i < nfds; i++) ff_real.close(fds[i]); /* a stale reply to a timed-out request */
   }
 }
 
-int ff_router_call(struct ff_msg *req, struct ff_msg *rep, int *fd_out) {
-  *fd_out = -1;
+int ff_router_call(struct ff_msg *req, struct ff_msg *rep, int *fds, int max) {
   int saved_errno = errno; /* the application must never see our errno */
   pthread_mutex_lock(&call_lock);
   int rc = -1;
   if (open_connection() == 0) {
     req->seq = ++next_seq;
     ssize_t n = send(router_fd, req, sizeof *req, MSG_NOSIGNAL);
-    if (n == (ssize_t)sizeof *req && wait_reply(req->seq, rep, fd_out) == 0) rc = 0;
-    else {
+    if (n == (ssize_t)sizeof *req) rc = wait_reply(req->seq, rep, fds, max);
+    if (rc < 0) {
       FF_DEBUG("router did not answer: plain overlay for a while");
       drop_connection(true);
     }

@@ -5,13 +5,16 @@
 #define FF_ROUTER_H
 #include "ff_wire.h"
 
+#define FF_MAX_REPLY_FDS 32
+
 /* Sends req (type and addressing filled by the caller) and waits for the REPLY with the same
- * seq. Returns 0 and fills *rep (and *fd_out with an attached fd, or -1) on success, -1 if
- * the router cannot be reached or does not answer in time. */
-int ff_router_call(struct ff_msg *req, struct ff_msg *rep, int *fd_out);
-/* Receives one message with an optional fd from a router-owned channel (MSG_DONTWAIT).
- * Returns 1 on a message, 0 on EOF, -1 with errno (EAGAIN when empty). */
-int ff_recv_with_fd(int chan, struct ff_msg *msg, int *fd_out, int cloexec);
+ * seq. Returns the number of fds attached (stored in fds[0..max)) and fills *rep, or -1 if the
+ * router cannot be reached or does not answer in time. */
+int ff_router_call(struct ff_msg *req, struct ff_msg *rep, int *fds, int max);
+/* Receives one message with up to max fds from a router-owned socket (MSG_DONTWAIT); extra
+ * fds are closed. Returns 1 on a message (*nfds set), 0 on EOF, -1 with errno (EAGAIN when
+ * empty). */
+int ff_recv_msg(int chan, struct ff_msg *msg, int *fds, int max, int *nfds, int cloexec);
 /* Moves fd to a high number so the application's own fd numbers stay as it expects. */
 int ff_move_high(int fd);
 void ff_msg_init(struct ff_msg *m, int type);

@@ -17,7 +17,7 @@
 
 namespace {
 
-constexpr int kMaxFds = 8;
+constexpr int kMaxFds = 64;  // a CONNECT reply may carry a batch of prefetched sockets
 
 Napi::Value Err(Napi::Env env, int e) { return Napi::Number::New(env, -e); }
 

@@ -9,6 +9,7 @@ import { NetnsOwnership } from './netns.js';
 export interface Answer {
   reply: WireMsg;
   fd?: number; // sent with the reply, then closed in the router
+  fds?: number[]; // several, likewise
   payload?: Buffer;
 }
 
@@ -90,13 +91,14 @@ export class ClientSession {
   }
 
   private send(seq: number, answer: Answer): void {
+    const fds = answer.fds ?? (answer.fd !== undefined ? [answer.fd] : []);
     if (this.closed) {
-      if (answer.fd !== undefined) native.close(answer.fd);
+      for (const fd of fds) native.close(fd);
       return;
     }
     answer.reply.seq = seq;
-    const n = native.sendMsg(this.fd, encode(answer.reply, answer.payload), answer.fd !== undefined ? [answer.fd] : []);
-    if (answer.fd !== undefined) native.close(answer.fd);
+    const n = native.sendMsg(this.fd, encode(answer.reply, answer.payload), fds);
+    for (const fd of fds) native.close(fd);
     if (n < 0) {
       this.log.warn({ pid: this.pid, error: errnoText(n) }, 'cannot reply; dropping client');
       this.close();

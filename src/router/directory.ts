@@ -31,8 +31,8 @@ export interface Directory {
 }
 
 export interface AnnouncementChannel {
-  /** Sends to the router at hostIp; false if that router is not reachable right now. */
-  announce(hostIp: string, ann: Announcement): boolean;
+  /** Sends to the router at hostIp, as one write; false if that router is not reachable. */
+  announce(hostIp: string, anns: Announcement[]): boolean;
   onAnnouncement(handler: (ann: Announcement) => void): void;
 }
 

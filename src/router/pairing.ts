@@ -5,7 +5,8 @@
 // away from containers (their connections are never announced and get closed).
 import type { Announcement } from './directory.js';
 
-export const ANNOUNCE_TTL_MS = 10_000;
+// Longer than libfsocket keeps a prefetched socket (FF_POOL_FRESH_NS, 5 s) before using it.
+export const ANNOUNCE_TTL_MS = 30_000;
 export const UNANNOUNCED_TIMEOUT_MS = 3_000;
 
 export interface Parked<T> {

@@ -135,10 +135,11 @@ export class PeerMesh implements Directory, AnnouncementChannel {
     return [...this.outbound.values()].map((o) => ({ ip: o.ip, connected: o.connected }));
   }
 
-  announce(hostIp: string, ann: Announcement): boolean {
+  announce(hostIp: string, anns: Announcement[]): boolean {
     const o = this.outbound.get(hostIp);
     if (!o?.connected || !o.socket) return false;
-    return o.socket.write(encode(announcementToMsg(ann))) || true;
+    o.socket.write(Buffer.concat(anns.map((a) => encode(announcementToMsg(a)))));
+    return true;
   }
 
   onAnnouncement(handler: (a: Announcement) => void): void {

@@ -22,6 +22,7 @@ export interface RequestContext {
 }
 
 const HOST_BACKLOG = 4096;
+const MAX_BATCH = 32; // = FF_POOL_MAX_BATCH in libfsocket/pool.h
 
 /** A feature served on the same FreeFlow socket with its own message types (RDMA mode). */
 export interface RouterExtension {
@@ -59,50 +60,62 @@ export class RequestDispatcher implements RequestHandler {
     }
   }
 
+  /** Host sockets for a connection to an overlay destination: one, or a batch the library
+   * keeps for its next connects (flags = how many; only for unbound sources, whose overlay
+   * port is the host port). Each is announced to the listener's router before it is handed out. */
   private connect(session: ClientSession, msg: WireMsg): Answer {
     const srcIp = wireToIpv4(msg.local_addr);
     const dstIp = wireToIpv4(msg.remote_addr);
     if (!srcIp || !dstIp || !msg.remote_port) return fallback(Fallback.BAD_REQUEST);
-    const src = `${srcIp}:${msg.local_port}`;
     const dst = `${dstIp}:${msg.remote_port}`;
     const fall = (reason: number, why: string): Answer => {
-      this.ctx.connections.add({ role: 'connect', path: 'overlay-fallback', src, dst, reason: why, pid: session.pid });
+      this.ctx.connections.add({ role: 'connect', path: 'overlay-fallback', src: `${srcIp}:${msg.local_port}`, dst, reason: why, pid: session.pid });
       return fallback(reason);
     };
     if (!session.ownership.owns(srcIp)) return fall(Fallback.NOT_OWNER, 'source address not in caller netns');
     const rec = this.ctx.directory.lookup(dstIp, msg.remote_port);
     if (!rec) return fall(Fallback.NO_LISTENER, 'no accelerated listener');
 
-    const sock = native.tcpSocket(this.ctx.hostIp, 0);
-    if (typeof sock === 'number') return fall(Fallback.INTERNAL, `host socket: ${errnoText(sock)}`);
-    const ann: Announcement = {
-      clientHostIp: this.ctx.hostIp,
-      clientHostPort: sock.port,
-      listenerHostPort: rec.hostPort,
-      srcIp,
-      srcPort: msg.local_port || sock.port,
-      dstIp,
-      dstPort: msg.remote_port,
-    };
+    const count = msg.local_port ? 1 : Math.min(Math.max(msg.flags, 1), MAX_BATCH);
+    const fds: number[] = [];
+    const anns: Announcement[] = [];
+    for (let i = 0; i < count; i++) {
+      const sock = native.tcpSocket(this.ctx.hostIp, 0);
+      if (typeof sock === 'number') {
+        if (!fds.length) return fall(Fallback.INTERNAL, `host socket: ${errnoText(sock)}`);
+        break;
+      }
+      fds.push(sock.fd);
+      anns.push({
+        clientHostIp: this.ctx.hostIp,
+        clientHostPort: sock.port,
+        listenerHostPort: rec.hostPort,
+        srcIp,
+        srcPort: msg.local_port || sock.port,
+        dstIp,
+        dstPort: msg.remote_port,
+      });
+    }
     const sameHost = rec.hostIp === this.ctx.hostIp;
-    if (sameHost) this.ctx.pairing.expect(ann);
-    else if (!this.ctx.announcer.announce(rec.hostIp, ann)) {
-      native.close(sock.fd);
+    if (sameHost) for (const a of anns) this.ctx.pairing.expect(a);
+    else if (!this.ctx.announcer.announce(rec.hostIp, anns)) {
+      for (const fd of fds) native.close(fd);
       return fall(Fallback.NO_LISTENER, `router at ${rec.hostIp} unreachable`);
     }
-    this.ctx.connections.add({
-      role: 'connect',
-      path: sameHost ? 'same-host' : 'host-network',
-      src: `${srcIp}:${ann.srcPort}`,
-      dst,
-      host: `${rec.hostIp}:${rec.hostPort}`,
-      pid: session.pid,
-    });
+    for (const a of anns)
+      this.ctx.connections.add({
+        role: 'connect',
+        path: sameHost ? 'same-host' : 'host-network',
+        src: `${srcIp}:${a.srcPort}`,
+        dst,
+        host: `${rec.hostIp}:${rec.hostPort}`,
+        pid: session.pid,
+      });
     const reply = ok();
     reply.host_addr = ipv4ToWire(rec.hostIp);
     reply.host_port = rec.hostPort;
-    reply.local_port = ann.srcPort;
-    return { reply, fd: sock.fd };
+    reply.local_port = anns[0].srcPort;
+    return { reply, fds };
   }
 
   private listen(session: ClientSession, msg: WireMsg): Answer {

@@ -1,0 +1,29 @@
+/* Host sockets fetched ahead of need, per overlay destination. A connection-heavy client
+ * (wrk, a proxy, a connection-per-request RPC client) would otherwise wait one router round
+ * trip per connect(); with a pool, the router is asked once per batch and the routers'
+ * announcements travel in batches too. Sockets are used within FF_POOL_FRESH_NS of their
+ * creation, well inside the listener router's announcement lifetime, or thrown away. */
+#ifndef FF_POOL_H
+#define FF_POOL_H
+#include <stdbool.h>
+#include <stdint.h>
+#include "addr.h"
+
+#define FF_POOL_MAX_BATCH 32
+
+struct ff_pooled {
+  int fd;
+  struct ff_endpoint host; /* where to connect (the listener's host endpoint) */
+};
+
+/* Takes a fresh pooled socket for dst, if any. */
+bool ff_pool_take(const struct ff_endpoint *dst, struct ff_pooled *out);
+/* Keeps fds[0..n) (already bound, announced by the router) for later connects to dst. */
+void ff_pool_put(const struct ff_endpoint *dst, const int *fds, int n, const struct ff_endpoint *host);
+/* How many sockets to ask for on the next router call for dst: 1 for a destination seen for
+ * the first time, growing while the destination keeps being used. */
+int ff_pool_batch_size(const struct ff_endpoint *dst);
+/* In a forked child: the pooled sockets are the parent's to use; drop our copies. */
+void ff_pool_after_fork(void);
+
+#endif
