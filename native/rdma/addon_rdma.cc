@@ -60,6 +60,7 @@ Napi::Value Stats(const Napi::CallbackInfo& i) {
   o.Set("ops", double(s.ops));
   o.Set("bytes", double(s.bytes));
   o.Set("errors", double(s.errors));
+  o.Set("served", double(s.served));
   o.Set("qps", double(s.qps));
   o.Set("mrs", double(s.mrs));
   o.Set("cqs", double(s.cqs));

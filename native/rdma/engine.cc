@@ -102,7 +102,7 @@ std::deque<Inbound> pending;  // received requests waiting for the responder (RN
 uint64_t next_cookie = 1;
 bool running = false;
 std::vector<uint8_t> bounce;
-std::atomic<uint64_t> st_ops{0}, st_bytes{0}, st_errors{0};
+std::atomic<uint64_t> st_ops{0}, st_bytes{0}, st_errors{0}, st_served{0};
 uint64_t rate_bps = 0;
 struct Bucket {
   double tokens;
@@ -638,6 +638,7 @@ void Answer(const Inbound& in, uint32_t status, const void* data, uint32_t len, 
 // when it must wait (no receive posted, CQ full).
 bool Respond(Inbound& in) {
   const NetHdr& m = in.h;
+  st_served++;
   auto it = qps.find(m.dst_qpn);
   Qp* d = it == qps.end() ? nullptr : it->second;
   if (!d || memcmp(d->gid, m.gid, 16) || (d->state != FF_QPS_RTR && d->state != FF_QPS_RTS) || d->dest_qpn != m.src_qpn ||
@@ -997,7 +998,7 @@ void SetRateLimit(uint64_t bps) {
 
 Stats GetStats() {
   std::lock_guard<std::mutex> g(mu);
-  return Stats{st_ops.load(), st_bytes.load(), st_errors.load(), qps.size(), mrs.size(), cqs.size()};
+  return Stats{st_ops.load(), st_bytes.load(), st_errors.load(), st_served.load(), qps.size(), mrs.size(), cqs.size()};
 }
 
 }  // namespace ffrdma

@@ -27,7 +27,7 @@ void StartTransport(const std::string& host_ip, int port, const std::vector<std:
 void SetRateLimit(uint64_t bytes_per_sec);
 
 struct Stats {
-  uint64_t ops, bytes, errors, qps, mrs, cqs;
+  uint64_t ops, bytes, errors, served, qps, mrs, cqs;  // served: requests from other hosts
 };
 Stats GetStats();
 

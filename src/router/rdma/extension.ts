@@ -23,7 +23,7 @@ interface RdmaNative {
   rdmaDelQp(qpn: number): number;
   rdmaSetRate(bytesPerSec: number): void;
   rdmaStartTransport(hostIp: string, port: number, peers: string[]): void;
-  rdmaStats(): { ops: number; bytes: number; errors: number; qps: number; mrs: number; cqs: number };
+  rdmaStats(): { ops: number; bytes: number; errors: number; served: number; qps: number; mrs: number; cqs: number };
 }
 const rdma = native as unknown as RdmaNative;
 
