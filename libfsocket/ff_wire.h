@@ -3,6 +3,11 @@
 #define FF_WIRE_H
 #include <stdint.h>
 
+#ifdef __cplusplus
+#define FF_STATIC_ASSERT static_assert
+#else
+#define FF_STATIC_ASSERT _Static_assert
+#endif
 #define FF_WIRE_MAGIC 0x31574646u
 #define FF_WIRE_VERSION 1
 #define FF_WIRE_MSG_SIZE 88
@@ -28,6 +33,20 @@
 #define FF_T_RDMA_CREATE_CHANNEL 110
 #define FF_T_RDMA_DESTROY_CHANNEL 111
 #define FF_T_RDMA_STATS 112
+#define FF_T_CM_CREATE_CHANNEL 120
+#define FF_T_CM_CREATE_ID 121
+#define FF_T_CM_BIND 122
+#define FF_T_CM_LISTEN 123
+#define FF_T_CM_RESOLVE_ADDR 124
+#define FF_T_CM_RESOLVE_ROUTE 125
+#define FF_T_CM_CONNECT 126
+#define FF_T_CM_ACCEPT 127
+#define FF_T_CM_REJECT 128
+#define FF_T_CM_RTU 129
+#define FF_T_CM_DISCONNECT 130
+#define FF_T_CM_DESTROY_ID 131
+#define FF_T_CM_DESTROY_CHANNEL 132
+#define FF_T_CM_EVENT 140
 #define FF_REPLY_ACCEL 1
 #define FF_REPLY_FALLBACK 2
 #define FF_FALLBACK_NO_LISTENER 1
@@ -57,7 +76,7 @@ struct ff_msg {
   uint8_t host_addr[16];
 } __attribute__((packed));
 
-_Static_assert(sizeof(struct ff_msg) == FF_WIRE_MSG_SIZE, "ff_msg layout");
+FF_STATIC_ASSERT(sizeof(struct ff_msg) == FF_WIRE_MSG_SIZE, "ff_msg layout");
 #define FF_OFF_MAGIC 0
 #define FF_OFF_VERSION 4
 #define FF_OFF_TYPE 6
@@ -80,6 +99,6 @@ struct ff_rdma_args {
   uint32_t h[6];
   uint64_t v[4];
 } __attribute__((packed));
-_Static_assert(sizeof(struct ff_rdma_args) == 56, "ff_rdma_args layout");
+FF_STATIC_ASSERT(sizeof(struct ff_rdma_args) == 56, "ff_rdma_args layout");
 
 #endif

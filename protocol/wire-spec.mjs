@@ -63,6 +63,22 @@ export const TYPES = {
   RDMA_CREATE_CHANNEL: 110, // fd = write end of a pipe for CQ events; reply h0 = channel
   RDMA_DESTROY_CHANNEL: 111, // h0 = channel
   RDMA_STATS: 112, // reply payload: JSON {sessions, qps, mrs, cqs, ops, bytes, errors} of this router
+  // RDMA connection manager (container librdmacm -> router); private data follows the args.
+  CM_CREATE_CHANNEL: 120, // fd = our end of a SOCK_SEQPACKET pair for CM_EVENTs; reply h0 = channel
+  CM_CREATE_ID: 121, // h0 = channel, h1 = port space; reply h0 = id
+  CM_BIND: 122, // h0 = id, local_addr/local_port; reply local_addr/local_port as bound
+  CM_LISTEN: 123, // h0 = id
+  CM_RESOLVE_ADDR: 124, // h0 = id, remote_addr/remote_port; event ADDR_RESOLVED (or ADDR_ERROR)
+  CM_RESOLVE_ROUTE: 125, // h0 = id; event ROUTE_RESOLVED
+  CM_CONNECT: 126, // h0 = id, h1 = qpn; listener gets CONNECT_REQUEST, we ESTABLISHED/REJECTED
+  CM_ACCEPT: 127, // h0 = id (from CONNECT_REQUEST), h1 = qpn; connector gets ESTABLISHED
+  CM_REJECT: 128, // h0 = id; connector gets REJECTED
+  CM_RTU: 129, // h0 = id: connector's QP is ready; the acceptor gets ESTABLISHED
+  CM_DISCONNECT: 130, // h0 = id; both QPs to ERR, both ends get DISCONNECTED
+  CM_DESTROY_ID: 131, // h0 = id
+  CM_DESTROY_CHANNEL: 132, // h0 = channel
+  CM_EVENT: 140, // router -> library on the channel: h0 = event, h1 = id, h2 = new id, h3 = peer qpn,
+  //                h4 = status, h5 = private data length; host_addr = peer GID; private data follows
 };
 
 export const REPLY = {

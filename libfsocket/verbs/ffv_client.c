@@ -41,24 +41,36 @@ static int open_conn(void) {
 }
 
 int ffv_call(int type, const struct ff_rdma_args *args, int fd_in, const uint8_t *remote_addr, struct ff_msg *rep, struct ff_rdma_args *out) {
+  struct ff_msg m;
+  memset(&m, 0, sizeof m);
+  if (remote_addr) memcpy(m.remote_addr, remote_addr, 16);
+  return ffv_call_ex(type, &m, args, NULL, 0, fd_in, rep, out, NULL, NULL);
+}
+
+int ffv_call_ex(int type, const struct ff_msg *hdr, const struct ff_rdma_args *args, const void *extra, uint32_t extra_len, int fd_in,
+                struct ff_msg *rep, struct ff_rdma_args *out, void *extra_out, uint32_t *extra_out_len) {
   struct {
     struct ff_msg m;
     struct ff_rdma_args a;
+    uint8_t extra[FFV_MAX_EXTRA];
   } __attribute__((packed)) req, resp;
+  if (extra_len > FFV_MAX_EXTRA) return -EINVAL;
   memset(&req, 0, sizeof req);
+  if (hdr) req.m = *hdr;
   req.m.magic = FF_WIRE_MAGIC;
   req.m.version = FF_WIRE_VERSION;
   req.m.type = (uint16_t)type;
   req.m.pid = (uint32_t)getpid();
-  req.m.payload_len = sizeof req.a;
+  req.m.payload_len = (uint32_t)(sizeof req.a + extra_len);
   if (args) req.a = *args;
-  if (remote_addr) memcpy(req.m.remote_addr, remote_addr, 16);
+  if (extra_len) memcpy(req.extra, extra, extra_len);
+  size_t req_len = sizeof req.m + sizeof req.a + extra_len;
   int saved = errno;
   pthread_mutex_lock(&lock);
   int rc = open_conn();
   if (rc < 0) goto done;
   req.m.seq = ++seq;
-  struct iovec iov = {&req, sizeof req};
+  struct iovec iov = {&req, req_len};
   union {
     struct cmsghdr h;
     char b[CMSG_SPACE(sizeof(int))];
@@ -74,7 +86,7 @@ int ffv_call(int type, const struct ff_rdma_args *args, int fd_in, const uint8_t
     c->cmsg_len = CMSG_LEN(sizeof(int));
     memcpy(CMSG_DATA(c), &fd_in, sizeof(int));
   }
-  if (sendmsg(conn, &mh, MSG_NOSIGNAL) != (ssize_t)sizeof req) {
+  if (sendmsg(conn, &mh, MSG_NOSIGNAL) != (ssize_t)req_len) {
     rc = -EIO;
     goto fail;
   }
@@ -88,6 +100,11 @@ int ffv_call(int type, const struct ff_rdma_args *args, int fd_in, const uint8_t
     if (n < 0 && errno == EINTR) continue;
     if (n < (ssize_t)sizeof resp.m || resp.m.magic != FF_WIRE_MAGIC) { rc = -EIO; goto fail; }
     if (resp.m.type != FF_T_REPLY || resp.m.seq != req.m.seq) continue;
+    if (extra_out_len) {
+      ssize_t e = n - (ssize_t)(sizeof resp.m + sizeof resp.a);
+      *extra_out_len = e > 0 ? (uint32_t)e : 0;
+      if (e > 0) memcpy(extra_out, resp.extra, (size_t)e);
+    }
     break;
   }
   if (rep) *rep = resp.m;

@@ -10,6 +10,7 @@ import { native } from '../../native.js';
 import { emptyMsg, FF_RDMA_ARGS_SIZE, ipv4ToWire, MsgType, type WireMsg } from '../../protocol/codec.js';
 import type { Answer, ClientSession } from '../client-session.js';
 import type { RouterExtension } from '../requests.js';
+import { ConnectionManager } from './cm.js';
 
 interface RdmaNative {
   rdmaAddMr(key: number, pd: number, pid: number, addr: number, len: number, iova: number, access: number): number;
@@ -82,14 +83,25 @@ export class RdmaExtension implements RouterExtension {
   private readonly usedQpns = new Set<number>();
   private nextId = 1;
   private nextQpn = 0x100 + randomInt(0x8000);
+  private readonly cm: ConnectionManager;
 
   constructor(private readonly opts: RdmaOptions) {
+    this.cm = new ConnectionManager(
+      {
+        gidOf: (session) => this.resources(session)?.gid,
+        qpOwnedBy: (qpn, pid) => [...this.sessions].some(([s, r]) => s.pid === pid && r.qps.has(qpn)),
+        qpToErr: (qpn) => {
+          for (const r of this.sessions.values()) if (r.qps.has(qpn)) rdma.rdmaModifyQp(qpn, 6, -1, null, -1);
+        },
+      },
+      opts.log,
+    );
     rdma.rdmaSetRate(opts.rateLimit ?? 0);
     if (opts.hostIp && opts.peers?.length) rdma.rdmaStartTransport(opts.hostIp, opts.port ?? RDMA_PORT, opts.peers);
   }
 
   handles(type: number): boolean {
-    return type >= MsgType.RDMA_OPEN && type <= MsgType.RDMA_STATS;
+    return (type >= MsgType.RDMA_OPEN && type <= MsgType.RDMA_STATS) || this.cm.handles(type);
   }
 
   stats() {
@@ -108,8 +120,8 @@ export class RdmaExtension implements RouterExtension {
       const res = this.resources(session);
       if (!res) return fail(ENODEV);
       const a = readArgs(payload);
-      const r = this.dispatch(session, res, msg, a, fd, () => (took = true));
-      return r;
+      if (this.cm.handles(msg.type)) return this.cm.handle(session, msg, a.h, payload.subarray(FF_RDMA_ARGS_SIZE), fd, () => (took = true));
+      return this.dispatch(session, res, msg, a, fd, () => (took = true));
     } finally {
       if (fd >= 0 && !took) native.close(fd);
     }
@@ -250,6 +262,7 @@ export class RdmaExtension implements RouterExtension {
   }
 
   sessionClosed(session: ClientSession): void {
+    this.cm.sessionClosed(session);
     const res = this.sessions.get(session);
     if (!res) return;
     this.sessions.delete(session);

@@ -1,0 +1,224 @@
+// RDMA connection manager of full RDMA mode (the router side of libfsocket/verbs/rdmacm.c).
+// A listener is an overlay ip:port of a container on this host; a connection request creates a
+// new id on the listener's side and a CONNECT_REQUEST event on its channel. Handshake:
+//   connector CM_CONNECT -> acceptor CONNECT_REQUEST -> acceptor CM_ACCEPT (its QP is RTS) ->
+//   connector ESTABLISHED (its library moves its QP to RTS, then CM_RTU) -> acceptor ESTABLISHED.
+// Disconnect (or a process going away) moves both QPs to ERR by number (flushing posted work
+// requests, never touching a QP the application already destroyed) and tells both ends.
+// Events are CM_EVENT records written to the channel's socket (SOCK_SEQPACKET) that the library
+// gave us; the router keeps that socket open until the process goes away.
+import { randomInt } from 'node:crypto';
+import type { Logger } from '../../log.js';
+import { native } from '../../native.js';
+import { emptyMsg, encode, FF_RDMA_ARGS_SIZE, ipv4ToWire, MsgType, wireToIpv4, type WireMsg } from '../../protocol/codec.js';
+import type { Answer, ClientSession } from '../client-session.js';
+
+const EINVAL = 22, ENOENT = 2, EADDRINUSE = 98, EADDRNOTAVAIL = 99, EPERM = 1;
+// enum rdma_cm_event_type
+const ADDR_RESOLVED = 0, ADDR_ERROR = 1, ROUTE_RESOLVED = 2, CONNECT_REQUEST = 4, REJECTED = 8, ESTABLISHED = 9, DISCONNECTED = 10;
+const REJ_NO_LISTENER = 28; // IB CM reject reason "invalid service ID", what rdma_cm reports
+const MAX_PRIVATE = 255;
+
+interface Channel { h: number; fd: number; session: ClientSession }
+interface CmId {
+  h: number;
+  session: ClientSession;
+  channel: Channel;
+  gid: Buffer;
+  ip?: string;
+  port: number;
+  listenKey?: string;
+  qpn: number;
+  peer?: CmId;
+  state: 'idle' | 'connecting' | 'connected' | 'done';
+}
+
+export interface CmHost {
+  gidOf(session: ClientSession): Buffer | undefined;
+  /** True if QP qpn belongs to a session of process pid (the library's verbs connection). */
+  qpOwnedBy(qpn: number, pid: number): boolean;
+  /** Moves QP qpn to ERR if it still exists. */
+  qpToErr(qpn: number): void;
+}
+
+function reply(status: number, h: number[] = [], fill?: (m: WireMsg) => void): Answer {
+  const m = emptyMsg(MsgType.REPLY);
+  m.status = status;
+  fill?.(m);
+  const payload = Buffer.alloc(FF_RDMA_ARGS_SIZE);
+  h.forEach((x, i) => payload.writeUInt32LE(x >>> 0, i * 4));
+  return { reply: m, payload };
+}
+const fail = (e: number) => reply(-e);
+
+export class ConnectionManager {
+  private readonly channels = new Map<number, Channel>();
+  private readonly ids = new Map<number, CmId>();
+  private readonly listeners = new Map<string, CmId>();
+  private next = 1;
+
+  constructor(private readonly host: CmHost, private readonly log: Logger) {}
+
+  handles(type: number): boolean {
+    return type >= MsgType.CM_CREATE_CHANNEL && type <= MsgType.CM_DESTROY_CHANNEL;
+  }
+
+  handle(session: ClientSession, msg: WireMsg, h: number[], priv: Buffer, fd: number, take: () => void): Answer {
+    if (priv.length > MAX_PRIVATE) return fail(EINVAL);
+    if (msg.type === MsgType.CM_CREATE_CHANNEL) {
+      if (fd < 0) return fail(EINVAL);
+      take();
+      const ch: Channel = { h: this.next++, fd, session };
+      this.channels.set(ch.h, ch);
+      return reply(0, [ch.h]);
+    }
+    if (msg.type === MsgType.CM_DESTROY_CHANNEL) {
+      const ch = this.channels.get(h[0]);
+      return ch && ch.session === session ? reply(0) : fail(ENOENT); // the socket stays open until the process goes
+    }
+    if (msg.type === MsgType.CM_CREATE_ID) {
+      const ch = this.channels.get(h[0]);
+      const gid = this.host.gidOf(session);
+      if (!ch || ch.session !== session) return fail(ENOENT);
+      if (!gid) return fail(EADDRNOTAVAIL);
+      const id: CmId = { h: this.next++, session, channel: ch, gid, port: 0, qpn: 0, state: 'idle' };
+      this.ids.set(id.h, id);
+      return reply(0, [id.h]);
+    }
+    const id = this.ids.get(h[0]);
+    if (!id || id.session !== session) return fail(ENOENT);
+    switch (msg.type) {
+      case MsgType.CM_BIND: {
+        const ip = wireToIpv4(msg.local_addr) ?? '0.0.0.0';
+        if (ip !== '0.0.0.0' && !session.ownership.owns(ip)) return fail(EADDRNOTAVAIL);
+        id.ip = ip;
+        id.port = msg.local_port || randomInt(20000, 60000);
+        return reply(0, [], (m) => {
+          m.local_addr = ipv4ToWire(ip);
+          m.local_port = id.port;
+        });
+      }
+      case MsgType.CM_LISTEN: {
+        if (id.ip === undefined || !id.port) return fail(EINVAL);
+        const key = `${id.ip}:${id.port}`;
+        if (this.listeners.has(key)) return fail(EADDRINUSE);
+        this.listeners.set(key, id);
+        id.listenKey = key;
+        return reply(0);
+      }
+      case MsgType.CM_RESOLVE_ADDR: {
+        const dst = wireToIpv4(msg.remote_addr);
+        if (!dst || !msg.remote_port) {
+          this.emit(id, ADDR_ERROR, { status: -EINVAL });
+          return fail(EINVAL);
+        }
+        const src = wireToIpv4(id.gid)!;
+        id.ip = src;
+        id.port ||= randomInt(20000, 60000);
+        this.emit(id, ADDR_RESOLVED, {});
+        return reply(0, [], (m) => {
+          m.local_addr = ipv4ToWire(src);
+          m.local_port = id.port;
+        });
+      }
+      case MsgType.CM_RESOLVE_ROUTE:
+        this.emit(id, ROUTE_RESOLVED, {});
+        return reply(0);
+      case MsgType.CM_CONNECT: {
+        if (id.state !== 'idle') return fail(EINVAL);
+        if (h[1] && !this.host.qpOwnedBy(h[1], session.pid)) return fail(EPERM);
+        id.qpn = h[1];
+        const dst = wireToIpv4(msg.remote_addr) ?? '';
+        const l = this.listeners.get(`${dst}:${msg.remote_port}`) ?? this.wildcard(dst, msg.remote_port);
+        if (!l) {
+          id.state = 'done';
+          this.emit(id, REJECTED, { status: REJ_NO_LISTENER });
+          return reply(0);
+        }
+        const s: CmId = { h: this.next++, session: l.session, channel: l.channel, gid: l.gid, ip: dst, port: msg.remote_port, qpn: 0, peer: id, state: 'connecting' };
+        this.ids.set(s.h, s);
+        id.peer = s;
+        id.state = 'connecting';
+        this.emit(l, CONNECT_REQUEST, { newId: s.h, peerQpn: id.qpn, peerGid: id.gid, local: [dst, msg.remote_port], remote: [id.ip!, id.port], priv });
+        return reply(0);
+      }
+      case MsgType.CM_ACCEPT: {
+        const c = id.peer;
+        if (!c || id.state !== 'connecting') return fail(EINVAL);
+        if (h[1] && !this.host.qpOwnedBy(h[1], session.pid)) return fail(EPERM);
+        id.qpn = h[1];
+        id.state = c.state = 'connected';
+        this.emit(c, ESTABLISHED, { newId: 1, peerQpn: id.qpn, peerGid: id.gid, priv });
+        return reply(0);
+      }
+      case MsgType.CM_RTU: {
+        const s = id.peer;
+        if (s && id.state === 'connected') this.emit(s, ESTABLISHED, { peerQpn: id.qpn, peerGid: id.gid });
+        return reply(0);
+      }
+      case MsgType.CM_REJECT: {
+        const c = id.peer;
+        if (!c || id.state !== 'connecting') return fail(EINVAL);
+        id.state = c.state = 'done';
+        this.emit(c, REJECTED, { status: REJ_NO_LISTENER, priv });
+        return reply(0);
+      }
+      case MsgType.CM_DISCONNECT:
+        this.disconnect(id, true);
+        return reply(0);
+      case MsgType.CM_DESTROY_ID:
+        this.destroy(id);
+        return reply(0);
+      default:
+        return fail(EINVAL);
+    }
+  }
+
+  private wildcard(ip: string, port: number): CmId | undefined {
+    const l = this.listeners.get(`0.0.0.0:${port}`);
+    return l && l.session.ownership.owns(ip) ? l : undefined;
+  }
+
+  private disconnect(id: CmId, tellSelf: boolean): void {
+    const p = id.peer;
+    if (!p || (id.state !== 'connected' && id.state !== 'connecting')) return;
+    id.state = p.state = 'done';
+    if (id.qpn) this.host.qpToErr(id.qpn);
+    if (p.qpn) this.host.qpToErr(p.qpn);
+    if (tellSelf) this.emit(id, DISCONNECTED, {});
+    if (this.ids.get(p.h) === p) this.emit(p, DISCONNECTED, {});
+  }
+
+  private destroy(id: CmId): void {
+    this.disconnect(id, false);
+    if (id.listenKey && this.listeners.get(id.listenKey) === id) this.listeners.delete(id.listenKey);
+    this.ids.delete(id.h);
+  }
+
+  sessionClosed(session: ClientSession): void {
+    for (const id of [...this.ids.values()]) if (id.session === session) this.destroy(id);
+    for (const ch of [...this.channels.values()])
+      if (ch.session === session) {
+        native.close(ch.fd);
+        this.channels.delete(ch.h);
+      }
+  }
+
+  private emit(id: CmId, event: number, o: { newId?: number; peerQpn?: number; status?: number; peerGid?: Buffer; local?: [string, number]; remote?: [string, number]; priv?: Buffer }): void {
+    const m = emptyMsg(MsgType.CM_EVENT);
+    if (o.peerGid) o.peerGid.copy(m.host_addr);
+    if (o.local) {
+      m.local_addr = ipv4ToWire(o.local[0]);
+      m.local_port = o.local[1];
+    }
+    if (o.remote) {
+      m.remote_addr = ipv4ToWire(o.remote[0]);
+      m.remote_port = o.remote[1];
+    }
+    const priv = o.priv ?? Buffer.alloc(0);
+    const args = Buffer.alloc(FF_RDMA_ARGS_SIZE);
+    [event, id.h, o.newId ?? 0, o.peerQpn ?? 0, o.status ?? 0, priv.length].forEach((x, i) => args.writeUInt32LE(x >>> 0, i * 4));
+    const n = native.sendMsg(id.channel.fd, encode(m, Buffer.concat([args, priv])));
+    if (n < 0) this.log.warn({ pid: id.session.pid, event, error: n }, 'cannot deliver RDMA CM event');
+  }
+}
