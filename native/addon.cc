@@ -5,6 +5,7 @@
 static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitSyscalls(env, exports);
   InitPoller(env, exports);
+  InitAcceptor(env, exports);
   InitRdma(env, exports);
   return exports;
 }

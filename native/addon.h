@@ -4,4 +4,5 @@
 
 void InitSyscalls(Napi::Env env, Napi::Object exports);
 void InitPoller(Napi::Env env, Napi::Object exports);
+void InitAcceptor(Napi::Env env, Napi::Object exports);
 void InitRdma(Napi::Env env, Napi::Object exports);

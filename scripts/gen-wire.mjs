@@ -22,6 +22,8 @@ function layout() {
 function cHeader() {
   const { fields, size } = layout();
   const l = [`/* ${banner} */`, '#ifndef FF_WIRE_H', '#define FF_WIRE_H', '#include <stdint.h>', ''];
+  // The header is included from C (libfsocket) and C++ (the router's native acceptor).
+  l.push('#ifdef __cplusplus', '#define FF_STATIC_ASSERT static_assert', '#else', '#define FF_STATIC_ASSERT _Static_assert', '#endif');
   l.push(`#define FF_WIRE_MAGIC 0x${spec.MAGIC.toString(16)}u`, `#define FF_WIRE_VERSION ${spec.VERSION}`);
   l.push(`#define FF_WIRE_MSG_SIZE ${size}`);
   for (const [group, obj] of [['T', spec.TYPES], ['REPLY', spec.REPLY], ['FALLBACK', spec.FALLBACK], ['LIMIT', spec.LIMITS]])
@@ -32,7 +34,7 @@ function cHeader() {
     l.push(m ? `  ${m[1]} ${f.name}[${m[2]}];` : `  ${f.ctype} ${f.name};`);
   }
   l.push('} __attribute__((packed));', '');
-  l.push(`_Static_assert(sizeof(struct ff_msg) == FF_WIRE_MSG_SIZE, "ff_msg layout");`);
+  l.push(`FF_STATIC_ASSERT(sizeof(struct ff_msg) == FF_WIRE_MSG_SIZE, "ff_msg layout");`);
   for (const f of fields) l.push(`#define FF_OFF_${f.name.toUpperCase()} ${f.off}`);
   for (const [sname, sfields] of Object.entries(spec.RDMA_STRUCTS ?? {})) {
     let off = 0;
@@ -43,7 +45,7 @@ function cHeader() {
     }
     l.push('} __attribute__((packed));');
     for (const [, , size] of sfields) off += size;
-    l.push(`_Static_assert(sizeof(struct ${sname}) == ${off}, "${sname} layout");`);
+    l.push(`FF_STATIC_ASSERT(sizeof(struct ${sname}) == ${off}, "${sname} layout");`);
   }
   l.push('', '#endif', '');
   return l.join('\n');

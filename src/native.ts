@@ -19,6 +19,14 @@ export interface NativeApi {
   getSockName(fd: number): AddrResult | number;
   close(fd: number): number;
   strerror(errno: number): string;
+  acceptor: {
+    start(onClosed: () => void): void;
+    addListener(listenFd: number, chanFd: number, hostPort: number): void;
+    removeListener(hostPort: number): void;
+    announce(records: Buffer): number;
+    takeClosed(): number[];
+    stats(): { delivered: number; refused: number; announced: number; parked: number; recent: { atMs: number; src: string; dst: string; host: string }[] };
+  };
   watch(fd: number, events: number, cb: (status: number, events: number) => void): number;
   rewatch(id: number, events: number): void;
   unwatch(id: number): void;

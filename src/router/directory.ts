@@ -33,7 +33,9 @@ export interface Directory {
 export interface AnnouncementChannel {
   /** Sends to the router at hostIp, as one write; false if that router is not reachable. */
   announce(hostIp: string, anns: Announcement[]): boolean;
-  onAnnouncement(handler: (ann: Announcement) => void): void;
+  /** Announcements for this router's listeners, as wire records back to back (they go to the
+   * native acceptor as they are, in batches). */
+  onAnnouncements(handler: (records: Buffer) => void): void;
 }
 
 export function listenerKey(ip: string, port: number): string {

@@ -5,7 +5,7 @@
 // listeners with it; reconnecting resends the full local state.
 import net from 'node:net';
 import type { Logger } from '../log.js';
-import { decode, emptyMsg, encode, ipv4ToWire, MSG_SIZE, MsgType, wireToIpv4, type WireMsg } from '../protocol/codec.js';
+import { decode, emptyMsg, encode, FIELD_LAYOUT, ipv4ToWire, MSG_SIZE, MsgType, wireToIpv4, type WireMsg } from '../protocol/codec.js';
 import { listenerKey, type Announcement, type AnnouncementChannel, type Directory, type ListenerRecord } from './directory.js';
 
 const RECONNECT_MS = 500;
@@ -55,27 +55,40 @@ export function announcementToMsg(a: Announcement): WireMsg {
   return m;
 }
 
-export function msgToAnnouncement(m: WireMsg): Announcement | undefined {
-  const clientHostIp = wireToIpv4(m.host_addr);
-  const srcIp = wireToIpv4(m.local_addr);
-  const dstIp = wireToIpv4(m.remote_addr);
-  if (!clientHostIp || !srcIp || !dstIp || !m.host_port || !m.aux_port) return undefined;
-  return { clientHostIp, clientHostPort: m.host_port, listenerHostPort: m.aux_port, srcIp, srcPort: m.local_port, dstIp, dstPort: m.remote_port };
+export function announcementsToWire(anns: Announcement[]): Buffer {
+  return Buffer.concat(anns.map((a) => encode(announcementToMsg(a))));
 }
 
-/** Splits a TCP byte stream into wire records; throws on a malformed record. */
+const TYPE_OFFSET = FIELD_LAYOUT.find((f) => f.name === 'type')!.offset;
+
+/** Splits a TCP byte stream into wire records; throws on a malformed record. Runs of
+ * ANNOUNCE records are handed over undecoded, as one buffer (a connect burst is one batch). */
 export class FrameReader {
   private buf: Buffer = Buffer.alloc(0);
-  push(chunk: Buffer, onMsg: (m: WireMsg) => void): void {
+  push(chunk: Buffer, onMsg: (m: WireMsg) => void, onAnnounces: (records: Buffer) => void): void {
     this.buf = this.buf.length ? Buffer.concat([this.buf, chunk]) : chunk;
-    while (this.buf.length >= MSG_SIZE) {
-      const m = decode(this.buf);
+    let runStart = -1;
+    let off = 0;
+    const endRun = () => {
+      if (runStart >= 0) onAnnounces(this.buf.subarray(runStart, off));
+      runStart = -1;
+    };
+    while (this.buf.length - off >= MSG_SIZE) {
+      const m = decode(this.buf.subarray(off, off + MSG_SIZE));
       const total = MSG_SIZE + m.payload_len;
       if (total > MAX_FRAME) throw new Error(`frame too large: ${total}`);
-      if (this.buf.length < total) return;
-      this.buf = this.buf.subarray(total);
+      if (this.buf.length - off < total) break;
+      if (this.buf.readUInt16LE(off + TYPE_OFFSET) === MsgType.ANNOUNCE && !m.payload_len) {
+        if (runStart < 0) runStart = off;
+        off += total;
+        continue;
+      }
+      endRun();
       onMsg(m);
+      off += total;
     }
+    endRun();
+    this.buf = this.buf.subarray(off);
   }
 }
 
@@ -84,7 +97,7 @@ export class PeerMesh implements Directory, AnnouncementChannel {
   private readonly remote = new Map<string, ListenerRecord>();
   private readonly outbound = new Map<string, Outbound>();
   private readonly inbound = new Set<net.Socket>();
-  private announcementHandler: (a: Announcement) => void = () => {};
+  private announcementHandler: (records: Buffer) => void = () => {};
   private server?: net.Server;
   private closed = false;
 
@@ -138,11 +151,11 @@ export class PeerMesh implements Directory, AnnouncementChannel {
   announce(hostIp: string, anns: Announcement[]): boolean {
     const o = this.outbound.get(hostIp);
     if (!o?.connected || !o.socket) return false;
-    o.socket.write(Buffer.concat(anns.map((a) => encode(announcementToMsg(a)))));
+    o.socket.write(announcementsToWire(anns));
     return true;
   }
 
-  onAnnouncement(handler: (a: Announcement) => void): void {
+  onAnnouncements(handler: (records: Buffer) => void): void {
     this.announcementHandler = handler;
   }
 
@@ -184,7 +197,7 @@ export class PeerMesh implements Directory, AnnouncementChannel {
     const reader = new FrameReader();
     s.on('data', (chunk) => {
       try {
-        reader.push(chunk, (m) => this.onPeerMessage(m, learned));
+        reader.push(chunk, (m) => this.onPeerMessage(m, learned), (records) => this.announcementHandler(records));
       } catch (err) {
         this.opts.log.warn({ peer: ip, err: (err as Error).message }, 'malformed peer message; dropping connection');
         s.destroy();
@@ -209,10 +222,6 @@ export class PeerMesh implements Directory, AnnouncementChannel {
         this.remote.delete(key);
         learned.delete(key);
       }
-    } else if (m.type === MsgType.ANNOUNCE) {
-      const ann = msgToAnnouncement(m);
-      if (!ann) throw new Error('bad announcement');
-      this.announcementHandler(ann);
     } else if (m.type !== MsgType.PEER_HELLO) {
       throw new Error(`unexpected message type ${m.type}`);
     }

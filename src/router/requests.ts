@@ -6,17 +6,15 @@ import { native, errnoText } from '../native.js';
 import { emptyMsg, Fallback, ipv4ToWire, MsgType, Reply, wireToIpv4, type WireMsg } from '../protocol/codec.js';
 import { fallback, type Answer, type ClientSession, type RequestHandler } from './client-session.js';
 import type { Announcement, AnnouncementChannel, Directory, ListenerRecord } from './directory.js';
-import { HostListener, type PendingConn } from './host-listener.js';
-import type { Pairing } from './pairing.js';
+import type { HostEndpoints } from './host-endpoints.js';
 import type { ConnectionLog } from './status.js';
 
 export interface RequestContext {
   hostIp: string;
   directory: Directory;
   announcer: AnnouncementChannel;
-  pairing: Pairing<PendingConn>;
+  endpoints: HostEndpoints;
   connections: ConnectionLog;
-  listeners: Set<HostListener>;
   status: () => unknown;
   log: Logger;
 }
@@ -97,7 +95,7 @@ export class RequestDispatcher implements RequestHandler {
       });
     }
     const sameHost = rec.hostIp === this.ctx.hostIp;
-    if (sameHost) for (const a of anns) this.ctx.pairing.expect(a);
+    if (sameHost) this.ctx.endpoints.expect(anns);
     else if (!this.ctx.announcer.announce(rec.hostIp, anns)) {
       for (const fd of fds) native.close(fd);
       return fall(Fallback.NO_LISTENER, `router at ${rec.hostIp} unreachable`);
@@ -139,19 +137,7 @@ export class RequestDispatcher implements RequestHandler {
     }
     const [routerEnd, appEnd] = pair;
     const records: ListenerRecord[] = overlayIps.map((o) => ({ overlayIp: o, port: msg.local_port, hostIp: this.ctx.hostIp, hostPort: l.port }));
-    const listener = new HostListener(l.fd, l.port, routerEnd, records, {
-      pairing: this.ctx.pairing,
-      log: this.ctx.log,
-      connections: this.ctx.connections,
-      onClosed: (gone) => {
-        this.ctx.listeners.delete(gone);
-        for (const r of gone.records) this.ctx.directory.withdraw(r);
-        this.ctx.log.info({ listeners: gone.records.map((r) => `${r.overlayIp}:${r.port}`) }, 'listener closed');
-      },
-    });
-    this.ctx.listeners.add(listener);
-    listener.start();
-    for (const r of records) this.ctx.directory.publish(r);
+    this.ctx.endpoints.add(l.fd, routerEnd, l.port, records);
     this.ctx.log.info({ pid: session.pid, overlay: overlayIps.map((o) => `${o}:${msg.local_port}`), host: `${this.ctx.hostIp}:${l.port}` }, 'accelerated listener');
     return { reply: ok(), fd: appEnd };
   }

@@ -5,8 +5,7 @@ import { join } from 'node:path';
 import type { Logger } from '../log.js';
 import { native, EAGAIN, READABLE, errnoText } from '../native.js';
 import { ClientSession } from './client-session.js';
-import type { HostListener, PendingConn } from './host-listener.js';
-import { Pairing } from './pairing.js';
+import { HostEndpoints } from './host-endpoints.js';
 import { PeerMesh } from './peer-mesh.js';
 import { RequestDispatcher, type RouterExtension } from './requests.js';
 import { ConnectionLog } from './status.js';
@@ -27,10 +26,9 @@ export function socketPath(dir: string, name: string): string {
 
 export class Router {
   readonly connections = new ConnectionLog();
-  readonly listeners = new Set<HostListener>();
   private readonly sessions = new Set<ClientSession>();
   private readonly mesh: PeerMesh;
-  private readonly pairing: Pairing<PendingConn>;
+  private readonly endpoints: HostEndpoints;
   private readonly dispatcher: RequestDispatcher;
   private serverFd = -1;
   private serverWatch = 0;
@@ -39,22 +37,14 @@ export class Router {
   constructor(private readonly opts: RouterOptions) {
     this.path = socketPath(opts.socketDir, opts.name);
     this.mesh = new PeerMesh({ hostIp: opts.hostIp, port: opts.peerPort, peers: opts.peers, isTrustedPeer: opts.isTrustedPeer, log: opts.log });
-    this.pairing = new Pairing<PendingConn>(
-      (conn, ann) => conn.listener.deliver(conn.fd, ann),
-      (conn) => {
-        this.connections.count('accept:refused-unannounced');
-        opts.log.warn({ hostPort: conn.listener.hostPort }, 'closed a host connection no router announced');
-        native.close(conn.fd);
-      },
-    );
-    this.mesh.onAnnouncement((ann) => this.pairing.expect(ann));
+    this.endpoints = new HostEndpoints(this.mesh, opts.log);
+    this.mesh.onAnnouncements((records) => this.endpoints.expectWire(records));
     this.dispatcher = new RequestDispatcher({
       hostIp: opts.hostIp,
       directory: this.mesh,
       announcer: this.mesh,
-      pairing: this.pairing,
+      endpoints: this.endpoints,
       connections: this.connections,
-      listeners: this.listeners,
       status: () => this.status(),
       log: opts.log,
     });
@@ -74,8 +64,7 @@ export class Router {
     native.unwatch(this.serverWatch);
     native.close(this.serverFd);
     for (const s of [...this.sessions]) s.close();
-    for (const l of [...this.listeners]) l.close();
-    this.pairing.close();
+    this.endpoints.closeAll();
     this.mesh.close();
   }
 
@@ -89,6 +78,8 @@ export class Router {
   }
 
   status(): unknown {
+    const accepts = this.endpoints.stats();
+    const acceptRecords = accepts.recent.map((r) => ({ at: new Date(r.atMs).toISOString(), role: 'accept', path: 'host-network', src: r.src, dst: r.dst, host: r.host }));
     return {
       name: this.opts.name,
       socket: this.path,
@@ -96,11 +87,11 @@ export class Router {
       pid: process.pid,
       peers: this.mesh.peerStates(),
       clients: this.sessions.size,
-      listeners: [...this.listeners].map((l) => ({ host: `${this.opts.hostIp}:${l.hostPort}`, overlay: l.records.map((r) => `${r.overlayIp}:${r.port}`) })),
+      listeners: this.endpoints.list().map((l) => ({ host: `${this.opts.hostIp}:${l.hostPort}`, overlay: l.records.map((r) => `${r.overlayIp}:${r.port}`) })),
       directory: this.mesh.entries(),
-      pairing: this.pairing.counts(),
-      counters: this.connections.counters,
-      connections: this.connections.list(),
+      pairing: { announced: accepts.announced, parked: accepts.parked },
+      counters: { ...this.connections.counters, 'accept:host-network': accepts.delivered, 'accept:refused-unannounced': accepts.refused },
+      connections: [...this.connections.list(), ...acceptRecords].sort((a, b) => a.at.localeCompare(b.at)).slice(-256),
     };
   }
 

@@ -1,0 +1,69 @@
+// The host-network endpoints of this router's accelerated listeners. The per-connection work
+// (accept, match with the announcement, pass the fd to the application's accept channel,
+// refuse what nobody announced) runs in the native acceptor thread (native/acceptor.cc); this
+// class registers listeners with it, feeds it announcements and keeps the directory in step.
+import type { Logger } from '../log.js';
+import { native } from '../native.js';
+import type { Announcement, Directory, ListenerRecord } from './directory.js';
+import { announcementsToWire } from './peer-mesh.js';
+
+export interface EndpointInfo {
+  hostPort: number;
+  records: ListenerRecord[];
+}
+
+export interface AcceptStats {
+  delivered: number;
+  refused: number;
+  announced: number;
+  parked: number;
+  recent: { atMs: number; src: string; dst: string; host: string }[];
+}
+
+export class HostEndpoints {
+  private readonly byPort = new Map<number, EndpointInfo>();
+
+  constructor(private readonly directory: Directory, private readonly log: Logger) {
+    native.acceptor.start(() => this.reapClosed());
+  }
+
+  /** listenFd and chanFd now belong to the acceptor; records go into the directory. */
+  add(listenFd: number, chanFd: number, hostPort: number, records: ListenerRecord[]): void {
+    this.byPort.set(hostPort, { hostPort, records });
+    native.acceptor.addListener(listenFd, chanFd, hostPort);
+    for (const r of records) this.directory.publish(r);
+  }
+
+  /** Announcements made by this router (same-host connections). */
+  expect(anns: Announcement[]): void {
+    native.acceptor.announce(announcementsToWire(anns));
+  }
+
+  /** Announcement records as received from a peer router (wire format, back to back). */
+  expectWire(records: Buffer): void {
+    native.acceptor.announce(records);
+  }
+
+  list(): EndpointInfo[] {
+    return [...this.byPort.values()];
+  }
+
+  stats(): AcceptStats {
+    return native.acceptor.stats();
+  }
+
+  closeAll(): void {
+    for (const port of [...this.byPort.keys()]) native.acceptor.removeListener(port);
+    this.reapClosed();
+  }
+
+  private reapClosed(): void {
+    for (const port of native.acceptor.takeClosed()) {
+      const info = this.byPort.get(port);
+      if (!info) continue;
+      this.byPort.delete(port);
+      for (const r of info.records) this.directory.withdraw(r);
+      this.log.info({ listeners: info.records.map((r) => `${r.overlayIp}:${r.port}`) }, 'listener closed');
+    }
+  }
+}
