@@ -7,8 +7,9 @@ import { EDGE, Testbed, overlayIp, vxlanBytesDuring } from './lib/testbed.js';
 
 const tb = await Testbed.up(t);
 
-async function edgePair(server: string, client: string, opts: { workers?: number; v6?: boolean; port: number }) {
+async function edgePair(server: string, client: string, opts: { workers?: number; v6?: boolean; epollBeforeListen?: boolean; port: number }) {
   const args = ['server', opts.v6 ? '::' : '0.0.0.0', String(opts.port)];
+  if (opts.epollBeforeListen) args.push('--epoll-before-listen');
   if (opts.workers) args.push('--workers', String(opts.workers));
   if (opts.v6) args.push('--v6');
   const srv = tb.start(server, [EDGE, ...args], { preload: true });
@@ -51,6 +52,15 @@ t.test('cross-host: edge cases pass and bytes bypass VXLAN', async (t) => {
 t.test('cross-host: nginx-style server with 2 worker processes and a dual-stack listener', async (t) => {
   const r = await edgePair('c21', 'c12', { port: 7002, workers: 2, v6: true });
   checkEdge(t, r, 'c12', 'c21', 7002);
+  t.ok(r.bytes < 200_000, `VXLAN carried ${r.bytes} bytes`);
+});
+
+t.test('listener registered with epoll before listen(): router connections still wake it', async (t) => {
+  const before = (await tb.status('h2')).counters['accept:host-network'] ?? 0;
+  const r = await edgePair('c22', 'c11', { port: 7005, epollBeforeListen: true });
+  checkEdge(t, r, 'c11', 'c22', 7005);
+  const after = (await tb.status('h2')).counters['accept:host-network'] ?? 0;
+  t.ok(after - before >= 200, `h2 passed ${after - before} host connections to the server`);
   t.ok(r.bytes < 200_000, `VXLAN carried ${r.bytes} bytes`);
 });
 

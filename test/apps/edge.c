@@ -4,7 +4,7 @@
  * Plain POSIX/Linux socket program (libc only), meant to be run unmodified
  * with and without an LD_PRELOAD socket-replacement library.
  *
- *   edge server <bind_ip> <port> [--workers N] [--v6]
+ *   edge server <bind_ip> <port> [--workers N] [--v6] [--epoll-before-listen]
  *   edge client <server_ip> <port> <test>
  *
  * tests: nbconnect blocking names accept4 halfclose concurrent fork all
@@ -467,9 +467,12 @@ static void server_accept(int ep, int lfd)
     }
 }
 
+/* --epoll-before-listen: the listening socket was registered with this epoll before listen(). */
+static int g_pre_ep = -1;
+
 static void server_loop(int lfd)
 {
-    int ep = epoll_create1(EPOLL_CLOEXEC);
+    int ep = g_pre_ep >= 0 ? g_pre_ep : epoll_create1(EPOLL_CLOEXEC);
     if (ep < 0) {
         perror("epoll_create1");
         _exit(1);
@@ -478,7 +481,7 @@ static void server_loop(int lfd)
     memset(&ev, 0, sizeof ev);
     ev.events = EPOLLIN;
     ev.data.ptr = NULL;
-    if (epoll_ctl(ep, EPOLL_CTL_ADD, lfd, &ev) < 0) {
+    if (g_pre_ep < 0 && epoll_ctl(ep, EPOLL_CTL_ADD, lfd, &ev) < 0) {
         perror("epoll_ctl listen");
         _exit(1);
     }
@@ -523,6 +526,8 @@ static int run_server(int argc, char **argv)
             workers = atoi(argv[i] + 10);
         else if (!strcmp(argv[i], "--v6"))
             v6 = 1;
+        else if (!strcmp(argv[i], "--epoll-before-listen"))
+            g_pre_ep = 0; /* created once the socket exists */
         else if (npos < 2)
             pos[npos++] = argv[i];
         else {
@@ -531,7 +536,7 @@ static int run_server(int argc, char **argv)
         }
     }
     if (npos != 2 || workers < 0 || workers > 1024) {
-        fprintf(stderr, "usage: edge server <bind_ip> <port> [--workers N] [--v6]\n");
+        fprintf(stderr, "usage: edge server <bind_ip> <port> [--workers N] [--v6] [--epoll-before-listen]\n");
         return 2;
     }
     int port = atoi(pos[1]);
@@ -578,6 +583,18 @@ static int run_server(int argc, char **argv)
     if (bind(lfd, (struct sockaddr *)&ss, sl) < 0) {
         perror("bind");
         return 1;
+    }
+    if (g_pre_ep == 0) {
+        if (workers) {
+            fprintf(stderr, "edge server: --epoll-before-listen is single-process only\n");
+            return 2;
+        }
+        struct epoll_event pev = {.events = EPOLLIN, .data.ptr = NULL};
+        g_pre_ep = epoll_create1(EPOLL_CLOEXEC);
+        if (g_pre_ep < 0 || epoll_ctl(g_pre_ep, EPOLL_CTL_ADD, lfd, &pev) < 0) {
+            perror("epoll before listen");
+            return 1;
+        }
     }
     if (listen(lfd, 4096) < 0) {
         perror("listen");
@@ -1613,7 +1630,7 @@ int main(int argc, char **argv)
     if (argc >= 2 && !strcmp(argv[1], "client"))
         return run_client(argc - 2, argv + 2);
     fprintf(stderr, "usage:\n"
-                    "  edge server <bind_ip> <port> [--workers N] [--v6]\n"
+                    "  edge server <bind_ip> <port> [--workers N] [--v6] [--epoll-before-listen]\n"
                     "  edge client <server_ip> <port> <test>\n"
                     "tests: nbconnect blocking names accept4 halfclose concurrent fork all\n");
     return 2;
