@@ -51,8 +51,28 @@ Napi::Value StartTransport(const Napi::CallbackInfo& i) {
   std::vector<std::string> peers;
   Napi::Array a = i[2].As<Napi::Array>();
   for (uint32_t k = 0; k < a.Length(); k++) peers.push_back(a.Get(k).As<Napi::String>().Utf8Value());
-  ffrdma::StartTransport(i[0].As<Napi::String>().Utf8Value(), I32(i, 1), peers);
-  return i.Env().Undefined();
+  return Num(i, ffrdma::StartTransport(i[0].As<Napi::String>().Utf8Value(), I32(i, 1), peers));
+}
+Napi::Value CmSend(const Napi::CallbackInfo& i) {
+  auto b = i[1].As<Napi::Buffer<uint8_t>>();
+  return Napi::Boolean::New(i.Env(), ffrdma::CmSend(I32(i, 0), b.Data(), uint32_t(b.Length())));
+}
+Napi::Value CmPeers(const Napi::CallbackInfo& i) {
+  auto v = ffrdma::CmPeers();
+  Napi::Array a = Napi::Array::New(i.Env(), v.size());
+  for (uint32_t k = 0; k < v.size(); k++) a.Set(k, Napi::Number::New(i.Env(), v[k]));
+  return a;
+}
+Napi::Value CmTake(const Napi::CallbackInfo& i) {
+  auto v = ffrdma::CmTake();
+  Napi::Array a = Napi::Array::New(i.Env(), v.size());
+  for (uint32_t k = 0; k < v.size(); k++) {
+    Napi::Object o = Napi::Object::New(i.Env());
+    o.Set("conn", Napi::Number::New(i.Env(), v[k].first));
+    o.Set("data", Napi::Buffer<uint8_t>::Copy(i.Env(), v[k].second.data(), v[k].second.size()));
+    a.Set(k, o);
+  }
+  return a;
 }
 Napi::Value Stats(const Napi::CallbackInfo& i) {
   ffrdma::Stats s = ffrdma::GetStats();
@@ -81,5 +101,8 @@ void InitRdma(Napi::Env env, Napi::Object exports) {
   exports.Set("rdmaDelQp", Napi::Function::New(env, DelQp));
   exports.Set("rdmaSetRate", Napi::Function::New(env, SetRate));
   exports.Set("rdmaStartTransport", Napi::Function::New(env, StartTransport));
+  exports.Set("rdmaCmSend", Napi::Function::New(env, CmSend));
+  exports.Set("rdmaCmPeers", Napi::Function::New(env, CmPeers));
+  exports.Set("rdmaCmTake", Napi::Function::New(env, CmTake));
   exports.Set("rdmaStats", Napi::Function::New(env, Stats));
 }

@@ -5,6 +5,7 @@
 
 #include <fcntl.h>
 #include <sched.h>
+#include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
@@ -100,6 +101,8 @@ std::thread worker;
 Transport* transport = nullptr;
 std::deque<Inbound> pending;  // received requests waiting for the responder (RNR) or processing
 uint64_t next_cookie = 1;
+std::deque<Inbound> cm_inbox;  // NET_CM messages for the router's JS connection manager
+int cm_eventfd = -1;            // readable while cm_inbox has messages (JS watches it)
 bool running = false;
 std::vector<uint8_t> bounce;
 std::atomic<uint64_t> st_ops{0}, st_bytes{0}, st_errors{0}, st_served{0};
@@ -777,6 +780,14 @@ bool ServeNetwork() {
       case NET_ACK:
         OnAck(in);
         break;
+      case NET_CM:
+        cm_inbox.push_back(std::move(in));
+        if (cm_eventfd >= 0) {
+          uint64_t one = 1;
+          ssize_t r = write(cm_eventfd, &one, sizeof one);
+          (void)r;
+        }
+        break;
       case NET_DOWN:
         for (auto& [n, q] : qps) {
           if (q->remote != in.conn) continue;
@@ -983,11 +994,35 @@ int DelQp(uint32_t qpn) {
   return 0;
 }
 
-void StartTransport(const std::string& host_ip, int port, const std::vector<std::string>& peers) {
+int StartTransport(const std::string& host_ip, int port, const std::vector<std::string>& peers) {
   std::lock_guard<std::mutex> g(mu);
-  if (transport) return;
+  if (transport) return cm_eventfd;
+  cm_eventfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   transport = StartTcpTransport(host_ip, port, peers);
   EnsureThread();
+  return cm_eventfd;
+}
+
+bool CmSend(int conn, const uint8_t* data, uint32_t len) {
+  if (!transport) return false;
+  NetHdr h = NewHdr(NET_CM);
+  h.len = len;
+  return transport->Send(conn, h, data);
+}
+
+std::vector<int> CmPeers() { return transport ? transport->Peers() : std::vector<int>{}; }
+
+std::vector<std::pair<int, std::vector<uint8_t>>> CmTake() {
+  std::lock_guard<std::mutex> g(mu);
+  uint64_t v;
+  if (cm_eventfd >= 0) {
+    ssize_t r = read(cm_eventfd, &v, sizeof v);
+    (void)r;
+  }
+  std::vector<std::pair<int, std::vector<uint8_t>>> out;
+  for (auto& in : cm_inbox) out.emplace_back(in.conn, std::move(in.payload));
+  cm_inbox.clear();
+  return out;
 }
 
 void SetRateLimit(uint64_t bps) {

@@ -6,6 +6,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace ffrdma {
@@ -22,7 +23,12 @@ int AddQp(uint32_t qpn, int pid, uint32_t pd, uint32_t scq, uint32_t rcq, int fd
 int ModifyQp(uint32_t qpn, uint32_t state, int64_t dest_qpn, const uint8_t* dgid, int32_t access);
 int DelQp(uint32_t qpn);
 // Cross-host: serve and reach the peer routers' engines over TCP on host_ip:port.
-void StartTransport(const std::string& host_ip, int port, const std::vector<std::string>& peers);
+// Returns an eventfd that is readable while connection-manager messages wait in CmTake().
+int StartTransport(const std::string& host_ip, int port, const std::vector<std::string>& peers);
+// Connection-manager messages between the routers, carried by the same transport.
+bool CmSend(int conn, const uint8_t* data, uint32_t len);
+std::vector<int> CmPeers();
+std::vector<std::pair<int, std::vector<uint8_t>>> CmTake();
 // Bytes per second a sending container (identified by its GID) may move; 0 = unlimited.
 void SetRateLimit(uint64_t bytes_per_sec);
 

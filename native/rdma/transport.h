@@ -13,6 +13,7 @@ enum NetType : uint32_t {
   NET_HAVE = 2,     // answer: status 0 = yes, else no
   NET_OP = 3,       // one work request; payload = data for SEND/WRITE
   NET_ACK = 4,      // its result: status = ibv_wc_status; payload = data for READ/atomics
+  NET_CM = 5,       // connection-manager message between the routers (opaque JSON, see cm.ts)
   NET_DOWN = 100,   // local only: the connection `conn` went down
 };
 

@@ -5,6 +5,9 @@
 //   connector ESTABLISHED (its library moves its QP to RTS, then CM_RTU) -> acceptor ESTABLISHED.
 // Disconnect (or a process going away) moves both QPs to ERR by number (flushing posted work
 // requests, never touching a QP the application already destroyed) and tells both ends.
+// Cross-host: a request for an address with no listener here goes to every peer router (over
+// the engines' transport, as JSON); the one with the listener answers and the handshake goes on
+// between the two routers with the same messages ('req', 'nol', 'acc', 'rej', 'rtu', 'disc').
 // Events are CM_EVENT records written to the channel's socket (SOCK_SEQPACKET) that the library
 // gave us; the router keeps that socket open until the process goes away.
 import { randomInt } from 'node:crypto';
@@ -30,7 +33,14 @@ interface CmId {
   listenKey?: string;
   qpn: number;
   peer?: CmId;
+  remote?: { conn: number; h: number }; // the peer id lives on another host's router
   state: 'idle' | 'connecting' | 'connected' | 'done';
+}
+
+export interface CmNet {
+  send(conn: number, msg: object): boolean;
+  /** Connections to the peer routers that are up. */
+  peers(): number[];
 }
 
 export interface CmHost {
@@ -56,6 +66,8 @@ export class ConnectionManager {
   private readonly ids = new Map<number, CmId>();
   private readonly listeners = new Map<string, CmId>();
   private next = 1;
+  private readonly pending = new Map<number, { left: number; timer: NodeJS.Timeout }>(); // cross-host requests
+  net?: CmNet;
 
   constructor(private readonly host: CmHost, private readonly log: Logger) {}
 
@@ -130,6 +142,16 @@ export class ConnectionManager {
         id.qpn = h[1];
         const dst = wireToIpv4(msg.remote_addr) ?? '';
         const l = this.listeners.get(`${dst}:${msg.remote_port}`) ?? this.wildcard(dst, msg.remote_port);
+        const peers = this.net?.peers() ?? [];
+        if (!l && peers.length) {
+          id.state = 'connecting';
+          const req = { t: 'req', cid: id.h, dst, port: msg.remote_port, qpn: id.qpn, gid: id.gid.toString('hex'), src: id.ip, sport: id.port, priv: priv.toString('base64') };
+          const sent = peers.filter((c) => this.net!.send(c, req)).length;
+          const timer = setTimeout(() => this.noListener(id.h), 5000);
+          this.pending.set(id.h, { left: sent, timer });
+          if (!sent) this.noListener(id.h);
+          return reply(0);
+        }
         if (!l) {
           id.state = 'done';
           this.emit(id, REJECTED, { status: REJ_NO_LISTENER });
@@ -144,19 +166,31 @@ export class ConnectionManager {
       }
       case MsgType.CM_ACCEPT: {
         const c = id.peer;
-        if (!c || id.state !== 'connecting') return fail(EINVAL);
+        if ((!c && !id.remote) || id.state !== 'connecting') return fail(EINVAL);
         if (h[1] && !this.host.qpOwnedBy(h[1], session.pid)) return fail(EPERM);
         id.qpn = h[1];
+        if (id.remote) {
+          id.state = 'connected';
+          this.net?.send(id.remote.conn, { t: 'acc', cid: id.remote.h, sid: id.h, qpn: id.qpn, gid: id.gid.toString('hex'), priv: priv.toString('base64') });
+          return reply(0);
+        }
+        if (!c) return fail(EINVAL);
         id.state = c.state = 'connected';
         this.emit(c, ESTABLISHED, { newId: 1, peerQpn: id.qpn, peerGid: id.gid, priv });
         return reply(0);
       }
       case MsgType.CM_RTU: {
+        if (id.remote && id.state === 'connected') this.net?.send(id.remote.conn, { t: 'rtu', sid: id.remote.h, qpn: id.qpn, gid: id.gid.toString('hex') });
         const s = id.peer;
         if (s && id.state === 'connected') this.emit(s, ESTABLISHED, { peerQpn: id.qpn, peerGid: id.gid });
         return reply(0);
       }
       case MsgType.CM_REJECT: {
+        if (id.remote && id.state === 'connecting') {
+          id.state = 'done';
+          this.net?.send(id.remote.conn, { t: 'rej', cid: id.remote.h, priv: priv.toString('base64') });
+          return reply(0);
+        }
         const c = id.peer;
         if (!c || id.state !== 'connecting') return fail(EINVAL);
         id.state = c.state = 'done';
@@ -180,6 +214,14 @@ export class ConnectionManager {
   }
 
   private disconnect(id: CmId, tellSelf: boolean): void {
+    if (id.remote) {
+      if (id.state !== 'connected' && id.state !== 'connecting') return;
+      id.state = 'done';
+      if (id.qpn) this.host.qpToErr(id.qpn);
+      if (tellSelf) this.emit(id, DISCONNECTED, {});
+      this.net?.send(id.remote.conn, { t: 'disc', h: id.remote.h });
+      return;
+    }
     const p = id.peer;
     if (!p || (id.state !== 'connected' && id.state !== 'connecting')) return;
     id.state = p.state = 'done';
@@ -189,7 +231,84 @@ export class ConnectionManager {
     if (this.ids.get(p.h) === p) this.emit(p, DISCONNECTED, {});
   }
 
+  private noListener(cid: number): void {
+    const p = this.pending.get(cid);
+    if (!p) return;
+    clearTimeout(p.timer);
+    this.pending.delete(cid);
+    const id = this.ids.get(cid);
+    if (!id) return;
+    id.state = 'done';
+    this.emit(id, REJECTED, { status: REJ_NO_LISTENER });
+  }
+
+  /** A connection-manager message from the peer router on transport connection conn. */
+  onNet(conn: number, m: any): void {
+    const priv = typeof m.priv === 'string' ? Buffer.from(m.priv, 'base64').subarray(0, MAX_PRIVATE) : Buffer.alloc(0);
+    const gid = typeof m.gid === 'string' && m.gid.length === 32 ? Buffer.from(m.gid, 'hex') : Buffer.alloc(16);
+    const num = (v: unknown) => (typeof v === 'number' && Number.isInteger(v) && v >= 0 ? v : 0);
+    switch (m.t) {
+      case 'req': {
+        const dst = String(m.dst), port = num(m.port);
+        const l = this.listeners.get(`${dst}:${port}`) ?? this.wildcard(dst, port);
+        if (!l) {
+          this.net?.send(conn, { t: 'nol', cid: m.cid });
+          return;
+        }
+        const s: CmId = { h: this.next++, session: l.session, channel: l.channel, gid: l.gid, ip: dst, port, qpn: 0, remote: { conn, h: num(m.cid) }, state: 'connecting' };
+        this.ids.set(s.h, s);
+        this.emit(l, CONNECT_REQUEST, { newId: s.h, peerQpn: num(m.qpn), peerGid: gid, local: [dst, port], remote: [String(m.src), num(m.sport)], priv });
+        return;
+      }
+      case 'nol': {
+        const p = this.pending.get(num(m.cid));
+        if (p && --p.left <= 0) this.noListener(num(m.cid));
+        return;
+      }
+      case 'acc': {
+        const c = this.ids.get(num(m.cid)), p = this.pending.get(num(m.cid));
+        if (!c || !p) return;
+        clearTimeout(p.timer);
+        this.pending.delete(c.h);
+        c.remote = { conn, h: num(m.sid) };
+        c.state = 'connected';
+        this.emit(c, ESTABLISHED, { newId: 1, peerQpn: num(m.qpn), peerGid: gid, priv });
+        return;
+      }
+      case 'rej': {
+        const p = this.pending.get(num(m.cid));
+        if (!p) return;
+        clearTimeout(p.timer);
+        this.pending.delete(num(m.cid));
+        const c = this.ids.get(num(m.cid));
+        if (c) {
+          c.state = 'done';
+          this.emit(c, REJECTED, { status: REJ_NO_LISTENER, priv });
+        }
+        return;
+      }
+      case 'rtu': {
+        const s = this.ids.get(num(m.sid));
+        if (s?.remote && s.state === 'connected') this.emit(s, ESTABLISHED, { peerQpn: num(m.qpn), peerGid: gid });
+        return;
+      }
+      case 'disc': {
+        const x = this.ids.get(num(m.h));
+        if (!x?.remote || (x.state !== 'connected' && x.state !== 'connecting')) return;
+        x.state = 'done';
+        if (x.qpn) this.host.qpToErr(x.qpn);
+        this.emit(x, DISCONNECTED, {});
+        return;
+      }
+    }
+  }
+
   private destroy(id: CmId): void {
+    const p = this.pending.get(id.h);
+    if (p) {
+      clearTimeout(p.timer);
+      this.pending.delete(id.h);
+    }
     this.disconnect(id, false);
     if (id.listenKey && this.listeners.get(id.listenKey) === id) this.listeners.delete(id.listenKey);
     this.ids.delete(id.h);

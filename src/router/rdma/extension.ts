@@ -6,7 +6,7 @@
 // completions are shared-memory rings served by the engine's C++ thread.
 import { randomInt } from 'node:crypto';
 import type { Logger } from '../../log.js';
-import { native } from '../../native.js';
+import { native, READABLE } from '../../native.js';
 import { emptyMsg, FF_RDMA_ARGS_SIZE, ipv4ToWire, MsgType, type WireMsg } from '../../protocol/codec.js';
 import type { Answer, ClientSession } from '../client-session.js';
 import type { RouterExtension } from '../requests.js';
@@ -23,7 +23,10 @@ interface RdmaNative {
   rdmaModifyQp(qpn: number, state: number, destQpn: number, dgid: Buffer | null, access: number): number;
   rdmaDelQp(qpn: number): number;
   rdmaSetRate(bytesPerSec: number): void;
-  rdmaStartTransport(hostIp: string, port: number, peers: string[]): void;
+  rdmaStartTransport(hostIp: string, port: number, peers: string[]): number;
+  rdmaCmSend(conn: number, data: Buffer): boolean;
+  rdmaCmPeers(): number[];
+  rdmaCmTake(): { conn: number; data: Buffer }[];
   rdmaStats(): { ops: number; bytes: number; errors: number; served: number; qps: number; mrs: number; cqs: number };
 }
 const rdma = native as unknown as RdmaNative;
@@ -97,7 +100,24 @@ export class RdmaExtension implements RouterExtension {
       opts.log,
     );
     rdma.rdmaSetRate(opts.rateLimit ?? 0);
-    if (opts.hostIp && opts.peers?.length) rdma.rdmaStartTransport(opts.hostIp, opts.port ?? RDMA_PORT, opts.peers);
+    if (opts.hostIp && opts.peers?.length) {
+      const efd = rdma.rdmaStartTransport(opts.hostIp, opts.port ?? RDMA_PORT, opts.peers);
+      this.cm.net = {
+        send: (conn, m) => rdma.rdmaCmSend(conn, Buffer.from(JSON.stringify(m))),
+        peers: () => rdma.rdmaCmPeers(),
+      };
+      // The engine makes efd readable when connection-manager messages from peers arrive.
+      if (efd >= 0)
+        native.watch(efd, READABLE, () => {
+          for (const { conn, data } of rdma.rdmaCmTake()) {
+            try {
+              this.cm.onNet(conn, JSON.parse(data.toString()));
+            } catch (err) {
+              opts.log.warn({ error: (err as Error).message }, 'bad RDMA CM message from a peer router');
+            }
+          }
+        });
+    }
   }
 
   handles(type: number): boolean {
