@@ -66,6 +66,7 @@ export function runDetails(results: WorkloadResult[]): Output['runs'] {
       cpu_value: round(r.cpuValue, 4),
       busy_cpu_s: round(r.cpu?.busySec, 4),
       foreign_cpu_s: round(r.cpu?.foreignSec, 4),
+      steal_cpu_s: round(r.cpu?.stealSec, 4),
       wall_s: round(r.cpu?.wallSec, 4),
       vxlan_bytes: r.vxlanBytes,
       router_cpu_s: round(r.routerCpuSec, 4),

@@ -10,6 +10,7 @@ import { ROOT } from './lib/paths.js';
 import { runWorkload, type WorkloadResult } from './runner.js';
 import { buildRecords, markdown, runDetails, type Output } from './report.js';
 import { chartSvg } from './chart.js';
+import { median } from './lib/stats.js';
 import { iperf3 } from './workloads/iperf3.js';
 import { sockperf } from './workloads/sockperf.js';
 import { connlat } from './workloads/connlat.js';
@@ -69,7 +70,7 @@ async function main(): Promise<number> {
       'Server pinned to CPU 1, client to CPU 0 (taskset); routers unpinned. nginx: 1 worker (inherits CPU 1).',
       'Cross-host: host = h1 -> h2 over the veth link; overlay = c11 -> c21 over VXLAN; freeflow = c11 -> c21 both preloaded with libfsocket.so.',
       'Same host: bridge = c11 -> c12 over br0; loopback = inside h1 over 127.0.0.1; freeflow = c11 -> c12 preloaded (router pairs them over h1\'s kernel TCP).',
-      'CPU = busy time from /proc/stat during the client run minus CPU of processes outside this testbed\'s namespaces (other tenants); includes the routers and kernel softirq.',
+      'CPU = busy time from /proc/stat (user+nice+system+irq+softirq; not steal) during the client run minus CPU of processes outside this testbed\'s namespaces (other tenants); includes the routers and kernel softirq.',
       'sockperf latency is its own figure: half the round trip (RTT/2).',
       'A FreeFlow repetition counts only if the h1 router counter (connect:host-network / connect:same-host) grew by the connections made and VXLAN carried < max(64 KiB, 1% of payload).',
     ],
@@ -98,7 +99,10 @@ async function main(): Promise<number> {
 
   meta.duration_s = (Date.now() - t0) / 1000;
   const { records, errors } = buildRecords(results, reps);
-  const out: Output = { meta, records, errors, runs: runDetails(results) };
+  const runs = runDetails(results);
+  const perWall = (k: string) => median(runs.filter((r) => r.wall_s).map((r) => Number(r[k] ?? 0) / Number(r.wall_s)));
+  meta.notes.push(`Machine load during the measured windows (median over runs): other tenants ${perWall('foreign_cpu_s')?.toFixed(2)} cores, hypervisor steal ${perWall('steal_cpu_s')?.toFixed(2)} cores (of ${meta.machine.nproc}).`);
+  const out: Output = { meta, records, errors, runs };
   mkdirSync(outDir, { recursive: true });
   writeFileSync(join(outDir, 'latest.json'), JSON.stringify(out, null, 2) + '\n');
   const md = markdown(out);

@@ -11,7 +11,7 @@ export interface RepResult {
   path: string; // path id
   sample?: Sample;
   cpuValue?: number; // workload's CPU metric for this rep
-  cpu?: { busySec: number; foreignSec: number; ownSec: number; wallSec: number };
+  cpu?: CpuWindow;
   vxlanBytes: number; // h1 vx0 tx+rx during the run
   routerCpuSec?: number; // CPU both routers used during the run (whole client run, not the narrowed window)
   routerConnects?: number; // growth of the path's router counter on h1 (FreeFlow paths)
@@ -108,7 +108,8 @@ async function oneRep(tb: Testbed, w: Workload, p: Path, port: number, rep: numb
     const foreign = cpu.foreignSec / cpu.wallSec;
     const pathTxt = p.routerCounter ? `  router +${out.routerConnects} vxlan ${(out.vxlanBytes / 1e3).toFixed(1)} kB ${out.valid ? 'ok' : 'INVALID: ' + out.invalidReason}` : `  vxlan ${(out.vxlanBytes / 1e6).toFixed(1)} MB`;
     const routerTxt = p.preload && out.routerCpuSec ? `  routers ${out.routerCpuSec.toFixed(2)} CPU-s` : '';
-    log(`${label} ${sample.note ?? ''}${cpuTxt}${routerTxt}${foreign > 0.1 ? `  (other tenants ${foreign.toFixed(2)} cores)` : ''}${pathTxt}`);
+    const steal = cpu.stealSec / cpu.wallSec;
+    log(`${label} ${sample.note ?? ''}${cpuTxt}${routerTxt}${foreign > 0.1 ? `  (other tenants ${foreign.toFixed(2)} cores)` : ''}${steal > 0.1 ? `  (steal ${steal.toFixed(2)} cores)` : ''}${pathTxt}`);
   } catch (err) {
     out.valid = false;
     out.error = (err as Error).message.slice(0, 600);

@@ -13,7 +13,7 @@ export const connlat: Workload = {
   cpu: { metric: 'connlat CPU per connection', unit: 'CPU-us/conn', scale: 1e6 },
   startServer: (tb, path, port) => startServer(tb, path, port, [CONNLAT, 'server', String(port)], /listening/),
   async runClient(tb, path, port, s) {
-    const n = s.quick ? 300 : 2000;
+    const n = s.quick ? 1000 : 3000;
     const r = await client(tb, path, [CONNLAT, 'client', path.addr, String(port), String(n)], 120_000);
     const m = /ok=(\d+) .*p50_us=([\d.]+) p99_us=([\d.]+)/.exec(r.stdout);
     if (!m) throw new Error(`connlat output: ${r.stdout}`);

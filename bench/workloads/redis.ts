@@ -32,7 +32,7 @@ export const redis: Workload = {
     return startServer(tb, path, port, cmd, /Ready to accept connections/);
   },
   async runClient(tb, path, port, s) {
-    const n = s.quick ? 10000 : 100000;
+    const n = s.quick ? 10000 : 50000;
     const r = await client(tb, path, ['redis-benchmark', '-h', path.addr, '-p', String(port), '-q', '-n', String(n), '-c', '50', '-t', 'set,get'], 120_000);
     const rps = parseRedisBenchmark(r.stdout);
     if (!rps.SET || !rps.GET) throw new Error(`redis-benchmark output: ${r.stdout.slice(-300)}`);
