@@ -106,6 +106,44 @@ for (const [prog, re] of perftests) {
   });
 }
 
+// librdmacm replacement: the connection manager runs in the routers (across hosts too).
+let rpPort = 9500;
+for (const [server, sip] of [['c12', ip12], ['c21', ip21]]) {
+  t.test(`rping -v -C 10 c11 -> ${server} (RDMA CM through the routers)`, async (t) => {
+    const port = String(++rpPort);
+    const s = tb.start(server, ['rping', '-s', '-v', '-C', '10', '-a', sip, '-p', port], { env: VERBS_ENV });
+    await sleep(1000);
+    const c = await tb.run('c11', ['rping', '-c', '-v', '-C', '10', '-a', sip, '-p', port], { env: VERBS_ENV, timeoutMs: 30_000 });
+    const code = await Promise.race([s.exited, sleep(10_000).then(() => 'timeout')]);
+    await tb.stop(s);
+    t.equal(c.code, 0, 'client exits 0', { out: c.stdout + c.stderr });
+    t.equal(code, 0, 'server exits 0 after the client disconnects (its completion thread saw the flush)', { out: s.output() });
+    // rping's payload is a rotating alphabet: each line must be exactly what the client sent.
+    for (let i = 0; i < 10; i++) {
+      const line = new RegExp(`^ping data: rdma-ping-${i}: ([^\n]+)$`, 'm').exec(c.stdout);
+      t.ok(line, `client line ${i}`);
+      if (line) t.ok(s.output().includes(`server ping data: rdma-ping-${i}: ${line[1]}`), `server received ping ${i} intact`);
+    }
+  });
+  for (const prog of ['ib_send_bw', 'ib_write_bw']) {
+    t.test(`${prog} -R c11 -> ${server} (perftest over rdma_cm)`, async (t) => {
+      const { srv, cli } = await pair(tb, server, 'c11', sip, [prog, '-d', 'ffvnic0', '-x', '0', '-R', '-n', '300', '-p', String(++rpPort)]);
+      t.equal(cli.code, 0, 'client exits 0', { out: cli.stdout + cli.stderr });
+      t.equal(srv.code, 0, 'server exits 0', { out: srv.stdout });
+      t.match(cli.stdout, /Data ex\. method : rdma_cm/, 'exchange through rdma_cm');
+      const m = /^\s*65536\s+300\s+[\d.]+\s+([\d.]+)/m.exec(cli.stdout);
+      t.ok(m, 'result line');
+      if (m) t.comment(`${prog} -R c11 -> ${server}: BW average ${m[1]} MB/s`);
+    });
+  }
+}
+
+t.test('rping to an address nobody listens on is rejected, not hung', async (t) => {
+  const c = await tb.run('c11', ['rping', '-c', '-C', '1', '-a', ip21, '-p', '9999'], { env: VERBS_ENV, timeoutMs: 30_000 });
+  t.not(c.code, 0, 'rping fails');
+  t.match(c.stdout + c.stderr, /RDMA_CM_EVENT_REJECTED/, 'with RDMA_CM_EVENT_REJECTED');
+});
+
 t.test('the router freed every resource of finished and killed programs', async (t) => {
   for (const host of ['h1', 'h2']) {
     let s = await rdmaStats(tb, host);

@@ -38,7 +38,7 @@ export function rdmaStats(tb: Testbed, host: string, timeoutMs = 2000): Promise<
 export async function pair(tb: Testbed, server: string, client: string, serverIp: string, cmd: string[], opts: { ready?: RegExp; timeoutMs?: number; clientArgs?: string[] } = {}): Promise<{ srv: RunResult; cli: RunResult }> {
   const s: Started = tb.start(server, cmd, { env: VERBS_ENV });
   if (opts.ready) await s.waitFor(opts.ready);
-  else await new Promise((r) => setTimeout(r, 700));
+  else await new Promise((r) => setTimeout(r, 1500)); // perftest's stdout is a pipe: fully buffered, no banner to wait for
   const cli = await tb.run(client, [...cmd, ...(opts.clientArgs ?? []), serverIp], { env: VERBS_ENV, timeoutMs: opts.timeoutMs ?? 90_000 });
   const timer = setTimeout(() => tb.stop(s), 15_000);
   const code = await s.exited;
