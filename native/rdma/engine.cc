@@ -73,15 +73,22 @@ struct Qp {
   uint32_t access = 0;
   uint32_t sq_tail = 0, rq_tail = 0;  // engine's own consumer counters
   // Cross-host: the transport connection of the peer's host (-1 = unknown), the lookup in
-  // progress, and the one work request in flight (stop-and-wait keeps RC ordering simple).
+  // progress, and the work requests in flight.
   int remote = -1;
   bool resolving = false;
   int resolve_left = 0;
   uint64_t resolve_deadline = 0;
-  bool inflight = false;
-  ff_swqe inflight_wqe;
-  uint64_t inflight_cookie = 0;
+  struct Flight {
+    ff_swqe w;
+    uint64_t cookie;
+  };
+  std::deque<Flight> flights;  // sent to the peer host, not yet acknowledged (oldest first)
+  uint32_t sq_next = 0;        // next send WQE to start; sq_tail..sq_next are in flight
 };
+
+// Work requests one QP may have in flight to another host: the responder answers in order
+// on one TCP connection, so completions stay in order.
+constexpr size_t kWindow = 32;
 
 // The receive ring lies after the send ring; the engine uses its own copy of the depths, never
 // the ones in shared memory.
@@ -303,6 +310,7 @@ void FlushDeferred() {
 }
 void AdvanceSq(Qp& q) {
   q.sq_tail++;
+  if (int32_t(q.sq_next - q.sq_tail) < 0) q.sq_next = q.sq_tail;
   __atomic_store_n(&q.shm->sq.tail, q.sq_tail, __ATOMIC_RELEASE);
   FlushDeferred();
 }
@@ -509,14 +517,20 @@ NetHdr NewHdr(uint32_t type) {
 }
 
 // Requester side: sends the work request to the peer's host; completes in OnAck.
+// An error is reported only once everything before it has completed (RC completes in order).
+Outcome FailRemote(Qp& q, const ff_swqe& w, uint32_t status) {
+  if (!q.flights.empty()) return Outcome::Retry;
+  Fail(q, w, status);
+  return Outcome::Error;
+}
+
 Outcome ExecuteRemote(Qp& q, const ff_swqe& w) {
-  if (q.inflight) return Outcome::Retry;
+  if (q.flights.size() >= kWindow) return Outcome::Retry;
   if (q.remote < 0 || !transport) {
     if (q.resolving) {
       if (NowNs() < q.resolve_deadline && q.resolve_left > 0) return Outcome::Retry;
       q.resolving = false;
-      Fail(q, w, WC_RETRY_EXC_ERR);  // no host has that QP
-      return Outcome::Error;
+      return FailRemote(q, w, WC_RETRY_EXC_ERR);  // no host has that QP
     }
     NetHdr h = NewHdr(NET_WHO_HAS);
     h.dst_qpn = q.dest_qpn;
@@ -554,8 +568,7 @@ Outcome ExecuteRemote(Qp& q, const ff_swqe& w) {
       if (!RateAllows(q, peek)) return Outcome::Retry;
       uint64_t len;
       if (!Gather(q, w, &len)) {
-        Fail(q, w, WC_LOC_PROT_ERR);
-        return Outcome::Error;
+        return FailRemote(q, w, WC_LOC_PROT_ERR);
       }
       h.len = uint32_t(len);
       payload = bounce.data();
@@ -565,8 +578,7 @@ Outcome ExecuteRemote(Qp& q, const ff_swqe& w) {
       std::vector<iovec> local;
       uint64_t total;
       if (!LocalIov(q, w.sge, w.num_sge, ACC_LOCAL_WRITE, UINT64_MAX, local, &total) || total > FF_RDMA_MAX_MSG) {
-        Fail(q, w, WC_LOC_PROT_ERR);
-        return Outcome::Error;
+        return FailRemote(q, w, WC_LOC_PROT_ERR);
       }
       if (!RateAllows(q, total)) return Outcome::Retry;
       h.compare_add = total;  // READ: the length asked for
@@ -577,24 +589,19 @@ Outcome ExecuteRemote(Qp& q, const ff_swqe& w) {
       std::vector<iovec> local;
       uint64_t total;
       if (w.num_sge != 1 || w.sge[0].length != 8 || !LocalIov(q, w.sge, 1, ACC_LOCAL_WRITE, 8, local, &total)) {
-        Fail(q, w, WC_LOC_PROT_ERR);
-        return Outcome::Error;
+        return FailRemote(q, w, WC_LOC_PROT_ERR);
       }
       break;
     }
     default:
-      Fail(q, w, WC_LOC_QP_OP_ERR);
-      return Outcome::Error;
+      return FailRemote(q, w, WC_LOC_QP_OP_ERR);
   }
   h.cookie = next_cookie++;
   if (!transport->Send(q.remote, h, payload)) {
     q.remote = -1;
-    Fail(q, w, WC_RETRY_EXC_ERR);
-    return Outcome::Error;
+    return FailRemote(q, w, WC_RETRY_EXC_ERR);
   }
-  q.inflight = true;
-  q.inflight_wqe = w;
-  q.inflight_cookie = h.cookie;
+  q.flights.push_back({w, h.cookie});
   return Outcome::InFlight;
 }
 
@@ -603,10 +610,11 @@ void OnAck(const Inbound& in) {
   auto it = qps.find(in.h.src_qpn);
   if (it == qps.end()) return;
   Qp& q = *it->second;
-  if (!q.inflight || q.inflight_cookie != in.h.cookie) return;
-  q.inflight = false;
-  const ff_swqe& w = q.inflight_wqe;
+  if (q.flights.empty() || q.flights.front().cookie != in.h.cookie) return;
+  const ff_swqe w = q.flights.front().w;
+  q.flights.pop_front();
   uint32_t status = in.h.status;
+  if (q.state == FF_QPS_ERR && status == WC_SUCCESS) status = WC_WR_FLUSH_ERR;  // after an earlier error
   uint64_t len = in.h.compare_add;  // bytes moved, as the responder reports
   if (status == WC_SUCCESS && (w.opcode == FF_WR_RDMA_READ || w.opcode == FF_WR_ATOMIC_CMP_AND_SWP || w.opcode == FF_WR_ATOMIC_FETCH_AND_ADD)) {
     std::vector<iovec> local;
@@ -641,7 +649,6 @@ void Answer(const Inbound& in, uint32_t status, const void* data, uint32_t len, 
 // when it must wait (no receive posted, CQ full).
 bool Respond(Inbound& in) {
   const NetHdr& m = in.h;
-  st_served++;
   auto it = qps.find(m.dst_qpn);
   Qp* d = it == qps.end() ? nullptr : it->second;
   if (!d || memcmp(d->gid, m.gid, 16) || (d->state != FF_QPS_RTR && d->state != FF_QPS_RTS) || d->dest_qpn != m.src_qpn ||
@@ -775,6 +782,7 @@ bool ServeNetwork() {
         }
         done = Respond(in);
         if (!done) blocked.push_back(in.h.dst_qpn);
+        else st_served++;
         break;
       }
       case NET_ACK:
@@ -792,9 +800,13 @@ bool ServeNetwork() {
         for (auto& [n, q] : qps) {
           if (q->remote != in.conn) continue;
           q->remote = -1;
-          if (q->inflight) {  // the answer will never come
-            q->inflight = false;
-            Fail(*q, q->inflight_wqe, WC_RETRY_EXC_ERR);
+          bool first = true;  // the answers will never come
+          while (!q->flights.empty()) {
+            ff_swqe w = q->flights.front().w;
+            q->flights.pop_front();
+            if (first && q->state != FF_QPS_ERR) Fail(*q, w, WC_RETRY_EXC_ERR);
+            else Defer(q->scq, MakeCqe(w.wr_id, WC_WR_FLUSH_ERR, SendWcOpcode(w.opcode), 0, q->qpn), true);
+            first = false;
             AdvanceSq(*q);
           }
         }
@@ -811,23 +823,24 @@ bool ServeNetwork() {
 }
 
 bool Service(Qp& q) {
-  if (q.state == FF_QPS_ERR && q.inflight) return false;  // wait for the answer of the one in flight
+  if (q.state == FF_QPS_ERR && !q.flights.empty()) return false;  // wait for the answers in flight
   if (q.state == FF_QPS_ERR) return Flush(q);
   if (q.state != FF_QPS_RTS) return false;
   bool did = false;
   for (int n = 0; n < 16; n++) {
     uint32_t head = __atomic_load_n(&q.shm->sq.head, __ATOMIC_ACQUIRE);
-    if (head == q.sq_tail) break;
+    if (head == q.sq_next) break;
     ff_swqe w;
-    memcpy(&w, &ff_qp_sq_entries(q.shm)[q.sq_tail & (q.sqd - 1)], sizeof w);
+    memcpy(&w, &ff_qp_sq_entries(q.shm)[q.sq_next & (q.sqd - 1)], sizeof w);
     Outcome o = Execute(q, w);
     if (o == Outcome::Retry) {
       FlushDeferred();  // (nothing is deferred on a retry; keep the list empty regardless)
       break;
     }
     if (o == Outcome::InFlight) {  // completes when the peer host answers (OnAck)
+      q.sq_next++;
       did = true;
-      break;
+      continue;
     }
     AdvanceSq(q);
     did = true;
@@ -957,7 +970,7 @@ int AddQp(uint32_t qpn, int pid, uint32_t pd, uint32_t scq, uint32_t rcq, int fd
   q->rqd = rqd;
   q->sig_all = sig_all;
   memcpy(q->gid, gid, 16);
-  q->sq_tail = __atomic_load_n(&q->shm->sq.tail, __ATOMIC_RELAXED);
+  q->sq_tail = q->sq_next = __atomic_load_n(&q->shm->sq.tail, __ATOMIC_RELAXED);
   q->rq_tail = __atomic_load_n(&q->shm->rq.tail, __ATOMIC_RELAXED);
   SetState(*q, FF_QPS_RESET);
   qps[qpn] = q;
@@ -975,7 +988,8 @@ int ModifyQp(uint32_t qpn, uint32_t state, int64_t dest_qpn, const uint8_t* dgid
   if (dgid) memcpy(q.dgid, dgid, 16);
   if (access >= 0) q.access = uint32_t(access);
   if (state == FF_QPS_RESET) {  // a reset QP forgets its outstanding work requests
-    q.sq_tail = __atomic_load_n(&q.shm->sq.head, __ATOMIC_ACQUIRE);
+    q.sq_tail = q.sq_next = __atomic_load_n(&q.shm->sq.head, __ATOMIC_ACQUIRE);
+    q.flights.clear();
     q.rq_tail = __atomic_load_n(&q.shm->rq.head, __ATOMIC_ACQUIRE);
     __atomic_store_n(&q.shm->sq.tail, q.sq_tail, __ATOMIC_RELEASE);
     __atomic_store_n(&q.shm->rq.tail, q.rq_tail, __ATOMIC_RELEASE);
