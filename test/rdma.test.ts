@@ -38,6 +38,7 @@ t.test('ibv_devices and ibv_devinfo see one active RoCE port with the overlay GI
   t.match(i.stdout, /hca_id:\s+ffvnic0/);
   t.match(i.stdout, /state:\s+PORT_ACTIVE/);
   t.match(i.stdout, /link_layer:\s+Ethernet/);
+  t.match(i.stdout, /GID\[\s*0\]:\s+::ffff:10\.244\.1\.11, RoCE v2/, 'GID 0 is the IPv4-mapped overlay address, RoCE v2');
   const stock = await tb.run('c11', ['ibv_devices']);
   t.not(stock.code, 0, 'without FreeFlow the stock library finds no device (so the device really is ours)');
 });

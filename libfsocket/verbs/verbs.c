@@ -241,6 +241,13 @@ EXPORT ssize_t _ibv_query_gid_table(struct ibv_context *ctx, struct ibv_gid_entr
   return rc ? -rc : 1;
 }
 
+/* IBVERBS_PRIVATE_34, used by ibv_devinfo: GID 0 is RoCE v2 (enum ibv_gid_type_sysfs value 1). */
+EXPORT int ibv_query_gid_type(struct ibv_context *ctx, uint8_t port, unsigned int index, int *type) {
+  if (port != 1 || index != 0) return err_ret(EINVAL) ? -1 : -1;
+  *type = 1;
+  return 0;
+}
+
 EXPORT int ibv_query_pkey(struct ibv_context *ctx, uint8_t port, int index, __be16 *pkey) {
   if (port != 1 || index != 0) return -1;
   *pkey = 0xffff;
