@@ -13,15 +13,27 @@ export function emptyMsg(type: number): WireMsg {
   return msg;
 }
 
+// One writer per field, chosen once from the layout: encoding sits on the connection set-up path.
+type FieldWriter = (buf: Buffer, base: number, msg: WireMsg) => void;
+const WRITERS: FieldWriter[] = FIELD_LAYOUT.map((f): FieldWriter => {
+  const o = f.offset;
+  if (f.ctype.includes('[')) return (buf, base, msg) => (msg[f.name] as Buffer).copy(buf, base + o, 0, f.size);
+  if (f.ctype === 'uint32_t') return (buf, base, msg) => buf.writeUInt32LE((msg[f.name] as number) >>> 0, base + o);
+  if (f.ctype === 'int32_t') return (buf, base, msg) => buf.writeInt32LE((msg[f.name] as number) | 0, base + o);
+  return (buf, base, msg) => buf.writeUInt16LE((msg[f.name] as number) & 0xffff, base + o);
+});
+
+/** Writes msg's fixed record at buf[offset..offset+MSG_SIZE). */
+export function encodeInto(msg: WireMsg, buf: Buffer, offset: number): void {
+  for (const w of WRITERS) w(buf, offset, msg);
+}
+
+/** Byte offset of each field, by name. */
+export const OFFSET = Object.fromEntries(FIELD_LAYOUT.map((f) => [f.name, f.offset])) as Record<keyof WireMsg, number>;
+
 export function encode(msg: WireMsg, payload?: Buffer): Buffer {
   const buf = Buffer.alloc(MSG_SIZE + (payload?.length ?? 0));
-  for (const f of FIELD_LAYOUT) {
-    const v = msg[f.name];
-    if (Buffer.isBuffer(v)) v.copy(buf, f.offset, 0, f.size);
-    else if (f.ctype === 'uint32_t') buf.writeUInt32LE(v >>> 0, f.offset);
-    else if (f.ctype === 'int32_t') buf.writeInt32LE(v | 0, f.offset);
-    else if (f.ctype === 'uint16_t') buf.writeUInt16LE(v & 0xffff, f.offset);
-  }
+  encodeInto(msg, buf, 0);
   if (payload) {
     buf.writeUInt32LE(payload.length, FIELD_LAYOUT.find((f) => f.name === 'payload_len')!.offset);
     payload.copy(buf, MSG_SIZE);

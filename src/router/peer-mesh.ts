@@ -5,7 +5,7 @@
 // listeners with it; reconnecting resends the full local state.
 import net from 'node:net';
 import type { Logger } from '../log.js';
-import { decode, emptyMsg, encode, FIELD_LAYOUT, ipv4ToWire, MSG_SIZE, MsgType, wireToIpv4, type WireMsg } from '../protocol/codec.js';
+import { decode, emptyMsg, encode, FIELD_LAYOUT, ipv4ToWire, MSG_SIZE, MsgType, OFFSET, wireToIpv4, type WireMsg } from '../protocol/codec.js';
 import { listenerKey, type Announcement, type AnnouncementChannel, type Directory, type ListenerRecord } from './directory.js';
 
 const RECONNECT_MS = 500;
@@ -55,8 +55,34 @@ export function announcementToMsg(a: Announcement): WireMsg {
   return m;
 }
 
+/** The same records as encode(announcementToMsg(a)), written straight into one buffer: a
+ * batch of prefetched sockets is announced at once, and this is on the connect path. */
 export function announcementsToWire(anns: Announcement[]): Buffer {
-  return Buffer.concat(anns.map((a) => encode(announcementToMsg(a))));
+  const buf = Buffer.alloc(MSG_SIZE * anns.length);
+  const head = encode(emptyMsg(MsgType.ANNOUNCE)).subarray(0, OFFSET.seq);
+  anns.forEach((a, i) => {
+    const base = i * MSG_SIZE;
+    head.copy(buf, base);
+    putIpv4(buf, base + OFFSET.host_addr, a.clientHostIp);
+    buf.writeUInt16LE(a.clientHostPort, base + OFFSET.host_port);
+    buf.writeUInt16LE(a.listenerHostPort, base + OFFSET.aux_port);
+    putIpv4(buf, base + OFFSET.local_addr, a.srcIp);
+    buf.writeUInt16LE(a.srcPort, base + OFFSET.local_port);
+    putIpv4(buf, base + OFFSET.remote_addr, a.dstIp);
+    buf.writeUInt16LE(a.dstPort, base + OFFSET.remote_port);
+  });
+  return buf;
+}
+
+const parsedIpv4 = new Map<string, Buffer>();
+
+function putIpv4(buf: Buffer, at: number, ip: string): void {
+  let w = parsedIpv4.get(ip);
+  if (!w) {
+    w = ipv4ToWire(ip);
+    if (parsedIpv4.size < 1024) parsedIpv4.set(ip, w);
+  }
+  w.copy(buf, at);
 }
 
 const TYPE_OFFSET = FIELD_LAYOUT.find((f) => f.name === 'type')!.offset;
