@@ -139,6 +139,23 @@ for (const [server, sip] of [['c12', ip12], ['c21', ip21]]) {
   }
 }
 
+for (const [server, sip] of [['c12', ip12], ['c21', ip21]])
+  t.test(`client SIGKILLed in the middle of ib_send_bw -R c11 -> ${server}: the server gets flushed completions, not a hang`, async (t) => {
+    const port = String(++rpPort);
+    const args = ['ib_send_bw', '-d', 'ffvnic0', '-x', '0', '-R', '-n', '50000000', '-p', port];
+    const s = tb.start(server, args, { env: VERBS_ENV });
+    await sleep(1500);
+    const c = tb.start('c11', [...args, sip], { env: VERBS_ENV });
+    await sleep(3000);
+    t.equal(c.proc.exitCode, null, 'client still transferring when killed');
+    await tb.stop(c);
+    const code = await Promise.race([s.exited, sleep(20_000).then(() => 'hang')]);
+    await tb.stop(s);
+    t.not(code, 'hang', 'server ended by itself');
+    t.not(code, 0, 'with an error exit');
+    t.match(s.output(), /Failed status 5/, 'its receives completed with IBV_WC_WR_FLUSH_ERR');
+  });
+
 t.test('rping to an address nobody listens on is rejected, not hung', async (t) => {
   const c = await tb.run('c11', ['rping', '-c', '-C', '1', '-a', ip21, '-p', '9999'], { env: VERBS_ENV, timeoutMs: 30_000 });
   t.not(c.code, 0, 'rping fails');
