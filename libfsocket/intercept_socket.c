@@ -107,12 +107,6 @@ static bool accelerated_connect(int fd, struct ff_fd *e, const struct ff_endpoin
   /* An application-chosen source port is the connection's identity: only unbound sockets
    * may use prefetched host sockets (whose overlay port is their host port). */
   bool poolable = src.port == 0;
-  struct ff_pooled pooled;
-  if (poolable && ff_pool_take(dst, &pooled)) {
-    FF_DEBUG("connect fd %d: host path (prefetched socket)", fd);
-    return adopt(fd, e, pooled.fd, &src, host_port_of(pooled.fd), dst, &pooled.host, result);
-  }
-
   struct ff_msg req, rep;
   ff_msg_init(&req, FF_T_CONNECT);
   req.family = (uint16_t)e->sock->family;
@@ -120,6 +114,19 @@ static bool accelerated_connect(int fd, struct ff_fd *e, const struct ff_endpoin
   req.local_port = src.port;
   memcpy(req.remote_addr, &dst->addr, 16);
   req.remote_port = dst->port;
+
+  struct ff_pooled pooled;
+  bool low;
+  if (poolable && (ff_pool_take(dst, &pooled, &low) ||
+                   (ff_router_collect(dst) && ff_pool_take(dst, &pooled, &low)))) {
+    if (low) {
+      req.flags = (uint32_t)ff_pool_refill_size(dst);
+      ff_router_prefetch(&req, dst);
+    }
+    FF_DEBUG("connect fd %d: host path (prefetched socket)", fd);
+    return adopt(fd, e, pooled.fd, &src, host_port_of(pooled.fd), dst, &pooled.host, result);
+  }
+
   req.flags = poolable ? (uint32_t)ff_pool_batch_size(dst) : 1; /* sockets wanted */
   int fds[FF_MAX_REPLY_FDS];
   int n = ff_router_call(&req, &rep, fds, FF_MAX_REPLY_FDS);

@@ -13,8 +13,8 @@ struct dest_pool {
   struct ff_endpoint dst;
   struct ff_endpoint host;
   int nfds;
-  int fds[FF_POOL_MAX_BATCH];
-  long long filled_ns;
+  int fds[FF_POOL_MAX_BATCH * 2]; /* a batch plus the refill that arrives before it runs out */
+  long long born_ns[FF_POOL_MAX_BATCH * 2];
   long long last_use_ns;
   int batch; /* next batch size */
 };
@@ -53,20 +53,26 @@ static struct dest_pool *find(const struct ff_endpoint *dst, bool create) {
   return lru;
 }
 
-bool ff_pool_take(const struct ff_endpoint *dst, struct ff_pooled *out) {
+bool ff_pool_take(const struct ff_endpoint *dst, struct ff_pooled *out, bool *low) {
   bool ok = false;
+  *low = false;
   pthread_mutex_lock(&pool_lock);
   struct dest_pool *p = find(dst, false);
+  long long now = now_ns();
+  /* Oldest first (FIFO), dropping what is too old to be announced still. */
+  while (p && p->nfds > 0 && now - p->born_ns[0] > FF_POOL_FRESH_NS) {
+    ff_real.close(p->fds[0]);
+    memmove(p->fds, p->fds + 1, --p->nfds * sizeof p->fds[0]);
+    memmove(p->born_ns, p->born_ns + 1, p->nfds * sizeof p->born_ns[0]);
+  }
   if (p && p->nfds > 0) {
-    long long now = now_ns();
-    if (now - p->filled_ns > FF_POOL_FRESH_NS) {
-      drain(p);
-    } else {
-      out->fd = p->fds[--p->nfds];
-      out->host = p->host;
-      p->last_use_ns = now;
-      ok = true;
-    }
+    out->fd = p->fds[0];
+    out->host = p->host;
+    memmove(p->fds, p->fds + 1, --p->nfds * sizeof p->fds[0]);
+    memmove(p->born_ns, p->born_ns + 1, p->nfds * sizeof p->born_ns[0]);
+    p->last_use_ns = now;
+    *low = p->batch > 1 && p->nfds <= p->batch / 2;
+    ok = true;
   }
   pthread_mutex_unlock(&pool_lock);
   return ok;
@@ -75,12 +81,27 @@ bool ff_pool_take(const struct ff_endpoint *dst, struct ff_pooled *out) {
 void ff_pool_put(const struct ff_endpoint *dst, const int *fds, int n, const struct ff_endpoint *host) {
   pthread_mutex_lock(&pool_lock);
   struct dest_pool *p = find(dst, true);
-  drain(p); /* sockets of an older batch may point at an older host endpoint */
-  for (int i = 0; i < n && i < FF_POOL_MAX_BATCH; i++) p->fds[p->nfds++] = fds[i];
-  for (int i = FF_POOL_MAX_BATCH; i < n; i++) ff_real.close(fds[i]);
+  if (p->nfds && !same(&p->host, host)) drain(p); /* the listener moved: older sockets point at its old endpoint */
+  long long now = now_ns();
+  for (int i = 0; i < n; i++) {
+    if (p->nfds < FF_POOL_MAX_BATCH * 2) {
+      p->born_ns[p->nfds] = now;
+      p->fds[p->nfds++] = fds[i];
+    } else {
+      ff_real.close(fds[i]);
+    }
+  }
   p->host = *host;
-  p->filled_ns = p->last_use_ns = now_ns();
+  p->last_use_ns = now;
   pthread_mutex_unlock(&pool_lock);
+}
+
+int ff_pool_refill_size(const struct ff_endpoint *dst) {
+  pthread_mutex_lock(&pool_lock);
+  struct dest_pool *p = find(dst, false);
+  int n = p ? p->batch : 1;
+  pthread_mutex_unlock(&pool_lock);
+  return n;
 }
 
 int ff_pool_batch_size(const struct ff_endpoint *dst) {

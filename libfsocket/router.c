@@ -24,6 +24,9 @@ static int router_fd = -1;
 static pid_t router_owner; /* pid that opened router_fd: a forked child must open its own */
 static long long retry_at_ns;
 static uint32_t next_seq;
+/* The outstanding prefetch, if any (seq 0: none). */
+static uint32_t prefetch_seq;
+static struct ff_endpoint prefetch_dst;
 
 static long long now_ns(void) {
   struct timespec ts;
@@ -48,6 +51,7 @@ void ff_msg_init(struct ff_msg *m, int type) {
 
 void ff_router_after_fork(void) {
   ff_pool_after_fork();
+  prefetch_seq = 0;
   /* The inherited descriptor is the parent's stream; close the child's copy right away,
    * while the number is certainly still ours. */
   if (router_fd >= 0) ff_real.close(router_fd);
@@ -64,6 +68,7 @@ void ff_router_release_fd(void) {
 }
 
 static void drop_connection(bool backoff) {
+  prefetch_seq = 0;
   if (router_fd >= 0 && router_owner == getpid()) ff_real.close(router_fd);
   router_fd = -1;
   if (backoff) retry_at_ns = now_ns() + FF_RETRY_AFTER_NS;
@@ -122,6 +127,18 @@ int ff_recv_msg(int chan, struct ff_msg *msg, int *fds, int max, int *nfds, int 
   return 1;
 }
 
+/* A prefetch reply: its sockets go to the pool for the destination it was asked for. */
+static void deliver_prefetch(const struct ff_msg *rep, int *fds, int nfds) {
+  prefetch_seq = 0;
+  if (rep->status != FF_REPLY_ACCEL) {
+    for (int i = 0; i < nfds; i++) ff_real.close(fds[i]);
+    return;
+  }
+  struct ff_endpoint host = {.port = rep->host_port};
+  memcpy(&host.addr, rep->host_addr, 16);
+  ff_pool_put(&prefetch_dst, fds, nfds, &host);
+}
+
 static int wait_reply(uint32_t seq, struct ff_msg *rep, int *fds, int max) {
   long long deadline = now_ns() + FF_REPLY_TIMEOUT_MS * 1000000LL;
   for (;;) {
@@ -135,9 +152,48 @@ static int wait_reply(uint32_t seq, struct ff_msg *rep, int *fds, int max) {
     int got = ff_recv_msg(router_fd, rep, fds, max, &nfds, 1);
     if (got < 0 && (errno == EAGAIN || errno == EINTR)) continue;
     if (got <= 0) return -1;
+    if (prefetch_seq && rep->type == FF_T_REPLY && rep->seq == prefetch_seq) {
+      bool awaited = seq == prefetch_seq; /* ff_router_collect waits for exactly this */
+      deliver_prefetch(rep, fds, nfds);
+      if (awaited) return 0;
+      continue;
+    }
     if (rep->type == FF_T_REPLY && rep->seq == seq) return nfds;
     for (int i = 0; i < nfds; i++) ff_real.close(fds[i]); /* a stale reply to a timed-out request */
   }
+}
+
+bool ff_router_prefetch(struct ff_msg *req, const struct ff_endpoint *dst) {
+  int saved_errno = errno;
+  bool sent = false;
+  pthread_mutex_lock(&call_lock);
+  if (!prefetch_seq && open_connection() == 0) {
+    req->seq = ++next_seq;
+    if (send(router_fd, req, sizeof *req, MSG_NOSIGNAL | MSG_DONTWAIT) == (ssize_t)sizeof *req) {
+      prefetch_seq = req->seq;
+      prefetch_dst = *dst;
+      sent = true;
+    }
+  }
+  pthread_mutex_unlock(&call_lock);
+  errno = saved_errno;
+  return sent;
+}
+
+bool ff_router_collect(const struct ff_endpoint *dst) {
+  int saved_errno = errno;
+  bool got = false;
+  pthread_mutex_lock(&call_lock);
+  if (prefetch_seq && router_fd >= 0 && prefetch_dst.port == dst->port &&
+      memcmp(&prefetch_dst.addr, &dst->addr, sizeof dst->addr) == 0) {
+    struct ff_msg rep;
+    int fds[FF_MAX_REPLY_FDS];
+    got = wait_reply(prefetch_seq, &rep, fds, FF_MAX_REPLY_FDS) >= 0;
+    if (!got) drop_connection(true);
+  }
+  pthread_mutex_unlock(&call_lock);
+  errno = saved_errno;
+  return got;
 }
 
 int ff_router_call(struct ff_msg *req, struct ff_msg *rep, int *fds, int max) {

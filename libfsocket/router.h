@@ -3,6 +3,8 @@
  * router makes every request fail fast so callers fall back to the plain overlay path. */
 #ifndef FF_ROUTER_H
 #define FF_ROUTER_H
+#include <stdbool.h>
+#include "addr.h"
 #include "ff_wire.h"
 
 #define FF_MAX_REPLY_FDS 32
@@ -11,6 +13,12 @@
  * seq. Returns the number of fds attached (stored in fds[0..max)) and fills *rep, or -1 if the
  * router cannot be reached or does not answer in time. */
 int ff_router_call(struct ff_msg *req, struct ff_msg *rep, int *fds, int max);
+/* Sends a CONNECT for a batch of sockets to dst without waiting: the reply goes to the pool
+ * whenever it is read (by a later call, or ff_router_collect). At most one is outstanding;
+ * returns false if one already is or the router cannot be reached. */
+bool ff_router_prefetch(struct ff_msg *req, const struct ff_endpoint *dst);
+/* Waits (at most the reply timeout) for an outstanding prefetch to dst. true if it arrived. */
+bool ff_router_collect(const struct ff_endpoint *dst);
 /* Receives one message with up to max fds from a router-owned socket (MSG_DONTWAIT); extra
  * fds are closed. Returns 1 on a message (*nfds set), 0 on EOF, -1 with errno (EAGAIN when
  * empty). */
