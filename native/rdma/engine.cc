@@ -18,6 +18,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <mutex>
 #include <thread>
@@ -856,7 +857,9 @@ void Loop() {
   setpriority(PRIO_PROCESS, pid_t(syscall(SYS_gettid)), -15);
   prctl(PR_SET_TIMERSLACK, 1UL);  // short sleeps must stay short
   uint64_t idle_since = 0;
-  std::vector<Qp*> list;
+  // How long to spin after the last work before sleeping (FFR_RDMA_SPIN_NS, default 20 us).
+  const char* spin_env = getenv("FFR_RDMA_SPIN_NS");
+  const uint64_t spin_ns = spin_env ? strtoull(spin_env, nullptr, 10) : 20000;
   for (;;) {
     bool did = false;
     {
@@ -874,7 +877,7 @@ void Loop() {
     uint64_t idle = now - idle_since;
     // Spin briefly (latency), then sleep in short, then longer steps: applications that
     // busy-poll need the CPU to post their next request, and idle must cost ~nothing.
-    if (idle < 20000) {
+    if (idle < spin_ns) {
       for (int i = 0; i < 32; i++) __builtin_ia32_pause();
     } else {
       timespec ts{0, idle < 2000000 ? 2000 : idle < 100000000 ? 50000 : 500000};
