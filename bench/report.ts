@@ -71,6 +71,7 @@ export function runDetails(results: WorkloadResult[]): Output['runs'] {
       vxlan_bytes: r.vxlanBytes,
       router_cpu_s: round(r.routerCpuSec, 4),
       router_connects: r.routerConnects,
+      router_counter_deltas: r.routerDeltas,
       valid: r.valid,
       invalid_reason: r.invalidReason,
       error: r.error,

@@ -14,6 +14,7 @@ export interface RepResult {
   cpu?: CpuWindow;
   vxlanBytes: number; // h1 vx0 tx+rx during the run
   routerCpuSec?: number; // CPU both routers used during the run (whole client run, not the narrowed window)
+  routerDeltas?: Record<string, number>; // growth of every router counter (h1:…, h2:…) during the run
   routerConnects?: number; // growth of the path's router counter on h1 (FreeFlow paths)
   valid: boolean;
   invalidReason?: string;
@@ -68,7 +69,8 @@ async function oneRep(tb: Testbed, w: Workload, p: Path, port: number, rep: numb
   const label = fmtLabel(w, p, rep, s.reps);
   const out: RepResult = { rep, path: p.id, vxlanBytes: 0, valid: true };
   try {
-    const c0 = p.routerCounter ? await tb.counter('h1', p.routerCounter) : 0;
+    const before = p.preload ? await routerCounters(tb) : null;
+    const c0 = p.routerCounter ? (before!.h1[p.routerCounter] ?? 0) : 0;
     const v0 = await tb.vxlanBytes('h1');
     const r0 = tb.routerCpuSec();
     let sample: Sample;
@@ -94,7 +96,9 @@ async function oneRep(tb: Testbed, w: Workload, p: Path, port: number, rep: numb
     out.vxlanBytes = v1 - v0;
     if (w.cpu && sample.work > 0) out.cpuValue = (cpu.ownSec / sample.work) * w.cpu.scale;
     if (p.routerCounter) {
-      out.routerConnects = (await tb.counter('h1', p.routerCounter)) - c0;
+      const after = await routerCounters(tb);
+      out.routerConnects = (after.h1[p.routerCounter] ?? 0) - c0;
+      out.routerDeltas = diffCounters(before!, after);
       const vxLimit = Math.max(VXLAN_NOISE, (sample.appBytes ?? 0) / 100);
       if (out.routerConnects < sample.connections) {
         out.valid = false;
@@ -104,6 +108,7 @@ async function oneRep(tb: Testbed, w: Workload, p: Path, port: number, rep: numb
         out.invalidReason = `VXLAN carried ${out.vxlanBytes} bytes (limit ${Math.round(vxLimit)})`;
       }
     }
+    if (!out.valid) out.invalidReason += await fallbackReasons(tb);
     const cpuTxt = out.cpuValue != null ? `  cpu ${out.cpuValue.toFixed(out.cpuValue < 10 ? 2 : 1)} ${w.cpu!.unit}` : '';
     const foreign = cpu.foreignSec / cpu.wallSec;
     const pathTxt = p.routerCounter ? `  router +${out.routerConnects} vxlan ${(out.vxlanBytes / 1e3).toFixed(1)} kB ${out.valid ? 'ok' : 'INVALID: ' + out.invalidReason}` : `  vxlan ${(out.vxlanBytes / 1e6).toFixed(1)} MB`;
@@ -116,4 +121,28 @@ async function oneRep(tb: Testbed, w: Workload, p: Path, port: number, rep: numb
     log(`${label} ERROR ${out.error.split('\n')[0]}`);
   }
   return out;
+}
+
+async function routerCounters(tb: Testbed): Promise<{ h1: Record<string, number>; h2: Record<string, number> }> {
+  const [a, b] = await Promise.all([tb.status('h1'), tb.status('h2')]);
+  return { h1: a.counters ?? {}, h2: b.counters ?? {} };
+}
+
+function diffCounters(a: { h1: Record<string, number>; h2: Record<string, number> }, b: typeof a): Record<string, number> {
+  const d: Record<string, number> = {};
+  for (const h of ['h1', 'h2'] as const)
+    for (const [k, v] of Object.entries(b[h])) if (v !== (a[h][k] ?? 0)) d[`${h}:${k}`] = v - (a[h][k] ?? 0);
+  return d;
+}
+
+/** Why the router sent connections over the overlay (from its recent-connections log). */
+async function fallbackReasons(tb: Testbed): Promise<string> {
+  try {
+    const s = await tb.status('h1');
+    const reasons = new Map<string, number>();
+    for (const c of s.connections ?? []) if (c.path !== 'host-network' && c.path !== 'same-host') reasons.set(`${c.role} ${c.path}: ${c.reason ?? '?'}`, (reasons.get(`${c.role} ${c.path}: ${c.reason ?? '?'}`) ?? 0) + 1);
+    return reasons.size ? `; h1 router's recent fallbacks: ${[...reasons].map(([r, n]) => `${r} (x${n})`).join(', ')}` : '';
+  } catch {
+    return '';
+  }
 }
