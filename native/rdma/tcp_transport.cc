@@ -7,9 +7,11 @@
 #include <netinet/tcp.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <chrono>
@@ -42,17 +44,57 @@ bool ReadFull(int fd, void* p, size_t n) {
   return true;
 }
 
-bool WriteFull(int fd, const void* p, size_t n) {
-  auto* c = static_cast<const uint8_t*>(p);
-  while (n) {
-    ssize_t r = send(fd, c, n, MSG_NOSIGNAL);
+// Writes header and payload with one sendmsg (one segment for small messages under TCP_NODELAY).
+bool WriteMsg(int fd, const NetHdr& h, const void* payload) {
+  iovec iov[2] = {{const_cast<NetHdr*>(&h), sizeof h}, {const_cast<void*>(payload), h.len}};
+  int n = h.len ? 2 : 1;
+  int i = 0;
+  while (i < n) {
+    msghdr mh{};
+    mh.msg_iov = iov + i;
+    mh.msg_iovlen = size_t(n - i);
+    ssize_t r = sendmsg(fd, &mh, MSG_NOSIGNAL);
     if (r < 0 && errno == EINTR) continue;
     if (r <= 0) return false;
-    c += r;
-    n -= size_t(r);
+    size_t left = size_t(r);
+    while (i < n && left >= iov[i].iov_len) left -= iov[i++].iov_len;
+    if (i < n) {
+      iov[i].iov_base = static_cast<uint8_t*>(iov[i].iov_base) + left;
+      iov[i].iov_len -= left;
+    }
   }
   return true;
 }
+
+// Buffered reader: many small messages per read() call.
+class InBuf {
+ public:
+  explicit InBuf(int fd) : fd_(fd), buf_(256 * 1024) {}
+  bool Read(void* p, size_t n) {
+    auto* out = static_cast<uint8_t*>(p);
+    while (n) {
+      if (pos_ == end_) {
+        if (n >= buf_.size()) return ReadFull(fd_, out, n);  // large payload: straight in
+        ssize_t r = read(fd_, buf_.data(), buf_.size());
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) return false;
+        pos_ = 0;
+        end_ = size_t(r);
+      }
+      size_t k = std::min(n, end_ - pos_);
+      memcpy(out, buf_.data() + pos_, k);
+      pos_ += k;
+      out += k;
+      n -= k;
+    }
+    return true;
+  }
+
+ private:
+  int fd_;
+  std::vector<uint8_t> buf_;
+  size_t pos_ = 0, end_ = 0;
+};
 
 class TcpTransport : public Transport {
  public:
@@ -67,7 +109,7 @@ class TcpTransport : public Transport {
     Conn& c = *conns_[conn];
     if (!c.up) return false;
     std::lock_guard<std::mutex> g(c.wmu);
-    return WriteFull(c.fd, &h, sizeof h) && (!h.len || WriteFull(c.fd, payload, h.len));
+    return WriteMsg(c.fd, h, payload);
   }
 
   std::vector<int> Peers() override {
@@ -105,12 +147,13 @@ class TcpTransport : public Transport {
     // would add a scheduler tick to every cross-host round trip.
     setpriority(PRIO_PROCESS, pid_t(syscall(SYS_gettid)), -15);
     Conn& c = *conns_[idx];
+    InBuf rd(c.fd);
     for (;;) {
       Inbound in;
       in.conn = idx;
-      if (!ReadFull(c.fd, &in.h, sizeof in.h) || in.h.magic != NET_MAGIC || in.h.len > FF_RDMA_MAX_MSG) break;
+      if (!rd.Read(&in.h, sizeof in.h) || in.h.magic != NET_MAGIC || in.h.len > FF_RDMA_MAX_MSG) break;
       in.payload.resize(in.h.len);
-      if (in.h.len && !ReadFull(c.fd, in.payload.data(), in.h.len)) break;
+      if (in.h.len && !rd.Read(in.payload.data(), in.h.len)) break;
       Push(std::move(in));
     }
     {
