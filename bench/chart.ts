@@ -46,17 +46,17 @@ export async function chartSvg(o: Output): Promise<string> {
     }
   }
   const all = [...reps, ...meds].map((d) => d.ratio).filter((x) => x > 0);
-  const lo = Math.min(0.1, ...all) * 0.9;
-  const hi = Math.max(10, ...all) * 1.1;
-  const x = { field: 'ratio', type: 'quantitative', title: 'FreeFlow / baseline (paired per repetition; log scale)', scale: { type: 'log', domain: [lo, hi] } };
+  const lo = Math.min(0.25, ...all) * 0.9;
+  const hi = Math.max(4, ...all) * 1.1;
+  const x = { field: 'ratio', type: 'quantitative', title: 'FreeFlow / baseline (paired per repetition; log scale)', scale: { type: 'log', domain: [lo, hi], nice: false } };
   const y = { field: 'row', type: 'nominal', title: null, sort: rows, axis: { labelLimit: 700 } };
   const color = { field: 'cmp', type: 'nominal', title: 'ratio', legend: { labelLimit: 400, orient: 'bottom', direction: 'vertical' }, scale: { domain: Object.values(LABEL), range: ['#1f77b4', '#ff7f0e', '#2ca02c'] } };
   const m = o.meta;
   const spec: any = {
     $schema: 'https://vega.github.io/schema/vega-lite/v6.json',
     title: {
-      text: `FreeFlow bench ${m.date.slice(0, 16).replace('T', ' ')} UTC — ${m.mode}, ${m.reps} reps`,
-      subtitle: `${m.machine.cpu}, ${m.machine.nproc} CPUs, kernel ${m.machine.kernel}. ↑ higher is better, ↓ lower is better. Dots: repetitions; diamonds: median; black line: 1.0; red ticks: target (within 5% of host/loopback)`,
+      text: `FreeFlow bench ${m.date.slice(0, 16).replace('T', ' ')} UTC — ${m.machine.cpu}, ${m.machine.nproc} CPUs, Linux ${m.machine.kernel} — ${m.mode}, ${m.reps} reps`,
+      subtitle: `↑ higher is better, ↓ lower is better. Dots: repetitions; diamonds: median; black line: 1.0; red ticks: target (within 5% of host/loopback)`,
     },
     width: 560,
     config: { font: 'sans-serif', axis: { labelFontSize: 11 } },

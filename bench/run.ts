@@ -24,7 +24,7 @@ const quick = args.includes('--quick');
 const only = args.find((a) => a.startsWith('--only='))?.slice(7).split(',');
 const repsArg = args.find((a) => a.startsWith('--reps='));
 const reps = repsArg ? Math.max(3, Number(repsArg.slice(7))) : quick ? 3 : 5;
-const outDir = join(ROOT, 'bench/results');
+const outDir = args.find((a) => a.startsWith('--out='))?.slice(6) ?? join(ROOT, 'bench/results');
 
 const log = (l: string) => console.log(l);
 
