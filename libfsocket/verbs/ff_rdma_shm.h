@@ -81,7 +81,10 @@ struct ff_qp_shm {
   uint32_t sq_depth; /* power of two */
   uint32_t rq_depth; /* power of two; 0 when the QP uses an SRQ (unsupported yet) */
   volatile uint32_t state; /* mirror of the engine's QP state, for the library */
-  uint32_t pad[13];
+  /* 1 while the engine sleeps on its doorbell: after posting, the library then writes to the
+   * doorbell eventfd it got with RDMA_OPEN. */
+  volatile uint32_t engine_sleeping;
+  uint32_t pad[12];
   /* then struct ff_swqe sq_entries[sq_depth]; struct ff_rwqe rq_entries[rq_depth]; */
 };
 

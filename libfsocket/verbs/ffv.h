@@ -13,6 +13,6 @@ int ffv_call(int type, const struct ff_rdma_args *args, int fd_in, const uint8_t
 /* The general form: header fields from hdr (addresses, ports), args, extra payload bytes after
  * the args (CM private data), and the reply's extra bytes in extra_out. */
 int ffv_call_ex(int type, const struct ff_msg *hdr, const struct ff_rdma_args *args, const void *extra, uint32_t extra_len, int fd_in,
-                struct ff_msg *rep, struct ff_rdma_args *out, void *extra_out, uint32_t *extra_out_len);
+                struct ff_msg *rep, struct ff_rdma_args *out, void *extra_out, uint32_t *extra_out_len, int *fd_out);
 
 #endif

@@ -44,11 +44,12 @@ int ffv_call(int type, const struct ff_rdma_args *args, int fd_in, const uint8_t
   struct ff_msg m;
   memset(&m, 0, sizeof m);
   if (remote_addr) memcpy(m.remote_addr, remote_addr, 16);
-  return ffv_call_ex(type, &m, args, NULL, 0, fd_in, rep, out, NULL, NULL);
+  return ffv_call_ex(type, &m, args, NULL, 0, fd_in, rep, out, NULL, NULL, NULL);
 }
 
 int ffv_call_ex(int type, const struct ff_msg *hdr, const struct ff_rdma_args *args, const void *extra, uint32_t extra_len, int fd_in,
-                struct ff_msg *rep, struct ff_rdma_args *out, void *extra_out, uint32_t *extra_out_len) {
+                struct ff_msg *rep, struct ff_rdma_args *out, void *extra_out, uint32_t *extra_out_len, int *fd_out) {
+  if (fd_out) *fd_out = -1;
   struct {
     struct ff_msg m;
     struct ff_rdma_args a;
@@ -96,8 +97,24 @@ int ffv_call_ex(int type, const struct ff_msg *hdr, const struct ff_rdma_args *a
     if (r < 0 && errno == EINTR) continue;
     if (r <= 0) { rc = -ETIMEDOUT; goto fail; }
     memset(&resp, 0, sizeof resp);
-    ssize_t n = recv(conn, &resp, sizeof resp, 0);
+    struct iovec riov = {&resp, sizeof resp};
+    union {
+      struct cmsghdr h;
+      char b[CMSG_SPACE(sizeof(int) * 4)];
+    } rctl;
+    struct msghdr rmh = {.msg_iov = &riov, .msg_iovlen = 1, .msg_control = rctl.b, .msg_controllen = sizeof rctl.b};
+    ssize_t n = recvmsg(conn, &rmh, MSG_CMSG_CLOEXEC);
     if (n < 0 && errno == EINTR) continue;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&rmh); n >= 0 && c; c = CMSG_NXTHDR(&rmh, c)) {
+      if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+      int cnt = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+      for (int k = 0; k < cnt; k++) {
+        int f;
+        memcpy(&f, CMSG_DATA(c) + k * sizeof(int), sizeof f);
+        if (fd_out && *fd_out < 0 && resp.m.seq == req.m.seq) *fd_out = f;
+        else close(f);
+      }
+    }
     if (n < (ssize_t)sizeof resp.m || resp.m.magic != FF_WIRE_MAGIC) { rc = -EIO; goto fail; }
     if (resp.m.type != FF_T_REPLY || resp.m.seq != req.m.seq) continue;
     if (extra_out_len) {

@@ -95,7 +95,7 @@ static void get_sin(struct sockaddr_storage *out, const uint8_t *wire, uint16_t 
 static int call(int type, uint32_t h0, uint32_t h1, const struct ff_msg *hdr, const void *priv, uint32_t plen, int fd, struct ff_msg *rep,
                 struct ff_rdma_args *out) {
   struct ff_rdma_args a = {.h = {h0, h1}};
-  int rc = ffv_call_ex(type, hdr, &a, priv, plen, fd, rep, out, NULL, NULL);
+  int rc = ffv_call_ex(type, hdr, &a, priv, plen, fd, rep, out, NULL, NULL, NULL);
   return rc < 0 ? fail(-rc) : 0;
 }
 

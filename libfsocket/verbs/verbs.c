@@ -69,6 +69,16 @@ static struct ffv_context *fctx(struct ibv_context *ctx) {
 static pthread_mutex_t reg_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct ffv_cq *cq_list;
 static struct ffv_device *the_device;
+static int doorbell_fd = -1; /* the engine's eventfd: written when it sleeps and we posted */
+
+static void ring_doorbell(struct ff_qp_shm *s) {
+  __atomic_thread_fence(__ATOMIC_SEQ_CST);
+  if (__atomic_load_n(&s->engine_sleeping, __ATOMIC_SEQ_CST) && doorbell_fd >= 0) {
+    uint64_t one = 1;
+    ssize_t r = write(doorbell_fd, &one, sizeof one);
+    (void)r;
+  }
+}
 
 static int err_ret(int e) { errno = e; return e; }
 static void *err_null(int e) { errno = e; return NULL; }
@@ -90,8 +100,14 @@ EXPORT struct ibv_device **ibv_get_device_list(int *num) {
   if (num) *num = 0;
   if (!the_device) {
     struct ff_msg rep;
-    int rc = ffv_call(FF_T_RDMA_OPEN, NULL, -1, NULL, &rep, NULL);
+    int bell = -1;
+    int rc = ffv_call_ex(FF_T_RDMA_OPEN, NULL, NULL, NULL, 0, -1, &rep, NULL, NULL, NULL, &bell);
     if (rc < 0) return err_null(ENOSYS); /* as stock libibverbs without devices */
+    if (bell >= 0) {
+      int hi = fcntl(bell, F_DUPFD_CLOEXEC, 900); /* keep the application's low fd numbers free */
+      if (hi >= 0) { close(bell); bell = hi; }
+      if (__atomic_exchange_n(&doorbell_fd, bell, __ATOMIC_SEQ_CST) >= 0) close(bell);
+    }
     struct ffv_device *d = calloc(1, sizeof *d);
     if (!d) return err_null(ENOMEM);
     d->dev.node_type = IBV_NODE_CA;
@@ -609,6 +625,7 @@ static int ffv_post_send(struct ibv_qp *qp, struct ibv_send_wr *wr, struct ibv_s
   }
   __atomic_store_n(&s->sq.head, head, __ATOMIC_RELEASE);
   pthread_spin_unlock(&q->sq_lock);
+  ring_doorbell(s);
   if (rc) *bad = wr;
   return rc;
 }
@@ -635,6 +652,7 @@ static int ffv_post_recv(struct ibv_qp *qp, struct ibv_recv_wr *wr, struct ibv_r
   }
   __atomic_store_n(&s->rq.head, head, __ATOMIC_RELEASE);
   pthread_spin_unlock(&q->rq_lock);
+  ring_doorbell(s);
   if (rc) *bad = wr;
   return rc;
 }

@@ -43,6 +43,7 @@ Napi::Value ModifyQp(const Napi::CallbackInfo& i) {
   return Num(i, ffrdma::ModifyQp(U32(i, 0), U32(i, 1), int64_t(i[2].As<Napi::Number>().DoubleValue()), Gid(i, 3), I32(i, 4)));
 }
 Napi::Value DelQp(const Napi::CallbackInfo& i) { return Num(i, ffrdma::DelQp(U32(i, 0))); }
+Napi::Value Doorbell(const Napi::CallbackInfo& i) { return Num(i, ffrdma::DoorbellDup()); }
 Napi::Value SetRate(const Napi::CallbackInfo& i) {
   ffrdma::SetRateLimit(U64(i, 0));
   return i.Env().Undefined();
@@ -99,6 +100,7 @@ void InitRdma(Napi::Env env, Napi::Object exports) {
   exports.Set("rdmaAddQp", Napi::Function::New(env, AddQp));
   exports.Set("rdmaModifyQp", Napi::Function::New(env, ModifyQp));
   exports.Set("rdmaDelQp", Napi::Function::New(env, DelQp));
+  exports.Set("rdmaDoorbell", Napi::Function::New(env, Doorbell));
   exports.Set("rdmaSetRate", Napi::Function::New(env, SetRate));
   exports.Set("rdmaStartTransport", Napi::Function::New(env, StartTransport));
   exports.Set("rdmaCmSend", Napi::Function::New(env, CmSend));

@@ -5,6 +5,7 @@
 
 #include <fcntl.h>
 #include <sched.h>
+#include <poll.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
@@ -109,6 +110,9 @@ std::thread worker;
 Transport* transport = nullptr;
 std::deque<Inbound> pending;  // received requests waiting for the responder (RNR) or processing
 uint64_t next_cookie = 1;
+int doorbell = -1;                   // eventfd the engine sleeps on when idle
+std::atomic<bool> deep_sleep{false};  // the engine is (about to be) asleep on the doorbell
+bool blocked = false;                 // last sweep left work waiting (RNR, CQ full, rate, acks)
 std::deque<Inbound> cm_inbox;  // NET_CM messages for the router's JS connection manager
 int cm_eventfd = -1;            // readable while cm_inbox has messages (JS watches it)
 bool running = false;
@@ -487,6 +491,7 @@ Outcome Execute(Qp& q, const ff_swqe& w) {
 // Completes every outstanding WQE of a QP in the error state with IBV_WC_WR_FLUSH_ERR.
 bool Flush(Qp& q) {
   bool did = false;
+  if (!CqHasRoom(q.scq) || !CqHasRoom(q.rcq)) blocked = true;
   uint32_t head = __atomic_load_n(&q.shm->sq.head, __ATOMIC_ACQUIRE);
   while (q.sq_tail != head && CqHasRoom(q.scq)) {
     ff_swqe w = ff_qp_sq_entries(q.shm)[q.sq_tail & (q.sqd - 1)];
@@ -509,6 +514,14 @@ bool Flush(Qp& q) {
 
 
 // ------------------------------------------------------------------ cross-host (transport.h)
+
+void Kick() {
+  if (deep_sleep.load(std::memory_order_seq_cst) && doorbell >= 0) {
+    uint64_t one = 1;
+    ssize_t r = write(doorbell, &one, sizeof one);
+    (void)r;
+  }
+}
 
 NetHdr NewHdr(uint32_t type) {
   NetHdr h{};
@@ -824,6 +837,7 @@ bool ServeNetwork() {
 }
 
 bool Service(Qp& q) {
+  if (!q.flights.empty() || q.resolving) blocked = true;
   if (q.state == FF_QPS_ERR && !q.flights.empty()) return false;  // wait for the answers in flight
   if (q.state == FF_QPS_ERR) return Flush(q);
   if (q.state != FF_QPS_RTS) return false;
@@ -836,6 +850,7 @@ bool Service(Qp& q) {
     Outcome o = Execute(q, w);
     if (o == Outcome::Retry) {
       FlushDeferred();  // (nothing is deferred on a retry; keep the list empty regardless)
+      blocked = true;
       break;
     }
     if (o == Outcome::InFlight) {  // completes when the peer host answers (OnAck)
@@ -848,6 +863,36 @@ bool Service(Qp& q) {
     if (o == Outcome::Error) break;
   }
   return did;
+}
+
+// Nothing is waiting anywhere: sleep on the doorbell until a library posts (it sees
+// engine_sleeping in its QP's shared header), a peer host sends, or the control path changes a
+// QP. Publish the flag first, then look once more, so a post racing with us is never missed.
+void DeepSleep() {
+  {
+    std::lock_guard<std::mutex> g(mu);
+    deep_sleep.store(true, std::memory_order_seq_cst);
+    for (auto& [n, q] : qps) __atomic_store_n(&q->shm->engine_sleeping, 1u, __ATOMIC_SEQ_CST);
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    bool work = !pending.empty() || (transport && transport->HasPending());
+    for (auto& [n, q] : qps) {
+      uint32_t sh = __atomic_load_n(&q->shm->sq.head, __ATOMIC_SEQ_CST), rh = __atomic_load_n(&q->shm->rq.head, __ATOMIC_SEQ_CST);
+      if ((q->state == FF_QPS_RTS && sh != q->sq_next) || (q->state == FF_QPS_ERR && (sh != q->sq_tail || rh != q->rq_tail))) work = true;
+    }
+    if (work) {
+      deep_sleep.store(false);
+      for (auto& [n, q] : qps) __atomic_store_n(&q->shm->engine_sleeping, 0u, __ATOMIC_RELAXED);
+      return;
+    }
+  }
+  pollfd p{doorbell, POLLIN, 0};
+  poll(&p, 1, 1000);
+  uint64_t v;
+  ssize_t r = read(doorbell, &v, sizeof v);
+  (void)r;
+  std::lock_guard<std::mutex> g(mu);
+  deep_sleep.store(false);
+  for (auto& [n, q] : qps) __atomic_store_n(&q->shm->engine_sleeping, 0u, __ATOMIC_RELAXED);
 }
 
 void Loop() {
@@ -865,7 +910,9 @@ void Loop() {
     {
       std::lock_guard<std::mutex> g(mu);
       if (!running) return;
+      blocked = false;
       if (transport) did |= ServeNetwork();
+      if (!pending.empty()) blocked = true;
       for (auto& [n, q] : qps) did |= Service(*q);
     }
     if (did) {
@@ -879,15 +926,19 @@ void Loop() {
     // busy-poll need the CPU to post their next request, and idle must cost ~nothing.
     if (idle < spin_ns) {
       for (int i = 0; i < 32; i++) __builtin_ia32_pause();
-    } else {
-      timespec ts{0, idle < 2000000 ? 2000 : idle < 100000000 ? 50000 : 500000};
+    } else if (idle < 2000000 || blocked || doorbell < 0) {
+      timespec ts{0, idle < 2000000 ? 2000 : 50000};
       nanosleep(&ts, nullptr);
+    } else {
+      DeepSleep();
+      idle_since = 0;
     }
   }
 }
 
 void EnsureThread() {
   if (running) return;
+  doorbell = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   running = true;
   worker = std::thread(Loop);
   worker.detach();
@@ -976,6 +1027,7 @@ int AddQp(uint32_t qpn, int pid, uint32_t pd, uint32_t scq, uint32_t rcq, int fd
   q->sq_tail = q->sq_next = __atomic_load_n(&q->shm->sq.tail, __ATOMIC_RELAXED);
   q->rq_tail = __atomic_load_n(&q->shm->rq.tail, __ATOMIC_RELAXED);
   SetState(*q, FF_QPS_RESET);
+  __atomic_store_n(&q->shm->engine_sleeping, deep_sleep.load() ? 1u : 0u, __ATOMIC_SEQ_CST);
   qps[qpn] = q;
   EnsureThread();
   return 0;
@@ -998,6 +1050,7 @@ int ModifyQp(uint32_t qpn, uint32_t state, int64_t dest_qpn, const uint8_t* dgid
     __atomic_store_n(&q.shm->rq.tail, q.rq_tail, __ATOMIC_RELEASE);
   }
   SetState(q, state);
+  Kick();  // a state change can make work (flush on ERR, start on RTS)
   return 0;
 }
 
@@ -1015,7 +1068,7 @@ int StartTransport(const std::string& host_ip, int port, const std::vector<std::
   std::lock_guard<std::mutex> g(mu);
   if (transport) return cm_eventfd;
   cm_eventfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-  transport = StartTcpTransport(host_ip, port, peers);
+  transport = StartTcpTransport(host_ip, port, peers, Kick);
   EnsureThread();
   return cm_eventfd;
 }
@@ -1040,6 +1093,12 @@ std::vector<std::pair<int, std::vector<uint8_t>>> CmTake() {
   for (auto& in : cm_inbox) out.emplace_back(in.conn, std::move(in.payload));
   cm_inbox.clear();
   return out;
+}
+
+int DoorbellDup() {
+  std::lock_guard<std::mutex> g(mu);
+  EnsureThread();
+  return doorbell >= 0 ? fcntl(doorbell, F_DUPFD_CLOEXEC, 0) : -1;
 }
 
 void SetRateLimit(uint64_t bps) {

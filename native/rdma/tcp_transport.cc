@@ -98,7 +98,8 @@ class InBuf {
 
 class TcpTransport : public Transport {
  public:
-  TcpTransport(const std::string& host_ip, int port, const std::vector<std::string>& peers) : peers_(peers), port_(port) {
+  TcpTransport(const std::string& host_ip, int port, const std::vector<std::string>& peers, std::function<void()> kick)
+      : peers_(peers), port_(port), kick_(std::move(kick)) {
     for (size_t i = 0; i < kMaxConns; i++) conns_[i] = std::make_unique<Conn>();
     std::thread([this, host_ip] { Accept(host_ip); }).detach();
     for (size_t i = 0; i < peers_.size() && i < kMaxPeers; i++) std::thread([this, i] { Dial(int(i)); }).detach();
@@ -136,10 +137,18 @@ class TcpTransport : public Transport {
   static constexpr size_t kMaxConns = 1024;
 
   void Push(Inbound&& in) {
-    std::lock_guard<std::mutex> g(qmu_);
-    q_.push_back(std::move(in));
-    pending_.store(true, std::memory_order_release);
+    {
+      std::lock_guard<std::mutex> g(qmu_);
+      q_.push_back(std::move(in));
+      pending_.store(true, std::memory_order_seq_cst);
+    }
+    if (kick_) kick_();
   }
+
+ public:
+  bool HasPending() override { return pending_.load(std::memory_order_seq_cst); }
+
+ private:
 
   // Reads messages until the connection fails, then reports it down.
   void Reader(int idx) {
@@ -247,6 +256,7 @@ class TcpTransport : public Transport {
 
   std::vector<std::string> peers_;
   int port_;
+  std::function<void()> kick_;
   std::unique_ptr<Conn> conns_[kMaxConns];
   std::mutex qmu_;
   std::deque<Inbound> q_;
@@ -255,8 +265,8 @@ class TcpTransport : public Transport {
 
 }  // namespace
 
-Transport* StartTcpTransport(const std::string& host_ip, int port, const std::vector<std::string>& peers) {
-  return new TcpTransport(host_ip, port, peers);
+Transport* StartTcpTransport(const std::string& host_ip, int port, const std::vector<std::string>& peers, std::function<void()> kick) {
+  return new TcpTransport(host_ip, port, peers, std::move(kick));
 }
 
 }  // namespace ffrdma

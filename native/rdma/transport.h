@@ -3,6 +3,7 @@
 #pragma once
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -43,9 +44,12 @@ class Transport {
   virtual std::vector<int> Peers() = 0;
   // Moves every message received so far into out; returns false if there was none.
   virtual bool Drain(std::deque<Inbound>& out) = 0;
+  // True if messages wait for Drain.
+  virtual bool HasPending() = 0;
 };
 
 // Listens on host_ip:port (accepting only the listed peers) and keeps a connection to each peer.
-Transport* StartTcpTransport(const std::string& host_ip, int port, const std::vector<std::string>& peers);
+// kick() is called after a message was queued (wakes a sleeping engine).
+Transport* StartTcpTransport(const std::string& host_ip, int port, const std::vector<std::string>& peers, std::function<void()> kick);
 
 }  // namespace ffrdma

@@ -23,6 +23,7 @@ interface RdmaNative {
   rdmaModifyQp(qpn: number, state: number, destQpn: number, dgid: Buffer | null, access: number): number;
   rdmaDelQp(qpn: number): number;
   rdmaSetRate(bytesPerSec: number): void;
+  rdmaDoorbell(): number;
   rdmaStartTransport(hostIp: string, port: number, peers: string[]): number;
   rdmaCmSend(conn: number, data: Buffer): boolean;
   rdmaCmPeers(): number[];
@@ -166,8 +167,12 @@ export class RdmaExtension implements RouterExtension {
     const { h, v } = a;
     if (CREATES.has(msg.type) && this.count(res) >= MAX_PER_SESSION) return fail(EBUSY);
     switch (msg.type) {
-      case MsgType.RDMA_OPEN:
-        return answer(0, [], (m) => res.gid.copy(m.local_addr));
+      case MsgType.RDMA_OPEN: {
+        // With the GID goes a descriptor of the engine's doorbell (an eventfd) that the library
+        // writes after posting while the engine sleeps.
+        const bell = rdma.rdmaDoorbell();
+        return { ...answer(0, [], (m) => res.gid.copy(m.local_addr)), ...(bell >= 0 ? { fd: bell } : {}) };
+      }
       case MsgType.RDMA_ALLOC_PD: {
         const pd = this.nextId++;
         res.pds.add(pd);
