@@ -43,6 +43,28 @@ t.test('ibv_devices and ibv_devinfo see one active RoCE port with the overlay GI
   t.not(stock.code, 0, 'without FreeFlow the stock library finds no device (so the device really is ours)');
 });
 
+t.test('the router checks every handle against the session that owns it', async (t) => {
+  const r = await tb.run('c11', ['node', '--import', 'tsx', join(ROOT, 'test/rdma/raw-rdma.ts'), join(tb.socketDir('h1'), 'ffrouter.sock')], {
+    env: { NODE_PATH: join(ROOT, 'node_modules') },
+  });
+  t.equal(r.code, 0, 'probe ran', { err: r.stderr });
+  const o = JSON.parse(r.stdout.trim() || '{}');
+  const ENOENT = -2, EBUSY = -16, EINVAL = -22;
+  t.equal(o.regOwn, 0, 'a session registers memory on its own PD');
+  t.equal(o.deallocOther, ENOENT, "another session cannot free that PD");
+  t.equal(o.regOnOtherPd, ENOENT, 'nor register memory on it');
+  t.equal(o.deregOther, ENOENT, 'nor deregister its MR');
+  t.equal(o.qpOnOtherPd, ENOENT, "nor create a QP on it");
+  t.equal(o.cqWithoutFd, EINVAL, 'a CQ without its shared-memory ring is refused');
+  t.equal(o.modifyUnknownQp, ENOENT, 'unknown QP');
+  t.equal(o.zeroLengthMr, EINVAL, 'empty MR refused');
+  t.equal(o.remoteWriteWithoutLocalWrite, EINVAL, 'remote write without local write refused');
+  t.equal(o.shortPayload, ENOENT, 'short payload reads as zero handles (refused)');
+  t.equal(o.busyPd, EBUSY, 'a PD with an MR cannot be freed');
+  t.equal(o.deregOwn, 0, 'own MR deregistered');
+  t.equal(o.deallocOwn, 0, 'then the PD freed');
+});
+
 let ppPort = 18600;
 for (const [server, sip] of [['c12', ip12], ['c21', ip21]])
 for (const events of [false, true]) {

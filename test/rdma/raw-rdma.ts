@@ -1,0 +1,60 @@
+// Run inside a container namespace (node --import tsx test/rdma/raw-rdma.ts <socket>): two
+// sessions of one process talk to the router with hand-made RDMA requests and try to use each
+// other's handles. Prints one JSON object with the status of every attempt.
+import { openSync } from 'node:fs';
+import { native, READABLE } from '../../src/native.js';
+import { decode, emptyMsg, encode, FF_RDMA_ARGS_SIZE, MSG_SIZE, MsgType } from '../../src/protocol/codec.js';
+
+const socket = process.argv[2];
+let seq = 1;
+
+function call(fd: number, type: number, h: number[] = [], v: number[] = [], fds: number[] = [], payload?: Buffer): Promise<{ status: number; h: number[] }> {
+  const m = emptyMsg(type);
+  m.seq = seq++;
+  m.pid = process.pid;
+  let args = payload;
+  if (!args) {
+    args = Buffer.alloc(FF_RDMA_ARGS_SIZE);
+    h.forEach((x, i) => args!.writeUInt32LE(x >>> 0, i * 4));
+    v.forEach((x, i) => args!.writeBigUInt64LE(BigInt(x), 24 + i * 8));
+  }
+  native.sendMsg(fd, encode(m, args), fds);
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error('no reply')), 3000);
+    const w = native.watch(fd, READABLE, () => {
+      const r = native.recvMsg(fd, MSG_SIZE + 65536);
+      clearTimeout(timer);
+      native.unwatch(w);
+      if (typeof r === 'number') return reject(new Error(`closed ${r}`));
+      for (const f of r.fds) native.close(f);
+      const rep = decode(r.data);
+      const p = r.data.subarray(MSG_SIZE);
+      resolve({ status: rep.status, h: [0, 1, 2, 3, 4, 5].map((i) => (p.length >= (i + 1) * 4 ? p.readUInt32LE(i * 4) : 0)) });
+    });
+  });
+}
+
+const a = native.seqpacketConnect(socket);
+const b = native.seqpacketConnect(socket);
+const out: Record<string, number> = {};
+await call(a, MsgType.RDMA_OPEN);
+await call(b, MsgType.RDMA_OPEN);
+const pd = (await call(a, MsgType.RDMA_ALLOC_PD)).h[0];
+const mr = await call(a, MsgType.RDMA_REG_MR, [pd, 7], [0x10000, 4096, 0x10000]);
+out.regOwn = mr.status;
+out.deallocOther = (await call(b, MsgType.RDMA_DEALLOC_PD, [pd])).status;
+out.regOnOtherPd = (await call(b, MsgType.RDMA_REG_MR, [pd, 7], [0x10000, 4096, 0x10000])).status;
+out.deregOther = (await call(b, MsgType.RDMA_DEREG_MR, [mr.h[0]])).status;
+out.cqWithoutFd = (await call(b, MsgType.RDMA_CREATE_CQ, [16, 0])).status;
+out.qpOnOtherPd = (await call(b, MsgType.RDMA_CREATE_QP, [pd, 1, 1, 2, 16, 16], [], [openSync('/dev/null', 'r')])).status;
+out.modifyUnknownQp = (await call(b, MsgType.RDMA_MODIFY_QP, [0xabcdef, 1, 3])).status;
+out.zeroLengthMr = (await call(a, MsgType.RDMA_REG_MR, [pd, 1], [0x10000, 0, 0x10000])).status;
+out.remoteWriteWithoutLocalWrite = (await call(a, MsgType.RDMA_REG_MR, [pd, 2], [0x10000, 4096, 0x10000])).status;
+out.shortPayload = (await call(b, MsgType.RDMA_DEALLOC_PD, [], [], [], Buffer.alloc(3))).status;
+out.busyPd = (await call(a, MsgType.RDMA_DEALLOC_PD, [pd])).status;
+out.deregOwn = (await call(a, MsgType.RDMA_DEREG_MR, [mr.h[0]])).status;
+out.deallocOwn = (await call(a, MsgType.RDMA_DEALLOC_PD, [pd])).status;
+console.log(JSON.stringify(out));
+native.close(a);
+native.close(b);
+process.exit(0);
