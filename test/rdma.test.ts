@@ -43,6 +43,12 @@ t.test('ibv_devices and ibv_devinfo see one active RoCE port with the overlay GI
   t.not(stock.code, 0, 'without FreeFlow the stock library finds no device (so the device really is ours)');
 });
 
+t.test('verbs FreeFlow does not provide fail cleanly (NULL/error + EOPNOTSUPP), no crash', async (t) => {
+  const r = await tb.run('c11', [RDMA_CHECK, 'unsupported'], { env: VERBS_ENV });
+  t.equal(r.code, 0, 'all checks pass', { out: r.stdout + r.stderr });
+  for (const k of ['create_srq', 'create_qp UD', 'alloc_mw', 'create_cq_ex', 'qp_to_qp_ex', 'resize_cq']) t.match(r.stdout, new RegExp(`^ok ${k}`, 'm'), k);
+});
+
 t.test('the router checks every handle against the session that owns it', async (t) => {
   const r = await tb.run('c11', ['node', '--import', 'tsx', join(ROOT, 'test/rdma/raw-rdma.ts'), join(tb.socketDir('h1'), 'ffrouter.sock')], {
     env: { NODE_PATH: join(ROOT, 'node_modules') },

@@ -290,7 +290,40 @@ static int client(const char *ip, int port, const char *mode) {
   return fails;
 }
 
+/* Entry points FreeFlow does not implement fail cleanly: NULL or an error, errno set, no crash. */
+static int unsupported(void) {
+  setup();
+  struct ibv_srq_init_attr sa = {.attr = {.max_wr = 16, .max_sge = 1}};
+  errno = 0;
+  struct ibv_srq *srq = ibv_create_srq(pd, &sa);
+  if (!srq && errno == EOPNOTSUPP) OK("create_srq: NULL, errno EOPNOTSUPP");
+  else FAIL("create_srq srq=%p errno=%d", (void *)srq, errno);
+  struct ibv_qp_init_attr ud = {.send_cq = cq, .recv_cq = cq, .qp_type = IBV_QPT_UD, .cap = {.max_send_wr = 1, .max_recv_wr = 1}};
+  errno = 0;
+  struct ibv_qp *q = ibv_create_qp(pd, &ud);
+  if (!q && errno == EOPNOTSUPP) OK("create_qp UD: NULL, errno EOPNOTSUPP");
+  else FAIL("create_qp UD qp=%p errno=%d", (void *)q, errno);
+  errno = 0;
+  struct ibv_mw *mw = ibv_alloc_mw(pd, IBV_MW_TYPE_1);
+  if (!mw) OK("alloc_mw: NULL (errno %d)", errno);
+  else FAIL("alloc_mw");
+  struct ibv_cq_init_attr_ex cx = {.cqe = 16};
+  errno = 0;
+  struct ibv_cq_ex *c = ibv_create_cq_ex(ctx, &cx);
+  if (!c && errno == EOPNOTSUPP) OK("create_cq_ex: NULL, errno EOPNOTSUPP");
+  else FAIL("create_cq_ex errno=%d", errno);
+  errno = 0;
+  if (!ibv_qp_to_qp_ex(qp) && errno == EOPNOTSUPP) OK("qp_to_qp_ex: NULL, errno EOPNOTSUPP");
+  else FAIL("qp_to_qp_ex");
+  errno = 0;
+  int r = ibv_resize_cq(cq, 512);
+  if (r == EOPNOTSUPP) OK("resize_cq: EOPNOTSUPP");
+  else FAIL("resize_cq %d", r);
+  return fails;
+}
+
 int main(int argc, char **argv) {
+  if (argc >= 2 && !strcmp(argv[1], "unsupported")) return unsupported();
   if (argc >= 3 && !strcmp(argv[1], "server")) return server(atoi(argv[2]));
   if (argc >= 5 && !strcmp(argv[1], "client")) return client(argv[2], atoi(argv[3]), argv[4]);
   fprintf(stderr, "usage: rdma_check server PORT | client IP PORT integrity|badrkey|range|flush|killpeer\n");
