@@ -56,13 +56,16 @@ export const TYPES = {
   RDMA_CREATE_CQ: 105, // fd = memfd (struct ff_cq_shm), h0 = depth, h1 = channel or 0; reply h0 = cq
   RDMA_DESTROY_CQ: 106, // h0 = cq
   RDMA_CREATE_QP: 107, // fd = memfd (struct ff_qp_shm), h0 = pd, h1 = send cq, h2 = recv cq,
-  //                      h3 = qp type, h4 = sq depth, h5 = rq depth, v0 = sq_sig_all; reply h0 = qpn
+  //                      h3 = qp type, h4 = sq depth, h5 = rq depth, v0 = sq_sig_all, v1 = srq or 0;
+  //                      reply h0 = qpn
   RDMA_MODIFY_QP: 108, // h0 = qpn, h1 = attr_mask, h2 = state, h3 = dest qpn, h4 = access flags,
   //                      remote_addr = destination GID
   RDMA_DESTROY_QP: 109, // h0 = qpn
   RDMA_CREATE_CHANNEL: 110, // fd = write end of a pipe for CQ events; reply h0 = channel
   RDMA_DESTROY_CHANNEL: 111, // h0 = channel
   RDMA_STATS: 112, // reply payload: JSON {sessions, qps, mrs, cqs, ops, bytes, errors} of this router
+  RDMA_CREATE_SRQ: 113, // fd = memfd (struct ff_srq_shm), h0 = pd, h1 = depth; reply h0 = srq
+  RDMA_DESTROY_SRQ: 114, // h0 = srq
   // RDMA connection manager (container librdmacm -> router); private data follows the args.
   CM_CREATE_CHANNEL: 120, // fd = our end of a SOCK_SEQPACKET pair for CM_EVENTs; reply h0 = channel
   CM_CREATE_ID: 121, // h0 = channel, h1 = port space; reply h0 = id

@@ -46,7 +46,7 @@ t.test('ibv_devices and ibv_devinfo see one active RoCE port with the overlay GI
 t.test('verbs FreeFlow does not provide fail cleanly (NULL/error + EOPNOTSUPP), no crash', async (t) => {
   const r = await tb.run('c11', [RDMA_CHECK, 'unsupported'], { env: VERBS_ENV });
   t.equal(r.code, 0, 'all checks pass', { out: r.stdout + r.stderr });
-  for (const k of ['create_srq', 'create_qp UD', 'alloc_mw', 'create_cq_ex', 'qp_to_qp_ex', 'resize_cq']) t.match(r.stdout, new RegExp(`^ok ${k}`, 'm'), k);
+  for (const k of ['create_wq', 'create_qp UD', 'alloc_mw', 'create_cq_ex', 'qp_to_qp_ex', 'resize_cq']) t.match(r.stdout, new RegExp(`^ok ${k}`, 'm'), k);
 });
 
 t.test('the router checks every handle against the session that owns it', async (t) => {
@@ -84,6 +84,18 @@ for (const events of [false, true]) {
     t.match(srv.stdout, /200 iters in/, 'server done too');
   });
 }
+
+for (const [server, sip] of [['c12', ip12], ['c21', ip21]])
+  t.test(`shared receive queues: ibv_srq_pingpong -c (16 QPs on one SRQ) and ib_send_bw --use-srq, c11 -> ${server}`, async (t) => {
+    const { srv, cli } = await pair(tb, server, 'c11', sip, ['ibv_srq_pingpong', '-g', '0', '-c', '-n', '200', '-p', String(ppPort++)]);
+    t.equal(cli.code, 0, 'srq_pingpong client exits 0', { out: cli.stdout + cli.stderr });
+    t.equal(srv.code, 0, 'srq_pingpong server exits 0', { out: srv.stdout });
+    t.match(cli.stdout, /200 iters in/, 'all iterations done, buffers validated');
+    const bw = await pair(tb, server, 'c11', sip, ['ib_send_bw', '-d', 'ffvnic0', '-x', '0', '--use-srq', '-q', '2', '-n', '500', '-p', String(ppPort++)]);
+    t.equal(bw.cli.code, 0, 'ib_send_bw --use-srq client exits 0', { out: bw.cli.stdout + bw.cli.stderr });
+    t.equal(bw.srv.code, 0, 'server exits 0', { out: bw.srv.stdout });
+    t.match(bw.cli.stdout, /^\s*65536\s+1000\s/m, 'result line (2 QPs x 500)');
+  });
 
 let ckPort = 9200;
 for (const [server, sip] of [['c12', ip12], ['c21', ip21]])

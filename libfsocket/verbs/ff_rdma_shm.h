@@ -97,6 +97,17 @@ struct ff_cq_shm {
   /* then struct ff_cqe entries[depth]; */
 };
 
+/* A shared receive queue: receive requests any QP attached to it consumes. */
+struct ff_srq_shm {
+  struct ff_ring ring; /* head: library, tail: engine */
+  uint32_t depth;      /* power of two */
+  uint32_t pad[15];
+  /* then struct ff_rwqe entries[depth]; */
+};
+
+static inline uint64_t ff_srq_shm_size(uint32_t depth) { return sizeof(struct ff_srq_shm) + (uint64_t)depth * sizeof(struct ff_rwqe); }
+static inline struct ff_rwqe *ff_srq_entries(struct ff_srq_shm *s) { return (struct ff_rwqe *)(s + 1); }
+
 static inline uint64_t ff_qp_shm_size(uint32_t sq_depth, uint32_t rq_depth) {
   return sizeof(struct ff_qp_shm) + (uint64_t)sq_depth * sizeof(struct ff_swqe) + (uint64_t)rq_depth * sizeof(struct ff_rwqe);
 }

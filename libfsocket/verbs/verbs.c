@@ -51,6 +51,14 @@ struct ffv_cq {
   struct ffv_cq *next; /* registry: events name CQs by handle */
 };
 
+struct ffv_srq {
+  struct ibv_srq srq;
+  struct ff_srq_shm *shm;
+  size_t map_len;
+  uint32_t depth;
+  pthread_spinlock_t lock;
+};
+
 struct ffv_qp {
   struct ibv_qp qp;
   struct ff_qp_shm *shm;
@@ -144,10 +152,7 @@ static int ffv_poll_cq(struct ibv_cq *cq, int n, struct ibv_wc *wc);
 static int ffv_req_notify_cq(struct ibv_cq *cq, int solicited);
 static int ffv_post_send(struct ibv_qp *qp, struct ibv_send_wr *wr, struct ibv_send_wr **bad);
 static int ffv_post_recv(struct ibv_qp *qp, struct ibv_recv_wr *wr, struct ibv_recv_wr **bad);
-static int ffv_post_srq_recv(struct ibv_srq *srq, struct ibv_recv_wr *wr, struct ibv_recv_wr **bad) {
-  *bad = wr;
-  return EOPNOTSUPP;
-}
+static int ffv_post_srq_recv(struct ibv_srq *srq, struct ibv_recv_wr *wr, struct ibv_recv_wr **bad);
 
 EXPORT struct ibv_context *ibv_open_device(struct ibv_device *dev) {
   if (!dev || dev != &the_device->dev) return err_null(ENODEV);
@@ -469,15 +474,99 @@ static int ffv_poll_cq(struct ibv_cq *cq, int n, struct ibv_wc *wc) {
 
 /* ---------------------------------------------------------------- QPs */
 
+/* ---------------------------------------------------------------- shared receive queues */
+
+EXPORT struct ibv_srq *ibv_create_srq(struct ibv_pd *pd, struct ibv_srq_init_attr *ia) {
+  if (!pd || !ia || ia->attr.max_wr > FF_RDMA_MAX_DEPTH || ia->attr.max_sge > FF_RDMA_MAX_SGE) return err_null(EINVAL);
+  uint32_t depth = pow2(ia->attr.max_wr ? ia->attr.max_wr : 1);
+  void *map;
+  size_t len = ff_srq_shm_size(depth);
+  int fd = make_shm("ffv-srq", len, &map);
+  if (fd < 0) return err_null(-fd);
+  struct ff_srq_shm *shm = map;
+  shm->depth = depth;
+  struct ff_rdma_args a = {.h = {pd->handle, depth}};
+  struct ff_rdma_args out;
+  int rc = ffv_call(FF_T_RDMA_CREATE_SRQ, &a, fd, NULL, NULL, &out);
+  close(fd);
+  if (rc < 0) { munmap(map, len); return err_null(-rc); }
+  struct ffv_srq *q = calloc(1, sizeof *q);
+  if (!q) { munmap(map, len); return err_null(ENOMEM); }
+  q->shm = shm;
+  q->map_len = len;
+  q->depth = depth;
+  pthread_spin_init(&q->lock, PTHREAD_PROCESS_PRIVATE);
+  q->srq.context = pd->context;
+  q->srq.srq_context = ia->srq_context;
+  q->srq.pd = pd;
+  q->srq.handle = out.h[0];
+  pthread_mutex_init(&q->srq.mutex, NULL);
+  pthread_cond_init(&q->srq.cond, NULL);
+  ia->attr.max_wr = depth;
+  ia->attr.max_sge = FF_RDMA_MAX_SGE;
+  return &q->srq;
+}
+
+EXPORT int ibv_modify_srq(struct ibv_srq *srq, struct ibv_srq_attr *attr, int mask) {
+  /* Arming the limit event is accepted (the event never fires); resizing is not supported. */
+  return (mask & IBV_SRQ_MAX_WR) ? err_ret(EOPNOTSUPP) : 0;
+}
+
+EXPORT int ibv_query_srq(struct ibv_srq *srq, struct ibv_srq_attr *attr) {
+  struct ffv_srq *q = (struct ffv_srq *)srq;
+  attr->max_wr = q->depth;
+  attr->max_sge = FF_RDMA_MAX_SGE;
+  attr->srq_limit = 0;
+  return 0;
+}
+
+EXPORT int ibv_destroy_srq(struct ibv_srq *srq) {
+  struct ffv_srq *q = (struct ffv_srq *)srq;
+  struct ff_rdma_args a = {.h = {srq->handle}};
+  int rc = ffv_call(FF_T_RDMA_DESTROY_SRQ, &a, -1, NULL, NULL, NULL);
+  if (rc < 0) return err_ret(-rc);
+  munmap(q->shm, q->map_len);
+  free(q);
+  return 0;
+}
+
+static int ffv_post_srq_recv(struct ibv_srq *srq, struct ibv_recv_wr *wr, struct ibv_recv_wr **bad) {
+  struct ffv_srq *q = (struct ffv_srq *)srq;
+  int rc = 0;
+  pthread_spin_lock(&q->lock);
+  struct ff_srq_shm *s = q->shm;
+  uint32_t head = s->ring.head;
+  struct ff_rwqe *ents = ff_srq_entries(s);
+  for (; wr; wr = wr->next) {
+    if (head - __atomic_load_n(&s->ring.tail, __ATOMIC_ACQUIRE) >= q->depth) { rc = ENOMEM; break; }
+    if (wr->num_sge < 0 || wr->num_sge > FF_RDMA_MAX_SGE) { rc = EINVAL; break; }
+    struct ff_rwqe *e = &ents[head & (q->depth - 1)];
+    e->wr_id = wr->wr_id;
+    e->num_sge = (uint32_t)wr->num_sge;
+    for (int i = 0; i < wr->num_sge; i++) {
+      e->sge[i].addr = wr->sg_list[i].addr;
+      e->sge[i].length = wr->sg_list[i].length;
+      e->sge[i].lkey = wr->sg_list[i].lkey;
+    }
+    head++;
+  }
+  __atomic_store_n(&s->ring.head, head, __ATOMIC_RELEASE);
+  pthread_spin_unlock(&q->lock);
+  /* An engine asleep has nothing waiting for receives (it only sleeps when nothing waits). */
+  if (rc) *bad = wr;
+  return rc;
+}
+
+/* ---------------------------------------------------------------- QPs */
+
 EXPORT struct ibv_qp *ibv_create_qp(struct ibv_pd *pd, struct ibv_qp_init_attr *ia) {
   if (!pd || !ia || !ia->send_cq || !ia->recv_cq) return err_null(EINVAL);
-  if (ia->srq) return err_null(EOPNOTSUPP);
   if (ia->qp_type != IBV_QPT_RC && ia->qp_type != IBV_QPT_UC) return err_null(EOPNOTSUPP);
   struct ibv_qp_cap *cap = &ia->cap;
   if (cap->max_send_wr > FF_RDMA_MAX_DEPTH || cap->max_recv_wr > FF_RDMA_MAX_DEPTH || cap->max_send_sge > FF_RDMA_MAX_SGE ||
       cap->max_recv_sge > FF_RDMA_MAX_SGE || cap->max_inline_data > FF_RDMA_MAX_INLINE)
     return err_null(EINVAL);
-  uint32_t sqd = pow2(cap->max_send_wr ? cap->max_send_wr : 1), rqd = pow2(cap->max_recv_wr ? cap->max_recv_wr : 1);
+  uint32_t sqd = pow2(cap->max_send_wr ? cap->max_send_wr : 1), rqd = ia->srq ? 1 : pow2(cap->max_recv_wr ? cap->max_recv_wr : 1);
   void *map;
   size_t len = ff_qp_shm_size(sqd, rqd);
   int fd = make_shm("ffv-qp", len, &map);
@@ -485,7 +574,8 @@ EXPORT struct ibv_qp *ibv_create_qp(struct ibv_pd *pd, struct ibv_qp_init_attr *
   struct ff_qp_shm *shm = map;
   shm->sq_depth = sqd;
   shm->rq_depth = rqd;
-  struct ff_rdma_args a = {.h = {pd->handle, ia->send_cq->handle, ia->recv_cq->handle, ia->qp_type, sqd, rqd}, .v = {ia->sq_sig_all}};
+  struct ff_rdma_args a = {.h = {pd->handle, ia->send_cq->handle, ia->recv_cq->handle, ia->qp_type, sqd, rqd},
+                           .v = {ia->sq_sig_all, ia->srq ? ia->srq->handle : 0}};
   struct ff_rdma_args out;
   int rc = ffv_call(FF_T_RDMA_CREATE_QP, &a, fd, NULL, NULL, &out);
   close(fd);
@@ -499,7 +589,7 @@ EXPORT struct ibv_qp *ibv_create_qp(struct ibv_pd *pd, struct ibv_qp_init_attr *
   pthread_spin_init(&q->sq_lock, PTHREAD_PROCESS_PRIVATE);
   pthread_spin_init(&q->rq_lock, PTHREAD_PROCESS_PRIVATE);
   cap->max_send_wr = sqd;
-  cap->max_recv_wr = rqd;
+  cap->max_recv_wr = ia->srq ? 0 : rqd;
   cap->max_send_sge = FF_RDMA_MAX_SGE;
   cap->max_recv_sge = FF_RDMA_MAX_SGE;
   cap->max_inline_data = FF_RDMA_MAX_INLINE;
@@ -509,6 +599,7 @@ EXPORT struct ibv_qp *ibv_create_qp(struct ibv_pd *pd, struct ibv_qp_init_attr *
   q->qp.pd = pd;
   q->qp.send_cq = ia->send_cq;
   q->qp.recv_cq = ia->recv_cq;
+  q->qp.srq = ia->srq;
   q->qp.handle = out.h[0];
   q->qp.qp_num = out.h[0];
   q->qp.state = IBV_QPS_RESET;
@@ -557,6 +648,7 @@ EXPORT int ibv_query_qp(struct ibv_qp *qp, struct ibv_qp_attr *attr, int mask, s
     init->qp_context = qp->qp_context;
     init->send_cq = qp->send_cq;
     init->recv_cq = qp->recv_cq;
+    init->srq = qp->srq;
     init->cap = q->cap;
     init->qp_type = qp->qp_type;
     init->sq_sig_all = q->sq_sig_all;
@@ -633,6 +725,10 @@ static int ffv_post_send(struct ibv_qp *qp, struct ibv_send_wr *wr, struct ibv_s
 static int ffv_post_recv(struct ibv_qp *qp, struct ibv_recv_wr *wr, struct ibv_recv_wr **bad) {
   struct ffv_qp *q = (struct ffv_qp *)qp;
   int rc = 0;
+  if (qp->srq) { /* its receives come from the SRQ */
+    *bad = wr;
+    return EINVAL;
+  }
   pthread_spin_lock(&q->rq_lock);
   struct ff_qp_shm *s = q->shm;
   uint32_t head = s->rq.head;

@@ -34,11 +34,17 @@ Napi::Value DelCq(const Napi::CallbackInfo& i) { return Num(i, ffrdma::DelCq(U32
 Napi::Value AddQp(const Napi::CallbackInfo& i) {
   const uint8_t* gid = Gid(i, 9);
   int rc = gid ? ffrdma::AddQp(U32(i, 0), I32(i, 1), U32(i, 2), U32(i, 3), U32(i, 4), I32(i, 5), U32(i, 6), U32(i, 7),
-                               i[8].As<Napi::Boolean>().Value(), gid)
+                               i[8].As<Napi::Boolean>().Value(), gid, i.Length() > 10 ? U32(i, 10) : 0)
                : -22;
   close(I32(i, 5));
   return Num(i, rc);
 }
+Napi::Value AddSrq(const Napi::CallbackInfo& i) {
+  int rc = ffrdma::AddSrq(U32(i, 0), I32(i, 1), U32(i, 2), U32(i, 3));
+  close(I32(i, 1));
+  return Num(i, rc);
+}
+Napi::Value DelSrq(const Napi::CallbackInfo& i) { return Num(i, ffrdma::DelSrq(U32(i, 0))); }
 Napi::Value ModifyQp(const Napi::CallbackInfo& i) {
   return Num(i, ffrdma::ModifyQp(U32(i, 0), U32(i, 1), int64_t(i[2].As<Napi::Number>().DoubleValue()), Gid(i, 3), I32(i, 4)));
 }
@@ -98,6 +104,8 @@ void InitRdma(Napi::Env env, Napi::Object exports) {
   exports.Set("rdmaAddCq", Napi::Function::New(env, AddCq));
   exports.Set("rdmaDelCq", Napi::Function::New(env, DelCq));
   exports.Set("rdmaAddQp", Napi::Function::New(env, AddQp));
+  exports.Set("rdmaAddSrq", Napi::Function::New(env, AddSrq));
+  exports.Set("rdmaDelSrq", Napi::Function::New(env, DelSrq));
   exports.Set("rdmaModifyQp", Napi::Function::New(env, ModifyQp));
   exports.Set("rdmaDelQp", Napi::Function::New(env, DelQp));
   exports.Set("rdmaDoorbell", Napi::Function::New(env, Doorbell));

@@ -60,7 +60,16 @@ struct Cq {
   uint32_t head;  // engine's own producer counter
 };
 
+struct Srq {
+  ff_srq_shm* shm;
+  size_t map_len;
+  uint32_t depth;
+  uint32_t pd;
+  uint32_t tail;  // engine's consumer counter
+};
+
 struct Qp {
+  uint32_t srq = 0;  // shared receive queue, 0 = the QP's own
   uint32_t qpn;
   int pid;
   uint32_t pd, scq, rcq;
@@ -106,6 +115,7 @@ std::unordered_map<uint32_t, Mr> mrs;
 std::unordered_map<uint32_t, Channel> channels;
 std::unordered_map<uint32_t, Cq> cqs;
 std::unordered_map<uint32_t, Qp*> qps;
+std::unordered_map<uint32_t, Srq> srqs;
 std::thread worker;
 Transport* transport = nullptr;
 std::deque<Inbound> pending;  // received requests waiting for the responder (RNR) or processing
@@ -346,10 +356,32 @@ bool Gather(Qp& q, const ff_swqe& w, uint64_t* len) {
 
 // Takes the responder's next receive WQE; false if none is posted (RNR).
 bool NextRecv(Qp& d, ff_rwqe* r) {
+  if (d.srq) {
+    auto it = srqs.find(d.srq);
+    if (it == srqs.end()) return false;
+    Srq& q = it->second;
+    uint32_t head = __atomic_load_n(&q.shm->ring.head, __ATOMIC_ACQUIRE);
+    if (head == q.tail) return false;
+    memcpy(r, &ff_srq_entries(q.shm)[q.tail & (q.depth - 1)], sizeof *r);
+    return true;
+  }
   uint32_t head = __atomic_load_n(&d.shm->rq.head, __ATOMIC_ACQUIRE);
   if (head == d.rq_tail) return false;
   *r = RqEntry(d);
   return true;
+}
+
+// Releases the receive request NextRecv returned.
+void ConsumeRecv(Qp& d) {
+  if (d.srq) {
+    auto it = srqs.find(d.srq);
+    if (it == srqs.end()) return;
+    it->second.tail++;
+    __atomic_store_n(&it->second.shm->ring.tail, it->second.tail, __ATOMIC_RELEASE);
+    return;
+  }
+  d.rq_tail++;
+  __atomic_store_n(&d.shm->rq.tail, d.rq_tail, __ATOMIC_RELEASE);
 }
 
 Outcome Execute(Qp& q, const ff_swqe& w) {
@@ -386,8 +418,7 @@ Outcome Execute(Qp& q, const ff_swqe& w) {
       if (w.opcode == FF_WR_SEND || w.opcode == FF_WR_SEND_WITH_IMM) {
         uint64_t room;
         if (!LocalIov(*d, r.sge, r.num_sge, ACC_LOCAL_WRITE, len, dst, &room) || room < len) {
-          d->rq_tail++;
-          __atomic_store_n(&d->shm->rq.tail, d->rq_tail, __ATOMIC_RELEASE);
+          ConsumeRecv(*d);
           PushCqe(d->rcq, MakeCqe(r.wr_id, room < len ? WC_LOC_LEN_ERR : WC_LOC_PROT_ERR, WCO_RECV, 0, d->qpn), true);
           SetState(*d, FF_QPS_ERR);
           Fail(q, w, WC_REM_INV_REQ_ERR);
@@ -406,8 +437,7 @@ Outcome Execute(Qp& q, const ff_swqe& w) {
         return Outcome::Error;
       }
       if (consumes) {
-        d->rq_tail++;
-        __atomic_store_n(&d->shm->rq.tail, d->rq_tail, __ATOMIC_RELEASE);
+        ConsumeRecv(*d);
         bool imm = w.opcode != FF_WR_SEND;
         ff_cqe e = MakeCqe(r.wr_id, WC_SUCCESS, w.opcode == FF_WR_RDMA_WRITE_WITH_IMM ? WCO_RECV_RDMA_WITH_IMM : WCO_RECV,
                            uint32_t(len), d->qpn);
@@ -683,8 +713,7 @@ bool Respond(Inbound& in) {
       if (m.opcode == FF_WR_SEND || m.opcode == FF_WR_SEND_WITH_IMM) {
         uint64_t room;
         if (!LocalIov(*d, r.sge, r.num_sge, ACC_LOCAL_WRITE, len, dst, &room) || room < len) {
-          d->rq_tail++;
-          __atomic_store_n(&d->shm->rq.tail, d->rq_tail, __ATOMIC_RELEASE);
+          ConsumeRecv(*d);
           PushCqe(d->rcq, MakeCqe(r.wr_id, room < len ? WC_LOC_LEN_ERR : WC_LOC_PROT_ERR, WCO_RECV, 0, d->qpn), true);
           SetState(*d, FF_QPS_ERR);
           Answer(in, WC_REM_INV_REQ_ERR, nullptr, 0, 0);
@@ -703,8 +732,7 @@ bool Respond(Inbound& in) {
         return true;
       }
       if (consumes) {
-        d->rq_tail++;
-        __atomic_store_n(&d->shm->rq.tail, d->rq_tail, __ATOMIC_RELEASE);
+        ConsumeRecv(*d);
         ff_cqe e = MakeCqe(r.wr_id, WC_SUCCESS, m.opcode == FF_WR_RDMA_WRITE_WITH_IMM ? WCO_RECV_RDMA_WITH_IMM : WCO_RECV, uint32_t(len), d->qpn);
         e.src_qp = m.src_qpn;
         if (m.opcode != FF_WR_SEND) {
@@ -1001,18 +1029,46 @@ int DelCq(uint32_t id) {
   return 0;
 }
 
+int AddSrq(uint32_t id, int fd, uint32_t depth, uint32_t pd) {
+  if (!Pow2(depth) || depth > FF_RDMA_MAX_DEPTH) return -EINVAL;
+  size_t len = ff_srq_shm_size(depth);
+  void* p = MapFd(fd, len);
+  if (!p) return -EINVAL;
+  std::lock_guard<std::mutex> g(mu);
+  if (srqs.count(id)) {
+    munmap(p, len);
+    return -EEXIST;
+  }
+  Srq q{static_cast<ff_srq_shm*>(p), len, depth, pd, 0};
+  q.tail = __atomic_load_n(&q.shm->ring.tail, __ATOMIC_RELAXED);
+  srqs[id] = q;
+  return 0;
+}
+
+int DelSrq(uint32_t id) {
+  std::lock_guard<std::mutex> g(mu);
+  auto it = srqs.find(id);
+  if (it == srqs.end()) return -ENOENT;
+  for (auto& [n, q] : qps)
+    if (q->srq == id) return -EBUSY;
+  munmap(it->second.shm, it->second.map_len);
+  srqs.erase(it);
+  return 0;
+}
+
 int AddQp(uint32_t qpn, int pid, uint32_t pd, uint32_t scq, uint32_t rcq, int fd, uint32_t sqd, uint32_t rqd, bool sig_all,
-          const uint8_t gid[16]) {
+          const uint8_t gid[16], uint32_t srq) {
   if (!Pow2(sqd) || !Pow2(rqd) || sqd > FF_RDMA_MAX_DEPTH || rqd > FF_RDMA_MAX_DEPTH) return -EINVAL;
   size_t len = ff_qp_shm_size(sqd, rqd);
   void* p = MapFd(fd, len);
   if (!p) return -EINVAL;
   std::lock_guard<std::mutex> g(mu);
-  if (qps.count(qpn) || !cqs.count(scq) || !cqs.count(rcq)) {
+  if (qps.count(qpn) || !cqs.count(scq) || !cqs.count(rcq) || (srq && (!srqs.count(srq) || srqs[srq].pd != pd))) {
     munmap(p, len);
     return -EINVAL;
   }
   Qp* q = new Qp();
+  q->srq = srq;
   q->qpn = qpn;
   q->pid = pid;
   q->pd = pd;

@@ -17,8 +17,11 @@ int AddChannel(uint32_t id, int fd);
 int DelChannel(uint32_t id);
 int AddCq(uint32_t id, int fd, uint32_t depth, uint32_t channel);
 int DelCq(uint32_t id);
+int AddSrq(uint32_t id, int fd, uint32_t depth, uint32_t pd);
+int DelSrq(uint32_t id);
+// srq: a shared receive queue of the same PD, or 0.
 int AddQp(uint32_t qpn, int pid, uint32_t pd, uint32_t scq, uint32_t rcq, int fd, uint32_t sqd, uint32_t rqd, bool sig_all,
-          const uint8_t gid[16]);
+          const uint8_t gid[16], uint32_t srq);
 // dest_qpn < 0 and dgid == nullptr leave those unchanged.
 int ModifyQp(uint32_t qpn, uint32_t state, int64_t dest_qpn, const uint8_t* dgid, int32_t access);
 int DelQp(uint32_t qpn);

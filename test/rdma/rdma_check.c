@@ -293,11 +293,11 @@ static int client(const char *ip, int port, const char *mode) {
 /* Entry points FreeFlow does not implement fail cleanly: NULL or an error, errno set, no crash. */
 static int unsupported(void) {
   setup();
-  struct ibv_srq_init_attr sa = {.attr = {.max_wr = 16, .max_sge = 1}};
+  struct ibv_wq_init_attr wa = {.wq_type = IBV_WQT_RQ, .max_wr = 16, .max_sge = 1, .pd = pd, .cq = cq};
   errno = 0;
-  struct ibv_srq *srq = ibv_create_srq(pd, &sa);
-  if (!srq && errno == EOPNOTSUPP) OK("create_srq: NULL, errno EOPNOTSUPP");
-  else FAIL("create_srq srq=%p errno=%d", (void *)srq, errno);
+  struct ibv_wq *wq = ibv_create_wq(ctx, &wa);
+  if (!wq && errno == EOPNOTSUPP) OK("create_wq: NULL, errno EOPNOTSUPP");
+  else FAIL("create_wq wq=%p errno=%d", (void *)wq, errno);
   struct ibv_qp_init_attr ud = {.send_cq = cq, .recv_cq = cq, .qp_type = IBV_QPT_UD, .cap = {.max_send_wr = 1, .max_recv_wr = 1}};
   errno = 0;
   struct ibv_qp *q = ibv_create_qp(pd, &ud);

@@ -19,7 +19,9 @@ interface RdmaNative {
   rdmaDelChannel(id: number): number;
   rdmaAddCq(id: number, fd: number, depth: number, channel: number): number;
   rdmaDelCq(id: number): number;
-  rdmaAddQp(qpn: number, pid: number, pd: number, scq: number, rcq: number, fd: number, sqd: number, rqd: number, sigAll: boolean, gid: Buffer): number;
+  rdmaAddQp(qpn: number, pid: number, pd: number, scq: number, rcq: number, fd: number, sqd: number, rqd: number, sigAll: boolean, gid: Buffer, srq: number): number;
+  rdmaAddSrq(id: number, fd: number, depth: number, pd: number): number;
+  rdmaDelSrq(id: number): number;
   rdmaModifyQp(qpn: number, state: number, destQpn: number, dgid: Buffer | null, access: number): number;
   rdmaDelQp(qpn: number): number;
   rdmaSetRate(bytesPerSec: number): void;
@@ -40,7 +42,7 @@ const MAX_MR = 2 ** 40;
 /** Default TCP port of the engines' router-to-router transport (the TCP-mode peer port + 1). */
 export const RDMA_PORT = 7472;
 const MAX_PER_SESSION = 65536;
-const CREATES = new Set<number>([MsgType.RDMA_ALLOC_PD, MsgType.RDMA_REG_MR, MsgType.RDMA_CREATE_CHANNEL, MsgType.RDMA_CREATE_CQ, MsgType.RDMA_CREATE_QP]);
+const CREATES = new Set<number>([MsgType.RDMA_CREATE_SRQ, MsgType.RDMA_ALLOC_PD, MsgType.RDMA_REG_MR, MsgType.RDMA_CREATE_CHANNEL, MsgType.RDMA_CREATE_CQ, MsgType.RDMA_CREATE_QP]);
 
 interface Args { h: number[]; v: number[] }
 
@@ -68,7 +70,8 @@ interface SessionRes {
   mrs: Map<number, number>; // key -> pd
   channels: Set<number>;
   cqs: Map<number, number>; // cq -> channel
-  qps: Map<number, { pd: number; scq: number; rcq: number }>;
+  qps: Map<number, { pd: number; scq: number; rcq: number; srq: number }>;
+  srqs: Map<number, number>; // srq -> pd
 }
 
 export interface RdmaOptions {
@@ -122,7 +125,7 @@ export class RdmaExtension implements RouterExtension {
   }
 
   handles(type: number): boolean {
-    return (type >= MsgType.RDMA_OPEN && type <= MsgType.RDMA_STATS) || this.cm.handles(type);
+    return (type >= MsgType.RDMA_OPEN && type <= MsgType.RDMA_DESTROY_SRQ) || this.cm.handles(type);
   }
 
   stats() {
@@ -153,14 +156,14 @@ export class RdmaExtension implements RouterExtension {
     if (res) return res;
     const ip = session.ownership.overlayAddresses()[0];
     if (!ip) return undefined;
-    res = { gid: ipv4ToWire(ip), pds: new Set(), mrs: new Map(), channels: new Set(), cqs: new Map(), qps: new Map() };
+    res = { gid: ipv4ToWire(ip), pds: new Set(), mrs: new Map(), channels: new Set(), cqs: new Map(), qps: new Map(), srqs: new Map() };
     this.sessions.set(session, res);
     this.opts.log.debug({ pid: session.pid, ip }, 'rdma session');
     return res;
   }
 
   private count(res: SessionRes): number {
-    return res.pds.size + res.mrs.size + res.channels.size + res.cqs.size + res.qps.size;
+    return res.pds.size + res.mrs.size + res.channels.size + res.cqs.size + res.qps.size + res.srqs.size;
   }
 
   private dispatch(session: ClientSession, res: SessionRes, msg: WireMsg, a: Args, fd: number, take: () => void): Answer {
@@ -180,7 +183,7 @@ export class RdmaExtension implements RouterExtension {
       }
       case MsgType.RDMA_DEALLOC_PD: {
         if (!res.pds.has(h[0])) return fail(ENOENT);
-        if ([...res.mrs.values()].includes(h[0]) || [...res.qps.values()].some((q) => q.pd === h[0])) return fail(EBUSY);
+        if ([...res.mrs.values(), ...res.srqs.values()].includes(h[0]) || [...res.qps.values()].some((q) => q.pd === h[0])) return fail(EBUSY);
         res.pds.delete(h[0]);
         return answer(0);
       }
@@ -241,19 +244,39 @@ export class RdmaExtension implements RouterExtension {
         res.cqs.delete(h[0]);
         return answer(0);
       }
+      case MsgType.RDMA_CREATE_SRQ: {
+        const [pd, depth] = h;
+        if (fd < 0) return fail(EINVAL);
+        if (!res.pds.has(pd)) return fail(ENOENT);
+        const id = this.nextId++;
+        take();
+        const rc = rdma.rdmaAddSrq(id, fd, depth, pd);
+        if (rc < 0) return fail(-rc);
+        res.srqs.set(id, pd);
+        return answer(0, [id]);
+      }
+      case MsgType.RDMA_DESTROY_SRQ: {
+        if (!res.srqs.has(h[0])) return fail(ENOENT);
+        if ([...res.qps.values()].some((q) => q.srq === h[0])) return fail(EBUSY);
+        rdma.rdmaDelSrq(h[0]);
+        res.srqs.delete(h[0]);
+        return answer(0);
+      }
       case MsgType.RDMA_CREATE_QP: {
         const [pd, scq, rcq, type, sqd, rqd] = h;
+        const srq = v[1];
         if (fd < 0) return fail(EINVAL);
         if (!res.pds.has(pd) || !res.cqs.has(scq) || !res.cqs.has(rcq)) return fail(ENOENT);
+        if (srq && res.srqs.get(srq) !== pd) return fail(srq && res.srqs.has(srq) ? EINVAL : ENOENT);
         if (type !== QPT_RC && type !== QPT_UC) return fail(EOPNOTSUPP);
         const qpn = this.allocQpn();
         take();
-        const rc = rdma.rdmaAddQp(qpn, session.pid, pd, scq, rcq, fd, sqd, rqd, v[0] !== 0, res.gid);
+        const rc = rdma.rdmaAddQp(qpn, session.pid, pd, scq, rcq, fd, sqd, rqd, v[0] !== 0, res.gid, srq);
         if (rc < 0) {
           this.usedQpns.delete(qpn);
           return fail(-rc);
         }
-        res.qps.set(qpn, { pd, scq, rcq });
+        res.qps.set(qpn, { pd, scq, rcq, srq });
         return answer(0, [qpn]);
       }
       case MsgType.RDMA_MODIFY_QP: {
@@ -296,6 +319,7 @@ export class RdmaExtension implements RouterExtension {
       rdma.rdmaDelQp(qpn);
       this.usedQpns.delete(qpn);
     }
+    for (const srq of res.srqs.keys()) rdma.rdmaDelSrq(srq);
     for (const key of res.mrs.keys()) {
       rdma.rdmaDelMr(key);
       this.usedKeys.delete(key);
