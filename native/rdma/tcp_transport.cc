@@ -74,7 +74,7 @@ class InBuf {
     auto* out = static_cast<uint8_t*>(p);
     while (n) {
       if (pos_ == end_) {
-        if (n >= buf_.size()) return ReadFull(fd_, out, n);  // large payload: straight in
+        if (n >= 16384) return ReadFull(fd_, out, n);  // large payload: straight in, no extra copy
         ssize_t r = read(fd_, buf_.data(), buf_.size());
         if (r < 0 && errno == EINTR) continue;
         if (r <= 0) return false;
