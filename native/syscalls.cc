@@ -180,31 +180,58 @@ Napi::Value SendMsg(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, n);
 }
 
-// tcpSocket(ip, port) -> {fd, port} | -errno: an unconnected host-namespace TCP socket bound to
-// ip:port (port 0 = kernel picks, and we learn it now so the peer router can be told).
-Napi::Value TcpSocket(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  std::string ip = info[0].As<Napi::String>();
-  int port = info[1].As<Napi::Number>().Int32Value();
-  sockaddr_in sa;
-  if (!ParseIPv4(ip, port, &sa)) return Err(env, EINVAL);
+// An unconnected host-namespace TCP socket bound to *sa (port 0 = kernel picks, and we learn it
+// now so the peer router can be told). Returns the fd (sa updated) or -errno.
+int BoundTcpSocket(sockaddr_in* sa) {
   int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return Err(env, errno);
+  if (fd < 0) return -errno;
   int one = 1;
   // SO_REUSEADDR lets bind(port 0) fall back to ports held by TIME_WAIT sockets instead of
   // failing once the ephemeral range is exhausted by short connections.
   setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-  socklen_t len = sizeof sa;
-  if (bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) < 0 ||
-      getsockname(fd, reinterpret_cast<sockaddr*>(&sa), &len) < 0) {
+  socklen_t len = sizeof *sa;
+  if (bind(fd, reinterpret_cast<sockaddr*>(sa), sizeof *sa) < 0 || getsockname(fd, reinterpret_cast<sockaddr*>(sa), &len) < 0) {
     int e = errno;
     close(fd);
-    return Err(env, e);
+    return -e;
   }
+  return fd;
+}
+
+Napi::Object FdPort(Napi::Env env, int fd, const sockaddr_in& sa) {
   Napi::Object o = Napi::Object::New(env);
   o.Set("fd", fd);
   o.Set("port", ntohs(sa.sin_port));
   return o;
+}
+
+// tcpSocket(ip, port) -> {fd, port} | -errno
+Napi::Value TcpSocket(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  sockaddr_in sa;
+  if (!ParseIPv4(info[0].As<Napi::String>(), info[1].As<Napi::Number>().Int32Value(), &sa)) return Err(env, EINVAL);
+  int fd = BoundTcpSocket(&sa);
+  if (fd < 0) return Err(env, -fd);
+  return FdPort(env, fd, sa);
+}
+
+// tcpSockets(ip, count) -> [{fd, port}...] | -errno: a batch for prefetching clients.
+Napi::Value TcpSockets(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::string ip = info[0].As<Napi::String>();
+  uint32_t count = info[1].As<Napi::Number>().Uint32Value();
+  Napi::Array out = Napi::Array::New(env);
+  for (uint32_t i = 0; i < count; i++) {
+    sockaddr_in sa;
+    if (!ParseIPv4(ip, 0, &sa)) return Err(env, EINVAL);
+    int fd = BoundTcpSocket(&sa);
+    if (fd < 0) {
+      if (i == 0) return Err(env, -fd);
+      break;
+    }
+    out.Set(i, FdPort(env, fd, sa));
+  }
+  return out;
 }
 
 // tcpListen(ip, port, backlog) -> {fd, port} | -errno (non-blocking listener)
@@ -275,6 +302,7 @@ void InitSyscalls(Napi::Env env, Napi::Object exports) {
   exports.Set("recvMsg", Napi::Function::New(env, RecvMsg));
   exports.Set("sendMsg", Napi::Function::New(env, SendMsg));
   exports.Set("tcpSocket", Napi::Function::New(env, TcpSocket));
+  exports.Set("tcpSockets", Napi::Function::New(env, TcpSockets));
   exports.Set("tcpListen", Napi::Function::New(env, TcpListen));
   exports.Set("tcpAccept", Napi::Function::New(env, TcpAccept));
   exports.Set("getSockName", Napi::Function::New(env, GetSockName));

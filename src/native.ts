@@ -14,6 +14,8 @@ export interface NativeApi {
   recvMsg(fd: number, max: number): RecvResult | number;
   sendMsg(fd: number, data: Buffer, fds?: number[]): number;
   tcpSocket(ip: string, port: number): { fd: number; port: number } | number;
+  /** count sockets bound to ip:0 in one call (fewer than asked if the host runs out; -errno if none). */
+  tcpSockets(ip: string, count: number): { fd: number; port: number }[] | number;
   tcpListen(ip: string, port: number, backlog: number): { fd: number; port: number } | number;
   tcpAccept(fd: number): (AddrResult & { fd: number }) | number;
   getSockName(fd: number): AddrResult | number;

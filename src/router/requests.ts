@@ -75,40 +75,33 @@ export class RequestDispatcher implements RequestHandler {
     if (!rec) return fall(Fallback.NO_LISTENER, 'no accelerated listener');
 
     const count = msg.local_port ? 1 : Math.min(Math.max(msg.flags, 1), MAX_BATCH);
-    const fds: number[] = [];
-    const anns: Announcement[] = [];
-    for (let i = 0; i < count; i++) {
-      const sock = native.tcpSocket(this.ctx.hostIp, 0);
-      if (typeof sock === 'number') {
-        if (!fds.length) return fall(Fallback.INTERNAL, `host socket: ${errnoText(sock)}`);
-        break;
-      }
-      fds.push(sock.fd);
-      anns.push({
-        clientHostIp: this.ctx.hostIp,
-        clientHostPort: sock.port,
-        listenerHostPort: rec.hostPort,
-        srcIp,
-        srcPort: msg.local_port || sock.port,
-        dstIp,
-        dstPort: msg.remote_port,
-      });
-    }
+    const socks = native.tcpSockets(this.ctx.hostIp, count);
+    if (typeof socks === 'number') return fall(Fallback.INTERNAL, `host socket: ${errnoText(socks)}`);
+    const fds = socks.map((s) => s.fd);
+    const anns: Announcement[] = socks.map((s) => ({
+      clientHostIp: this.ctx.hostIp,
+      clientHostPort: s.port,
+      listenerHostPort: rec.hostPort,
+      srcIp,
+      srcPort: msg.local_port || s.port,
+      dstIp,
+      dstPort: msg.remote_port,
+    }));
     const sameHost = rec.hostIp === this.ctx.hostIp;
     if (sameHost) this.ctx.endpoints.expect(anns);
     else if (!this.ctx.announcer.announce(rec.hostIp, anns)) {
       for (const fd of fds) native.close(fd);
       return fall(Fallback.NO_LISTENER, `router at ${rec.hostIp} unreachable`);
     }
-    for (const a of anns)
-      this.ctx.connections.add({
-        role: 'connect',
-        path: sameHost ? 'same-host' : 'host-network',
-        src: `${srcIp}:${a.srcPort}`,
-        dst,
-        host: `${rec.hostIp}:${rec.hostPort}`,
-        pid: session.pid,
-      });
+    this.ctx.connections.add({
+      role: 'connect',
+      path: sameHost ? 'same-host' : 'host-network',
+      src: `${srcIp}:${anns[0].srcPort}`,
+      dst,
+      host: `${rec.hostIp}:${rec.hostPort}`,
+      pid: session.pid,
+      sockets: anns.length,
+    });
     const reply = ok();
     reply.host_addr = ipv4ToWire(rec.hostIp);
     reply.host_port = rec.hostPort;

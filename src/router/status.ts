@@ -11,6 +11,7 @@ export interface ConnectionRecord {
   host?: string; // host-network endpoint used
   reason?: string;
   pid?: number;
+  sockets?: number; // a batch of host sockets handed out at once (prefetch); counted in full
 }
 
 const KEEP = 256;
@@ -21,16 +22,12 @@ export class ConnectionLog {
 
   add(rec: Omit<ConnectionRecord, 'at'>): void {
     const counter = `${rec.role}:${rec.path}`;
-    this.counters[counter] = (this.counters[counter] ?? 0) + 1;
+    this.counters[counter] = (this.counters[counter] ?? 0) + (rec.sockets ?? 1);
     this.recent.push({ at: new Date().toISOString(), ...rec });
-    if (this.recent.length > KEEP) this.recent.splice(0, this.recent.length - KEEP);
-  }
-
-  count(name: string): void {
-    this.counters[name] = (this.counters[name] ?? 0) + 1;
+    if (this.recent.length > KEEP * 2) this.recent.splice(0, this.recent.length - KEEP);
   }
 
   list(): ConnectionRecord[] {
-    return [...this.recent];
+    return this.recent.slice(-KEEP);
   }
 }
