@@ -10,6 +10,7 @@ import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync 
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Testbed, overlayIp, vxlanBytesDuring, type Started } from './lib/testbed.js';
+import { writeNginxConfig } from './lib/nginx-config.js';
 
 const tb = await Testbed.up(t);
 const SERVER = 'c21';
@@ -34,33 +35,7 @@ function sha256(b: Buffer): string {
 
 /** A private nginx instance: everything it writes stays in its own temp dir. */
 function nginxConf(name: string, port: number): string {
-  const d = join(dir, name);
-  mkdirSync(d, { mode: 0o755 });
-  const conf = join(d, 'nginx.conf');
-  writeFileSync(
-    conf,
-    `worker_processes 2;
-daemon off;
-master_process on;
-pid ${d}/nginx.pid;
-error_log ${d}/error.log info;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  client_body_temp_path ${d}/client_body;
-  proxy_temp_path ${d}/proxy;
-  fastcgi_temp_path ${d}/fastcgi;
-  uwsgi_temp_path ${d}/uwsgi;
-  scgi_temp_path ${d}/scgi;
-  keepalive_requests 100000;
-  server {
-    listen ${port};
-    root ${www};
-  }
-}
-`,
-  );
-  return conf;
+  return writeNginxConfig({ dir: join(dir, name), port, root: www, workers: 2, errorLogLevel: 'info' });
 }
 
 async function startNginx(name: string, port: number, preload: boolean): Promise<Started> {

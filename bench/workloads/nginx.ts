@@ -9,6 +9,7 @@ import type { Testbed } from '../lib/testbed.js';
 import type { Path } from '../lib/paths.js';
 import type { Sample, Settings, Workload } from './types.js';
 import { startServer, client } from './common.js';
+import { writeNginxConfig } from '../../test/lib/nginx-config.js';
 
 let workdir = '';
 export function setNginxDir(dir: string): void {
@@ -22,30 +23,7 @@ function conf(port: number): { conf: string; dir: string } {
   mkdirSync(www, { recursive: true, mode: 0o755 });
   chmodSync(workdir, 0o755);
   writeFileSync(join(www, 'small.txt'), 'x'.repeat(100) + '\n', { mode: 0o644 });
-  const c = join(d, 'nginx.conf');
-  writeFileSync(
-    c,
-    `worker_processes 1;
-daemon off;
-master_process on;
-pid ${d}/nginx.pid;
-error_log ${d}/error.log notice;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path ${d}/client_body;
-  proxy_temp_path ${d}/proxy;
-  fastcgi_temp_path ${d}/fastcgi;
-  uwsgi_temp_path ${d}/uwsgi;
-  scgi_temp_path ${d}/scgi;
-  keepalive_requests 1000000;
-  server {
-    listen ${port} backlog=4096;
-    root ${www};
-  }
-}
-`,
-  );
+  const c = writeNginxConfig({ dir: d, port, root: www, workers: 1, workerConnections: 4096, keepaliveRequests: 1000000, backlog: 4096 });
   return { conf: c, dir: d };
 }
 
