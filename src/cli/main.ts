@@ -29,8 +29,8 @@ await yargs(hideBin(process.argv))
         ...common,
         'host-ip-prefix': { type: 'string', default: process.env.HOST_IP_PREFIX, describe: 'host network prefix; picks this host\'s address (env HOST_IP_PREFIX)', demandOption: !process.env.HOST_IP_PREFIX },
         peers: { type: 'string', array: true, default: splitList(process.env.FFR_PEERS), describe: 'host addresses of the other routers, comma or space separated (env FFR_PEERS)' },
-        'peer-port': { type: 'number', default: Limits.PEER_PORT, describe: 'TCP port for router-to-router messages' },
-        'log-level': { type: 'string', default: process.env.FFR_LOG_LEVEL || 'info', choices: ['debug', 'info', 'warn', 'error'] },
+        'peer-port': { type: 'number', default: Limits.PEER_PORT, describe: 'TCP port for router-to-router messages (RDMA engines use the next port)' },
+        'log-level': { type: 'string', default: process.env.FFR_LOG_LEVEL || 'info', choices: ['debug', 'info', 'warn', 'error'], describe: 'JSON log verbosity on stderr (env FFR_LOG_LEVEL)' },
         'rdma-rate-limit': { type: 'number', default: Number(process.env.FFR_RDMA_RATE_LIMIT || 0), describe: 'RDMA mode: bytes per second each container may send (0 = unlimited)' },
       }),
     async (argv) => {
