@@ -185,8 +185,15 @@ for (const [server, sip] of [['c12', ip12], ['c21', ip21]])
     const args = ['ib_send_bw', '-d', 'ffvnic0', '-x', '0', '-R', '-n', '50000000', '-p', port];
     const s = tb.start(server, args, { env: VERBS_ENV });
     await sleep(1500);
+    const ops0 = (await rdmaStats(tb, 'h1')).ops;
     const c = tb.start('c11', [...args, sip], { env: VERBS_ENV });
-    await sleep(3000);
+    // Kill only once data is really moving (the engine on h1 has executed the client's sends).
+    let moved = 0;
+    for (let i = 0; i < 300 && moved < 2000 && c.proc.exitCode === null; i++) {
+      await sleep(100);
+      moved = (await rdmaStats(tb, 'h1')).ops - ops0;
+    }
+    t.ok(moved >= 2000, `transfer under way (${moved} sends done) when the client is killed`);
     t.equal(c.proc.exitCode, null, 'client still transferring when killed');
     await tb.stop(c);
     const code = await Promise.race([s.exited, sleep(20_000).then(() => 'hang')]);
