@@ -153,7 +153,7 @@ for (const [server, sip] of [['c12', ip12], ['c21', ip21]]) {
   t.test(`rping -v -C 10 c11 -> ${server} (RDMA CM through the routers)`, async (t) => {
     const port = String(++rpPort);
     const s = tb.start(server, ['rping', '-s', '-v', '-C', '10', '-a', sip, '-p', port], { env: VERBS_ENV });
-    await sleep(1000);
+    await sleep(2000); // an rdma_cm listener: nothing to see from outside
     const c = await tb.run('c11', ['rping', '-c', '-v', '-C', '10', '-a', sip, '-p', port], { env: VERBS_ENV, timeoutMs: 30_000 });
     const code = await Promise.race([s.exited, sleep(10_000).then(() => 'timeout')]);
     await tb.stop(s);
@@ -184,7 +184,7 @@ for (const [server, sip] of [['c12', ip12], ['c21', ip21]])
     const port = String(++rpPort);
     const args = ['ib_send_bw', '-d', 'ffvnic0', '-x', '0', '-R', '-n', '50000000', '-p', port];
     const s = tb.start(server, args, { env: VERBS_ENV });
-    await sleep(1500);
+    await sleep(2500);
     const ops0 = (await rdmaStats(tb, 'h1')).ops;
     const c = tb.start('c11', [...args, sip], { env: VERBS_ENV });
     // Kill only once data is really moving (the engine on h1 has executed the client's sends).

@@ -34,11 +34,25 @@ export function rdmaStats(tb: Testbed, host: string, timeoutMs = 2000): Promise<
   });
 }
 
+/** Waits until a TCP port listens in the node's namespace (perftest's stdout is a pipe, so
+ * fully buffered: no banner to wait for). */
+export async function listening(tb: Testbed, node: string, port: number, s?: Started, timeoutMs = 20_000): Promise<void> {
+  const end = Date.now() + timeoutMs;
+  for (;;) {
+    const r = await tb.run(node, ['ss', '-ltnH', `sport = :${port}`]);
+    if (r.stdout.trim()) return;
+    if (Date.now() > end || (s && s.proc.exitCode !== null)) throw new Error(`nothing listens on ${node}:${port}${s ? `; server output:\n${s.output()}` : ''}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
 /** Runs a server/client pair of the same verbs program; the client gets the server's overlay IP last. */
 export async function pair(tb: Testbed, server: string, client: string, serverIp: string, cmd: string[], opts: { ready?: RegExp; timeoutMs?: number; clientArgs?: string[] } = {}): Promise<{ srv: RunResult; cli: RunResult }> {
   const s: Started = tb.start(server, cmd, { env: VERBS_ENV });
+  const p = cmd.indexOf('-p');
   if (opts.ready) await s.waitFor(opts.ready);
-  else await new Promise((r) => setTimeout(r, 1500)); // perftest's stdout is a pipe: fully buffered, no banner to wait for
+  else if (p >= 0 && !cmd.includes('-R')) await listening(tb, server, Number(cmd[p + 1]), s);
+  else await new Promise((r) => setTimeout(r, 2000)); // rdma_cm listener: nothing to see from outside
   const cli = await tb.run(client, [...cmd, ...(opts.clientArgs ?? []), serverIp], { env: VERBS_ENV, timeoutMs: opts.timeoutMs ?? 90_000 });
   const timer = setTimeout(() => tb.stop(s), 15_000);
   const code = await s.exited;
