@@ -103,36 +103,43 @@ static int narrow_pollfds(struct widen *w, struct pollfd *fds, int r) {
   return r;
 }
 
+/* The real wait, whichever of poll/ppoll the application called. */
+struct poll_call {
+  int timeout;
+  const struct timespec *ts;
+  const sigset_t *mask;
+  bool is_ppoll;
+};
+
+static int real_poll_call(struct pollfd *fds, nfds_t n, const struct poll_call *c) {
+  return c->is_ppoll ? ff_real.ppoll(fds, n, c->ts, c->mask) : ff_real.poll(fds, n, c->timeout);
+}
+
 /* A wake-up that was only a dropped channel is not an answer: wait again (with the same
  * timeout; this happens once per listener, when its router dies). */
-int poll(struct pollfd *fds, nfds_t n, int timeout) {
-  FF_INIT();
+static int poll_widened(struct pollfd *fds, nfds_t n, const struct poll_call *c) {
   for (;;) {
     struct widen w;
     if (!atomic_load_explicit(&ff_channel_listeners, memory_order_relaxed) || !widen_pollfds(&w, fds, n))
-      return ff_real.poll(fds, n, timeout);
-    int r = ff_real.poll(w.fds, w.n + w.extra, timeout);
+      return real_poll_call(fds, n, c);
+    int raw = real_poll_call(w.fds, w.n + w.extra, c);
     int saved = errno;
-    int raw = r;
-    r = narrow_pollfds(&w, fds, r);
+    int r = narrow_pollfds(&w, fds, raw);
     errno = saved;
     if (!(raw > 0 && r == 0)) return r;
   }
 }
 
+int poll(struct pollfd *fds, nfds_t n, int timeout) {
+  FF_INIT();
+  struct poll_call c = {.timeout = timeout};
+  return poll_widened(fds, n, &c);
+}
+
 int ppoll(struct pollfd *fds, nfds_t n, const struct timespec *ts, const sigset_t *mask) {
   FF_INIT();
-  for (;;) {
-    struct widen w;
-    if (!atomic_load_explicit(&ff_channel_listeners, memory_order_relaxed) || !widen_pollfds(&w, fds, n))
-      return ff_real.ppoll(fds, n, ts, mask);
-    int r = ff_real.ppoll(w.fds, w.n + w.extra, ts, mask);
-    int saved = errno;
-    int raw = r;
-    r = narrow_pollfds(&w, fds, r);
-    errno = saved;
-    if (!(raw > 0 && r == 0)) return r;
-  }
+  struct poll_call c = {.ts = ts, .mask = mask, .is_ppoll = true};
+  return poll_widened(fds, n, &c);
 }
 
 struct select_pair {
@@ -186,16 +193,27 @@ static void restore_sets(const struct saved_sets *s, fd_set *rd, fd_set *wr, fd_
   if (ex) *ex = s->ex;
 }
 
-int select(int n, fd_set *rd, fd_set *wr, fd_set *ex, struct timeval *tv) {
-  FF_INIT();
+/* The real wait, whichever of select/pselect the application called. */
+struct select_call {
+  struct timeval *tv;
+  const struct timespec *ts;
+  const sigset_t *mask;
+  bool is_pselect;
+};
+
+static int real_select_call(int n, fd_set *rd, fd_set *wr, fd_set *ex, const struct select_call *c) {
+  return c->is_pselect ? ff_real.pselect(n, rd, wr, ex, c->ts, c->mask) : ff_real.select(n, rd, wr, ex, c->tv);
+}
+
+static int select_widened(int n, fd_set *rd, fd_set *wr, fd_set *ex, const struct select_call *c) {
   struct saved_sets orig;
   save_sets(&orig, rd, wr, ex);
   for (;;) {
     struct select_pair pairs[64];
     int npairs = 0, top = n;
     if (rd && atomic_load_explicit(&ff_channel_listeners, memory_order_relaxed)) top = widen_fdset(n, rd, pairs, &npairs);
-    if (!npairs) return ff_real.select(n, rd, wr, ex, tv);
-    int raw = ff_real.select(top, rd, wr, ex, tv);
+    if (!npairs) return real_select_call(n, rd, wr, ex, c);
+    int raw = real_select_call(top, rd, wr, ex, c);
     int saved = errno;
     int r = narrow_fdset(n, raw, rd, wr, ex, pairs, npairs);
     errno = saved;
@@ -204,20 +222,14 @@ int select(int n, fd_set *rd, fd_set *wr, fd_set *ex, struct timeval *tv) {
   }
 }
 
+int select(int n, fd_set *rd, fd_set *wr, fd_set *ex, struct timeval *tv) {
+  FF_INIT();
+  struct select_call c = {.tv = tv};
+  return select_widened(n, rd, wr, ex, &c);
+}
+
 int pselect(int n, fd_set *rd, fd_set *wr, fd_set *ex, const struct timespec *ts, const sigset_t *mask) {
   FF_INIT();
-  struct saved_sets orig;
-  save_sets(&orig, rd, wr, ex);
-  for (;;) {
-    struct select_pair pairs[64];
-    int npairs = 0, top = n;
-    if (rd && atomic_load_explicit(&ff_channel_listeners, memory_order_relaxed)) top = widen_fdset(n, rd, pairs, &npairs);
-    if (!npairs) return ff_real.pselect(n, rd, wr, ex, ts, mask);
-    int raw = ff_real.pselect(top, rd, wr, ex, ts, mask);
-    int saved = errno;
-    int r = narrow_fdset(n, raw, rd, wr, ex, pairs, npairs);
-    errno = saved;
-    if (!(raw > 0 && r == 0)) return r;
-    restore_sets(&orig, rd, wr, ex);
-  }
+  struct select_call c = {.ts = ts, .mask = mask, .is_pselect = true};
+  return select_widened(n, rd, wr, ex, &c);
 }

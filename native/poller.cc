@@ -55,16 +55,6 @@ Napi::Value WatchFd(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, w->id);
 }
 
-// rewatch(id, events): change the interest set (e.g. add writable while a send is queued)
-Napi::Value RewatchFd(const Napi::CallbackInfo& info) {
-  auto it = watches.find(info[0].As<Napi::Number>().Int32Value());
-  if (it == watches.end()) return info.Env().Undefined();
-  int ev = info[1].As<Napi::Number>().Int32Value();
-  int uvev = ((ev & 1) ? UV_READABLE : 0) | ((ev & 2) ? UV_WRITABLE : 0) | UV_DISCONNECT;
-  uv_poll_start(&it->second->handle, uvev, OnPoll);
-  return info.Env().Undefined();
-}
-
 // unwatch(id): stop watching; the fd itself is closed by the caller afterwards
 Napi::Value UnwatchFd(const Napi::CallbackInfo& info) {
   auto it = watches.find(info[0].As<Napi::Number>().Int32Value());
@@ -81,6 +71,5 @@ Napi::Value UnwatchFd(const Napi::CallbackInfo& info) {
 void InitPoller(Napi::Env env, Napi::Object exports) {
   g_env = env;
   exports.Set("watch", Napi::Function::New(env, WatchFd));
-  exports.Set("rewatch", Napi::Function::New(env, RewatchFd));
   exports.Set("unwatch", Napi::Function::New(env, UnwatchFd));
 }

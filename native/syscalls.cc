@@ -28,24 +28,6 @@ bool ParseIPv4(const std::string& s, uint16_t port, sockaddr_in* sa) {
   return inet_pton(AF_INET, s.c_str(), &sa->sin_addr) == 1;
 }
 
-Napi::Object AddrObject(Napi::Env env, const sockaddr_storage& ss) {
-  Napi::Object o = Napi::Object::New(env);
-  char buf[INET6_ADDRSTRLEN] = "";
-  int port = 0;
-  if (ss.ss_family == AF_INET) {
-    auto* sin = reinterpret_cast<const sockaddr_in*>(&ss);
-    inet_ntop(AF_INET, &sin->sin_addr, buf, sizeof buf);
-    port = ntohs(sin->sin_port);
-  } else if (ss.ss_family == AF_INET6) {
-    auto* sin6 = reinterpret_cast<const sockaddr_in6*>(&ss);
-    inet_ntop(AF_INET6, &sin6->sin6_addr, buf, sizeof buf);
-    port = ntohs(sin6->sin6_port);
-  }
-  o.Set("address", buf);
-  o.Set("port", port);
-  return o;
-}
-
 // seqpacketListen(path, mode) -> fd | -errno. Replaces a stale socket file left by a dead router.
 Napi::Value SeqpacketListen(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -205,16 +187,6 @@ Napi::Object FdPort(Napi::Env env, int fd, const sockaddr_in& sa) {
   return o;
 }
 
-// tcpSocket(ip, port) -> {fd, port} | -errno
-Napi::Value TcpSocket(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  sockaddr_in sa;
-  if (!ParseIPv4(info[0].As<Napi::String>(), info[1].As<Napi::Number>().Int32Value(), &sa)) return Err(env, EINVAL);
-  int fd = BoundTcpSocket(&sa);
-  if (fd < 0) return Err(env, -fd);
-  return FdPort(env, fd, sa);
-}
-
 // tcpSockets(ip, count) -> [{fd, port}...] | -errno: a batch for prefetching clients.
 Napi::Value TcpSockets(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -259,29 +231,6 @@ Napi::Value TcpListen(const Napi::CallbackInfo& info) {
   return o;
 }
 
-// tcpAccept(fd) -> {fd, address, port} | -errno (EAGAIN when none pending)
-Napi::Value TcpAccept(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  int lfd = info[0].As<Napi::Number>().Int32Value();
-  sockaddr_storage ss{};
-  socklen_t len = sizeof ss;
-  int fd = accept4(lfd, reinterpret_cast<sockaddr*>(&ss), &len, SOCK_CLOEXEC);
-  if (fd < 0) return Err(env, errno);
-  Napi::Object o = AddrObject(env, ss);
-  o.Set("fd", fd);
-  return o;
-}
-
-// getSockName(fd) -> {address, port} | -errno
-Napi::Value GetSockName(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  sockaddr_storage ss{};
-  socklen_t len = sizeof ss;
-  if (getsockname(info[0].As<Napi::Number>().Int32Value(), reinterpret_cast<sockaddr*>(&ss), &len) < 0)
-    return Err(env, errno);
-  return AddrObject(env, ss);
-}
-
 Napi::Value Close(const Napi::CallbackInfo& info) {
   int fd = info[0].As<Napi::Number>().Int32Value();
   if (fd < 0) return Err(info.Env(), EBADF);
@@ -301,11 +250,8 @@ void InitSyscalls(Napi::Env env, Napi::Object exports) {
   exports.Set("seqpacketPair", Napi::Function::New(env, SeqpacketPair));
   exports.Set("recvMsg", Napi::Function::New(env, RecvMsg));
   exports.Set("sendMsg", Napi::Function::New(env, SendMsg));
-  exports.Set("tcpSocket", Napi::Function::New(env, TcpSocket));
   exports.Set("tcpSockets", Napi::Function::New(env, TcpSockets));
   exports.Set("tcpListen", Napi::Function::New(env, TcpListen));
-  exports.Set("tcpAccept", Napi::Function::New(env, TcpAccept));
-  exports.Set("getSockName", Napi::Function::New(env, GetSockName));
   exports.Set("close", Napi::Function::New(env, Close));
   exports.Set("strerror", Napi::Function::New(env, StrError));
 }

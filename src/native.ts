@@ -3,7 +3,6 @@ import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
 import { dirname, join } from 'node:path';
 
-export interface AddrResult { address: string; port: number }
 export interface RecvResult { data: Buffer; fds: number[]; truncated: boolean }
 
 export interface NativeApi {
@@ -13,12 +12,9 @@ export interface NativeApi {
   seqpacketPair(): [number, number] | number;
   recvMsg(fd: number, max: number): RecvResult | number;
   sendMsg(fd: number, data: Buffer, fds?: number[]): number;
-  tcpSocket(ip: string, port: number): { fd: number; port: number } | number;
   /** count sockets bound to ip:0 in one call (fewer than asked if the host runs out; -errno if none). */
   tcpSockets(ip: string, count: number): { fd: number; port: number }[] | number;
   tcpListen(ip: string, port: number, backlog: number): { fd: number; port: number } | number;
-  tcpAccept(fd: number): (AddrResult & { fd: number }) | number;
-  getSockName(fd: number): AddrResult | number;
   close(fd: number): number;
   strerror(errno: number): string;
   acceptor: {
@@ -30,13 +26,10 @@ export interface NativeApi {
     stats(): { delivered: number; refused: number; announced: number; parked: number; recent: { atMs: number; src: string; dst: string; host: string }[] };
   };
   watch(fd: number, events: number, cb: (status: number, events: number) => void): number;
-  rewatch(id: number, events: number): void;
   unwatch(id: number): void;
 }
 
 export const READABLE = 1;
-export const WRITABLE = 2;
-export const DISCONNECT = 4;
 export const EAGAIN = 11;
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
