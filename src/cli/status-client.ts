@@ -59,6 +59,9 @@ export function formatStatus(s: any): string {
   lines.push('counters: ' + (Object.entries(s.counters).map(([k, v]) => `${k}=${v}`).join(' ') || 'none'));
   lines.push('recent connections (newest last):');
   for (const c of s.connections.slice(-20))
-    lines.push(`  ${c.at} ${c.role.padEnd(7)} ${c.src} -> ${c.dst}  ${c.path}${c.host ? ` via ${c.host}` : ''}${c.reason ? ` (${c.reason})` : ''}`);
+    lines.push(
+      `  ${c.at} ${c.role.padEnd(7)} ${c.src} -> ${c.dst}  ${c.path}${c.host ? ` via ${c.host}` : ''}` +
+        `${c.sockets > 1 ? ` (${c.sockets} host sockets, spares prefetched)` : ''}${c.reason ? ` (${c.reason})` : ''}`,
+    );
   return lines.join('\n');
 }
