@@ -22,6 +22,13 @@
 static pthread_mutex_t call_lock = PTHREAD_MUTEX_INITIALIZER;
 static int router_fd = -1;
 static pid_t router_owner; /* pid that opened router_fd: a forked child must open its own */
+/* Our pid, kept current by the fork handler: getpid() is a system call on every connect(). */
+static pid_t my_pid;
+
+static pid_t self(void) {
+  if (!my_pid) my_pid = getpid();
+  return my_pid;
+}
 static long long retry_at_ns;
 static uint32_t next_seq;
 /* The outstanding prefetch, if any (seq 0: none). */
@@ -46,10 +53,11 @@ void ff_msg_init(struct ff_msg *m, int type) {
   m->magic = FF_WIRE_MAGIC;
   m->version = FF_WIRE_VERSION;
   m->type = (uint16_t)type;
-  m->pid = (uint32_t)getpid();
+  m->pid = (uint32_t)self();
 }
 
 void ff_router_after_fork(void) {
+  my_pid = getpid();
   ff_pool_after_fork();
   prefetch_seq = 0;
   /* The inherited descriptor is the parent's stream; close the child's copy right away,
@@ -69,13 +77,13 @@ void ff_router_release_fd(void) {
 
 static void drop_connection(bool backoff) {
   prefetch_seq = 0;
-  if (router_fd >= 0 && router_owner == getpid()) ff_real.close(router_fd);
+  if (router_fd >= 0 && router_owner == self()) ff_real.close(router_fd);
   router_fd = -1;
   if (backoff) retry_at_ns = now_ns() + FF_RETRY_AFTER_NS;
 }
 
 static int open_connection(void) {
-  if (router_fd >= 0 && router_owner != getpid()) {
+  if (router_fd >= 0 && router_owner != self()) {
     /* Inherited across fork(): the parent's stream; close our copy only. */
     ff_real.close(router_fd);
     router_fd = -1;
@@ -94,7 +102,7 @@ static int open_connection(void) {
     return -1;
   }
   router_fd = ff_move_high(fd);
-  router_owner = getpid();
+  router_owner = self();
   return 0;
 }
 
