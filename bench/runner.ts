@@ -38,8 +38,9 @@ export async function runWorkload(tb: Testbed, w: Workload, basePort: number, s:
   const servers = new Map<string, { srv: Started; port: number }>();
   const result: WorkloadResult = { workload: w, reps: [] };
   const meter = new CpuMeter(tb.netnsNames());
+  const paths = PATHS.filter((p) => !w.paths || w.paths.includes(p.id));
   try {
-    for (const [i, p] of PATHS.entries()) {
+    for (const [i, p] of paths.entries()) {
       const port = basePort + i;
       try {
         servers.set(p.id, { srv: await w.startServer(tb, p, port, s), port });
@@ -50,7 +51,7 @@ export async function runWorkload(tb: Testbed, w: Workload, basePort: number, s:
     }
     if (!servers.size) throw new Error('no server started on any path');
     for (let rep = 1; rep <= s.reps; rep++) {
-      for (const p of PATHS) {
+      for (const p of paths) {
         const sv = servers.get(p.id);
         if (!sv) continue;
         result.reps.push(await oneRep(tb, w, p, sv.port, rep, s, meter, log));

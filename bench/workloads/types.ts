@@ -37,6 +37,8 @@ export interface Settings {
 
 export interface Workload {
   name: string;
+  /** Path ids this workload runs on (default: all of them). */
+  paths?: string[];
   metrics: MetricDef[];
   cpu?: CpuMetricDef;
   /** Starts (and waits for) this workload's server for one path on `port`. */
