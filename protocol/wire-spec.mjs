@@ -63,7 +63,7 @@ export const TYPES = {
   RDMA_DESTROY_QP: 109, // h0 = qpn
   RDMA_CREATE_CHANNEL: 110, // fd = write end of a pipe for CQ events; reply h0 = channel
   RDMA_DESTROY_CHANNEL: 111, // h0 = channel
-  RDMA_STATS: 112, // reply payload: JSON {sessions, qps, mrs, cqs, ops, bytes, errors} of this router
+  RDMA_STATS: 112, // reply payload: JSON {sessions, qps, mrs, cqs, ops, bytes, errors, served, cmListeners}
   RDMA_CREATE_SRQ: 113, // fd = memfd (struct ff_srq_shm), h0 = pd, h1 = depth; reply h0 = srq
   RDMA_DESTROY_SRQ: 114, // h0 = srq
   // RDMA connection manager (container librdmacm -> router); private data follows the args.

@@ -8,7 +8,7 @@ import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { ROOT, Testbed, overlayIp, vxlanBytesDuring } from './lib/testbed.js';
-import { RDMA_CHECK, VERBS_ENV, pair, rdmaStats } from './rdma/helpers.js';
+import { RDMA_CHECK, VERBS_ENV, cmListening, pair, rdmaStats } from './rdma/helpers.js';
 
 const tb = await Testbed.up(t);
 const ip12 = overlayIp('c12');
@@ -153,7 +153,7 @@ for (const [server, sip] of [['c12', ip12], ['c21', ip21]]) {
   t.test(`rping -v -C 10 c11 -> ${server} (RDMA CM through the routers)`, async (t) => {
     const port = String(++rpPort);
     const s = tb.start(server, ['rping', '-s', '-v', '-C', '10', '-a', sip, '-p', port], { env: VERBS_ENV });
-    await sleep(2000); // an rdma_cm listener: nothing to see from outside
+    await cmListening(tb, server, Number(port), s);
     const c = await tb.run('c11', ['rping', '-c', '-v', '-C', '10', '-a', sip, '-p', port], { env: VERBS_ENV, timeoutMs: 30_000 });
     const code = await Promise.race([s.exited, sleep(10_000).then(() => 'timeout')]);
     await tb.stop(s);
@@ -169,7 +169,7 @@ for (const [server, sip] of [['c12', ip12], ['c21', ip21]]) {
   for (const prog of ['ib_send_bw', 'ib_write_bw']) {
     t.test(`${prog} -R c11 -> ${server} (perftest over rdma_cm)`, async (t) => {
       const { srv, cli } = await pair(tb, server, 'c11', sip, [prog, '-d', 'ffvnic0', '-x', '0', '-R', '-n', '300', '-p', String(++rpPort)]);
-      t.equal(cli.code, 0, 'client exits 0', { out: cli.stdout + cli.stderr });
+      t.equal(cli.code, 0, 'client exits 0', { out: cli.stdout + cli.stderr, routers: (tb.routerOutput('h1') + tb.routerOutput('h2')).split('\n').filter((l) => /rdma|"level":[45]0/.test(l)).slice(-8), srvOut: srv.stdout });
       t.equal(srv.code, 0, 'server exits 0', { out: srv.stdout });
       t.match(cli.stdout, /Data ex\. method : rdma_cm/, 'exchange through rdma_cm');
       const m = /^\s*65536\s+300\s+[\d.]+\s+([\d.]+)/m.exec(cli.stdout);
@@ -184,7 +184,7 @@ for (const [server, sip] of [['c12', ip12], ['c21', ip21]])
     const port = String(++rpPort);
     const args = ['ib_send_bw', '-d', 'ffvnic0', '-x', '0', '-R', '-n', '50000000', '-p', port];
     const s = tb.start(server, args, { env: VERBS_ENV });
-    await sleep(2500);
+    await cmListening(tb, server, Number(port), s);
     const ops0 = (await rdmaStats(tb, 'h1')).ops;
     const c = tb.start('c11', [...args, sip], { env: VERBS_ENV });
     // Kill only once data is really moving (the engine on h1 has executed the client's sends).

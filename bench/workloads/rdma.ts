@@ -53,7 +53,7 @@ const writeBw: Workload = {
   metrics: [{ key: 'gbps', metric: 'RDMA ib_write_bw 64 KiB', unit: 'Gbit/s', better: 'higher' }],
   startServer: (tb, path) => placeholder(tb, path),
   async runClient(tb, path, _port, s: Settings) {
-    const n = s.quick ? 2000 : 5000;
+    const n = s.quick ? 1000 : 5000;
     const out = await runPair(tb, path, nextPort++, ['ib_write_bw', '-s', '65536', '-n', String(n), '--report_gbits']);
     const m = /^\s*65536\s+(\d+)\s+[\d.]+\s+([\d.]+)/m.exec(out);
     if (!m) throw new Error(`ib_write_bw output: ${out.slice(-400)}`);
@@ -73,7 +73,7 @@ const writeLat: Workload = {
   async runClient(tb, path, _port, s: Settings) {
     // On 2 cores the two busy-polling perftest processes and the engine share the CPUs, so an
     // iteration can take milliseconds: keep the count small enough for the time budget.
-    const n = s.quick ? 1000 : 2000;
+    const n = s.quick ? 300 : 2000;
     const out = await runPair(tb, path, nextPort++, ['ib_write_lat', '-s', '64', '-n', String(n)]);
     // #bytes #iterations t_min t_max t_typical t_avg t_stdev 99% 99.9%
     const m = /^\s*64\s+\d+\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)/m.exec(out);

@@ -8,7 +8,7 @@ import { ROOT, type RunResult, type Started, type Testbed } from '../lib/testbed
 export const VERBS_ENV = { LD_LIBRARY_PATH: join(ROOT, 'build/verbs') };
 export const RDMA_CHECK = join(ROOT, 'build/test-apps/rdma_check');
 
-export interface RdmaStats { sessions: number; qps: number; mrs: number; cqs: number; ops: number; bytes: number; errors: number; served: number }
+export interface RdmaStats { sessions: number; qps: number; mrs: number; cqs: number; ops: number; bytes: number; errors: number; served: number; cmListeners: string[] }
 
 export function rdmaStats(tb: Testbed, host: string, timeoutMs = 2000): Promise<RdmaStats> {
   const fd = native.seqpacketConnect(join(tb.socketDir(host), 'ffrouter.sock'));
@@ -46,13 +46,26 @@ export async function listening(tb: Testbed, node: string, port: number, s?: Sta
   }
 }
 
+/** Waits until an rdma_cm listener on that port exists in the router of the node's host. */
+export async function cmListening(tb: Testbed, node: string, port: number, s?: Started, timeoutMs = 20_000): Promise<void> {
+  const host = `h${node.slice(1, -1)}`;
+  const end = Date.now() + timeoutMs;
+  for (;;) {
+    const st = await rdmaStats(tb, host);
+    if (st.cmListeners.some((l) => l.endsWith(`:${port}`))) return;
+    if (Date.now() > end || (s && s.proc.exitCode !== null)) throw new Error(`no rdma_cm listener on port ${port} at ${host}${s ? `; server output:\n${s.output()}` : ''}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
 /** Runs a server/client pair of the same verbs program; the client gets the server's overlay IP last. */
 export async function pair(tb: Testbed, server: string, client: string, serverIp: string, cmd: string[], opts: { ready?: RegExp; timeoutMs?: number; clientArgs?: string[] } = {}): Promise<{ srv: RunResult; cli: RunResult }> {
   const s: Started = tb.start(server, cmd, { env: VERBS_ENV });
   const p = cmd.indexOf('-p');
   if (opts.ready) await s.waitFor(opts.ready);
   else if (p >= 0 && !cmd.includes('-R')) await listening(tb, server, Number(cmd[p + 1]), s);
-  else await new Promise((r) => setTimeout(r, 2000)); // rdma_cm listener: nothing to see from outside
+  else if (p >= 0) await cmListening(tb, server, Number(cmd[p + 1]), s);
+  else await new Promise((r) => setTimeout(r, 2000));
   const cli = await tb.run(client, [...cmd, ...(opts.clientArgs ?? []), serverIp], { env: VERBS_ENV, timeoutMs: opts.timeoutMs ?? 90_000 });
   const timer = setTimeout(() => tb.stop(s), 15_000);
   const code = await s.exited;

@@ -71,6 +71,11 @@ export class ConnectionManager {
 
   constructor(private readonly host: CmHost, private readonly log: Logger) {}
 
+  /** "ip:port" of every rdma_cm listener on this host. */
+  listening(): string[] {
+    return [...this.listeners.keys()];
+  }
+
   handles(type: number): boolean {
     return type >= MsgType.CM_CREATE_CHANNEL && type <= MsgType.CM_DESTROY_CHANNEL;
   }
@@ -147,12 +152,14 @@ export class ConnectionManager {
           id.state = 'connecting';
           const req = { t: 'req', cid: id.h, dst, port: msg.remote_port, qpn: id.qpn, gid: id.gid.toString('hex'), src: id.ip, sport: id.port, priv: priv.toString('base64') };
           const sent = peers.filter((c) => this.net!.send(c, req)).length;
+          this.log.info({ pid: session.pid, dst: `${dst}:${msg.remote_port}`, listeners: [...this.listeners.keys()] }, 'rdma_cm connect: asking the peer routers');
           const timer = setTimeout(() => this.noListener(id.h), 5000);
           this.pending.set(id.h, { left: sent, timer });
           if (!sent) this.noListener(id.h);
           return reply(0);
         }
         if (!l) {
+          this.log.info({ pid: session.pid, dst: `${dst}:${msg.remote_port}`, listeners: [...this.listeners.keys()] }, 'rdma_cm connect: no listener');
           id.state = 'done';
           this.emit(id, REJECTED, { status: REJ_NO_LISTENER });
           return reply(0);
@@ -186,6 +193,7 @@ export class ConnectionManager {
         return reply(0);
       }
       case MsgType.CM_REJECT: {
+        this.log.info({ pid: session.pid }, 'rdma_cm connection rejected by the application');
         if (id.remote && id.state === 'connecting') {
           id.state = 'done';
           this.net?.send(id.remote.conn, { t: 'rej', cid: id.remote.h, priv: priv.toString('base64') });
@@ -210,6 +218,8 @@ export class ConnectionManager {
 
   private wildcard(ip: string, port: number): CmId | undefined {
     const l = this.listeners.get(`0.0.0.0:${port}`);
+    if (l && !l.session.ownership.owns(ip))
+      this.log.info({ pid: l.session.pid, ip, gid: wireToIpv4(l.gid), own: l.session.ownership.overlayAddresses() }, 'rdma_cm wildcard listener does not own the address');
     return l && l.session.ownership.owns(ip) ? l : undefined;
   }
 
@@ -238,6 +248,7 @@ export class ConnectionManager {
     this.pending.delete(cid);
     const id = this.ids.get(cid);
     if (!id) return;
+    this.log.info({ pid: id.session.pid, listeners: [...this.listeners.keys()] }, 'rdma_cm connect: no listener on any host');
     id.state = 'done';
     this.emit(id, REJECTED, { status: REJ_NO_LISTENER });
   }
@@ -315,7 +326,11 @@ export class ConnectionManager {
   }
 
   sessionClosed(session: ClientSession): void {
-    for (const id of [...this.ids.values()]) if (id.session === session) this.destroy(id);
+    for (const id of [...this.ids.values()])
+      if (id.session === session) {
+        if (id.listenKey) this.log.info({ pid: session.pid, listener: id.listenKey }, 'rdma_cm listener gone with its process');
+        this.destroy(id);
+      }
     for (const ch of [...this.channels.values()])
       if (ch.session === session) {
         native.close(ch.fd);

@@ -129,7 +129,7 @@ export class RdmaExtension implements RouterExtension {
   }
 
   stats() {
-    return { sessions: this.sessions.size, ...rdma.rdmaStats() };
+    return { sessions: this.sessions.size, ...rdma.rdmaStats(), cmListeners: this.cm.listening() };
   }
 
   handle(session: ClientSession, msg: WireMsg, payload: Buffer, fds: number[]): Answer {
