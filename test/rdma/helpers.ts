@@ -46,13 +46,19 @@ export async function listening(tb: Testbed, node: string, port: number, s?: Sta
   }
 }
 
-/** Waits until an rdma_cm listener on that port exists in the router of the node's host. */
+/** Waits until an rdma_cm listener on that port exists in the router of the node's host.
+ * perftest -R servers listen, close that id and listen again while they set up, so the
+ * listener must still be there a moment later. */
 export async function cmListening(tb: Testbed, node: string, port: number, s?: Started, timeoutMs = 20_000): Promise<void> {
   const host = `h${node.slice(1, -1)}`;
   const end = Date.now() + timeoutMs;
+  let seenAt = 0;
   for (;;) {
     const st = await rdmaStats(tb, host);
-    if (st.cmListeners.some((l) => l.endsWith(`:${port}`))) return;
+    const up = st.cmListeners.some((l) => l.endsWith(`:${port}`));
+    if (!up) seenAt = 0;
+    else if (!seenAt) seenAt = Date.now();
+    else if (Date.now() - seenAt >= 1500) return;
     if (Date.now() > end || (s && s.proc.exitCode !== null)) throw new Error(`no rdma_cm listener on port ${port} at ${host}${s ? `; server output:\n${s.output()}` : ''}`);
     await new Promise((r) => setTimeout(r, 100));
   }

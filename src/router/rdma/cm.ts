@@ -21,6 +21,7 @@ const EINVAL = 22, ENOENT = 2, EADDRINUSE = 98, EADDRNOTAVAIL = 99, EPERM = 1;
 const ADDR_RESOLVED = 0, ADDR_ERROR = 1, ROUTE_RESOLVED = 2, CONNECT_REQUEST = 4, REJECTED = 8, ESTABLISHED = 9, DISCONNECTED = 10;
 const REJ_NO_LISTENER = 28; // IB CM reject reason "invalid service ID", what rdma_cm reports
 const MAX_PRIVATE = 255;
+const CONNECT_RETRY_MS = 2000; // how long a connection request waits for a listener to appear
 
 interface Channel { h: number; fd: number; session: ClientSession }
 interface CmId {
@@ -49,6 +50,8 @@ export interface CmHost {
   qpOwnedBy(qpn: number, pid: number): boolean;
   /** Moves QP qpn to ERR if it still exists. */
   qpToErr(qpn: number): void;
+  /** True if a container process on this host has that overlay address. */
+  isLocal(ip: string): boolean;
 }
 
 function reply(status: number, h: number[] = [], fill?: (m: WireMsg) => void): Answer {
@@ -145,30 +148,9 @@ export class ConnectionManager {
         if (id.state !== 'idle') return fail(EINVAL);
         if (h[1] && !this.host.qpOwnedBy(h[1], session.pid)) return fail(EPERM);
         id.qpn = h[1];
-        const dst = wireToIpv4(msg.remote_addr) ?? '';
-        const l = this.listeners.get(`${dst}:${msg.remote_port}`) ?? this.wildcard(dst, msg.remote_port);
-        const peers = this.net?.peers() ?? [];
-        if (!l && peers.length) {
-          id.state = 'connecting';
-          const req = { t: 'req', cid: id.h, dst, port: msg.remote_port, qpn: id.qpn, gid: id.gid.toString('hex'), src: id.ip, sport: id.port, priv: priv.toString('base64') };
-          const sent = peers.filter((c) => this.net!.send(c, req)).length;
-          this.log.info({ pid: session.pid, dst: `${dst}:${msg.remote_port}`, listeners: [...this.listeners.keys()] }, 'rdma_cm connect: asking the peer routers');
-          const timer = setTimeout(() => this.noListener(id.h), 5000);
-          this.pending.set(id.h, { left: sent, timer });
-          if (!sent) this.noListener(id.h);
-          return reply(0);
-        }
-        if (!l) {
-          this.log.info({ pid: session.pid, dst: `${dst}:${msg.remote_port}`, listeners: [...this.listeners.keys()] }, 'rdma_cm connect: no listener');
-          id.state = 'done';
-          this.emit(id, REJECTED, { status: REJ_NO_LISTENER });
-          return reply(0);
-        }
-        const s: CmId = { h: this.next++, session: l.session, channel: l.channel, gid: l.gid, ip: dst, port: msg.remote_port, qpn: 0, peer: id, state: 'connecting' };
-        this.ids.set(s.h, s);
-        id.peer = s;
         id.state = 'connecting';
-        this.emit(l, CONNECT_REQUEST, { newId: s.h, peerQpn: id.qpn, peerGid: id.gid, local: [dst, msg.remote_port], remote: [id.ip!, id.port], priv });
+        const dst = wireToIpv4(msg.remote_addr) ?? '';
+        this.attemptConnect(id, dst, msg.remote_port, priv, Date.now() + CONNECT_RETRY_MS);
         return reply(0);
       }
       case MsgType.CM_ACCEPT: {
@@ -216,6 +198,41 @@ export class ConnectionManager {
     }
   }
 
+  private findListener(ip: string, port: number): CmId | undefined {
+    return this.listeners.get(`${ip}:${port}`) ?? this.wildcard(ip, port);
+  }
+
+  /** Like a CM request that is retried: a listener that appears within CONNECT_RETRY_MS is
+   * found (perftest -R servers close and reopen their listener between two connections). */
+  private attemptConnect(id: CmId, dst: string, port: number, priv: Buffer, deadline: number): void {
+    if (this.ids.get(id.h) !== id || id.state !== 'connecting') return;
+    const l = this.findListener(dst, port);
+    if (l) {
+      const s: CmId = { h: this.next++, session: l.session, channel: l.channel, gid: l.gid, ip: dst, port, qpn: 0, peer: id, state: 'connecting' };
+      this.ids.set(s.h, s);
+      id.peer = s;
+      this.emit(l, CONNECT_REQUEST, { newId: s.h, peerQpn: id.qpn, peerGid: id.gid, local: [dst, port], remote: [id.ip!, id.port], priv });
+      return;
+    }
+    const peers = this.net?.peers() ?? [];
+    if (!this.host.isLocal(dst) && peers.length) {
+      this.log.info({ pid: id.session.pid, dst: `${dst}:${port}` }, 'rdma_cm connect: asking the peer routers');
+      const req = { t: 'req', cid: id.h, dst, port, qpn: id.qpn, gid: id.gid.toString('hex'), src: id.ip, sport: id.port, priv: priv.toString('base64') };
+      const sent = peers.filter((c) => this.net!.send(c, req)).length;
+      const timer = setTimeout(() => this.noListener(id.h), CONNECT_RETRY_MS + 3000);
+      this.pending.set(id.h, { left: sent, timer });
+      if (!sent) this.noListener(id.h);
+      return;
+    }
+    if (Date.now() < deadline) {
+      setTimeout(() => this.attemptConnect(id, dst, port, priv, deadline), 50);
+      return;
+    }
+    this.log.info({ pid: id.session.pid, dst: `${dst}:${port}`, listeners: [...this.listeners.keys()] }, 'rdma_cm connect: no listener');
+    id.state = 'done';
+    this.emit(id, REJECTED, { status: REJ_NO_LISTENER });
+  }
+
   private wildcard(ip: string, port: number): CmId | undefined {
     const l = this.listeners.get(`0.0.0.0:${port}`);
     if (l && !l.session.ownership.owns(ip))
@@ -260,15 +277,19 @@ export class ConnectionManager {
     const num = (v: unknown) => (typeof v === 'number' && Number.isInteger(v) && v >= 0 ? v : 0);
     switch (m.t) {
       case 'req': {
-        const dst = String(m.dst), port = num(m.port);
-        const l = this.listeners.get(`${dst}:${port}`) ?? this.wildcard(dst, port);
-        if (!l) {
-          this.net?.send(conn, { t: 'nol', cid: m.cid });
-          return;
-        }
-        const s: CmId = { h: this.next++, session: l.session, channel: l.channel, gid: l.gid, ip: dst, port, qpn: 0, remote: { conn, h: num(m.cid) }, state: 'connecting' };
-        this.ids.set(s.h, s);
-        this.emit(l, CONNECT_REQUEST, { newId: s.h, peerQpn: num(m.qpn), peerGid: gid, local: [dst, port], remote: [String(m.src), num(m.sport)], priv });
+        const dst = String(m.dst), port = num(m.port), deadline = Date.now() + CONNECT_RETRY_MS;
+        const attempt = () => {
+          const l = this.findListener(dst, port);
+          if (!l) {
+            if (Date.now() < deadline) setTimeout(attempt, 50);
+            else this.net?.send(conn, { t: 'nol', cid: m.cid });
+            return;
+          }
+          const s: CmId = { h: this.next++, session: l.session, channel: l.channel, gid: l.gid, ip: dst, port, qpn: 0, remote: { conn, h: num(m.cid) }, state: 'connecting' };
+          this.ids.set(s.h, s);
+          this.emit(l, CONNECT_REQUEST, { newId: s.h, peerQpn: num(m.qpn), peerGid: gid, local: [dst, port], remote: [String(m.src), num(m.sport)], priv });
+        };
+        attempt();
         return;
       }
       case 'nol': {

@@ -7,7 +7,7 @@
 import { randomInt } from 'node:crypto';
 import type { Logger } from '../../log.js';
 import { native, READABLE } from '../../native.js';
-import { emptyMsg, FF_RDMA_ARGS_SIZE, ipv4ToWire, MsgType, type WireMsg } from '../../protocol/codec.js';
+import { emptyMsg, FF_RDMA_ARGS_SIZE, ipv4ToWire, MsgType, wireToIpv4, type WireMsg } from '../../protocol/codec.js';
 import type { Answer, ClientSession } from '../client-session.js';
 import type { RouterExtension } from '../requests.js';
 import { ConnectionManager } from './cm.js';
@@ -97,6 +97,7 @@ export class RdmaExtension implements RouterExtension {
       {
         gidOf: (session) => this.resources(session)?.gid,
         qpOwnedBy: (qpn, pid) => [...this.sessions].some(([s, r]) => s.pid === pid && r.qps.has(qpn)),
+        isLocal: (ip) => [...this.sessions.values()].some((r) => wireToIpv4(r.gid) === ip),
         qpToErr: (qpn) => {
           for (const r of this.sessions.values()) if (r.qps.has(qpn)) rdma.rdmaModifyQp(qpn, 6, -1, null, -1);
         },
