@@ -66,8 +66,14 @@ export class Testbed {
       encoding: 'utf8',
     });
     if (r.status !== 0) throw new Error(`testbed up failed: ${r.stderr}`);
-    if (opts.routers !== false) for (let h = 1; h <= tb.hosts; h++) await tb.startRouter(`h${h}`);
-    if (opts.routers !== false) await tb.waitPeers();
+    try {
+      if (opts.routers !== false) for (let h = 1; h <= tb.hosts; h++) await tb.startRouter(`h${h}`);
+      if (opts.routers !== false) await tb.waitPeers();
+    } catch (err) {
+      // A failure here ends the test file before tap runs its teardowns: clean up now.
+      await tb.down();
+      throw err;
+    }
     return tb;
   }
 
