@@ -152,6 +152,30 @@ static int ffv_poll_cq(struct ibv_cq *cq, int n, struct ibv_wc *wc);
 static int ffv_req_notify_cq(struct ibv_cq *cq, int solicited);
 static int ffv_post_send(struct ibv_qp *qp, struct ibv_send_wr *wr, struct ibv_send_wr **bad);
 static int ffv_post_recv(struct ibv_qp *qp, struct ibv_recv_wr *wr, struct ibv_recv_wr **bad);
+/* Appends receive requests to a receive ring (a QP's RQ or an SRQ); the caller holds its lock.
+ * Stops at the first request that does not fit or is malformed and leaves *wrp pointing at it. */
+static int push_recvs(struct ff_ring *ring, struct ff_rwqe *ents, uint32_t depth, struct ibv_recv_wr **wrp) {
+  int rc = 0;
+  uint32_t head = ring->head;
+  struct ibv_recv_wr *wr = *wrp;
+  for (; wr; wr = wr->next) {
+    if (head - __atomic_load_n(&ring->tail, __ATOMIC_ACQUIRE) >= depth) { rc = ENOMEM; break; }
+    if (wr->num_sge < 0 || wr->num_sge > FF_RDMA_MAX_SGE) { rc = EINVAL; break; }
+    struct ff_rwqe *e = &ents[head & (depth - 1)];
+    e->wr_id = wr->wr_id;
+    e->num_sge = (uint32_t)wr->num_sge;
+    for (int i = 0; i < wr->num_sge; i++) {
+      e->sge[i].addr = wr->sg_list[i].addr;
+      e->sge[i].length = wr->sg_list[i].length;
+      e->sge[i].lkey = wr->sg_list[i].lkey;
+    }
+    head++;
+  }
+  __atomic_store_n(&ring->head, head, __ATOMIC_RELEASE);
+  *wrp = wr;
+  return rc;
+}
+
 static int ffv_post_srq_recv(struct ibv_srq *srq, struct ibv_recv_wr *wr, struct ibv_recv_wr **bad);
 
 EXPORT struct ibv_context *ibv_open_device(struct ibv_device *dev) {
@@ -534,23 +558,7 @@ static int ffv_post_srq_recv(struct ibv_srq *srq, struct ibv_recv_wr *wr, struct
   struct ffv_srq *q = (struct ffv_srq *)srq;
   int rc = 0;
   pthread_spin_lock(&q->lock);
-  struct ff_srq_shm *s = q->shm;
-  uint32_t head = s->ring.head;
-  struct ff_rwqe *ents = ff_srq_entries(s);
-  for (; wr; wr = wr->next) {
-    if (head - __atomic_load_n(&s->ring.tail, __ATOMIC_ACQUIRE) >= q->depth) { rc = ENOMEM; break; }
-    if (wr->num_sge < 0 || wr->num_sge > FF_RDMA_MAX_SGE) { rc = EINVAL; break; }
-    struct ff_rwqe *e = &ents[head & (q->depth - 1)];
-    e->wr_id = wr->wr_id;
-    e->num_sge = (uint32_t)wr->num_sge;
-    for (int i = 0; i < wr->num_sge; i++) {
-      e->sge[i].addr = wr->sg_list[i].addr;
-      e->sge[i].length = wr->sg_list[i].length;
-      e->sge[i].lkey = wr->sg_list[i].lkey;
-    }
-    head++;
-  }
-  __atomic_store_n(&s->ring.head, head, __ATOMIC_RELEASE);
+  rc = push_recvs(&q->shm->ring, ff_srq_entries(q->shm), q->depth, &wr);
   pthread_spin_unlock(&q->lock);
   /* An engine asleep has nothing waiting for receives (it only sleeps when nothing waits). */
   if (rc) *bad = wr;
@@ -730,25 +738,9 @@ static int ffv_post_recv(struct ibv_qp *qp, struct ibv_recv_wr *wr, struct ibv_r
     return EINVAL;
   }
   pthread_spin_lock(&q->rq_lock);
-  struct ff_qp_shm *s = q->shm;
-  uint32_t head = s->rq.head;
-  struct ff_rwqe *ents = ff_qp_rq_entries(s);
-  for (; wr; wr = wr->next) {
-    if (head - __atomic_load_n(&s->rq.tail, __ATOMIC_ACQUIRE) >= q->rq_depth) { rc = ENOMEM; break; }
-    if (wr->num_sge < 0 || wr->num_sge > FF_RDMA_MAX_SGE) { rc = EINVAL; break; }
-    struct ff_rwqe *e = &ents[head & (q->rq_depth - 1)];
-    e->wr_id = wr->wr_id;
-    e->num_sge = (uint32_t)wr->num_sge;
-    for (int i = 0; i < wr->num_sge; i++) {
-      e->sge[i].addr = wr->sg_list[i].addr;
-      e->sge[i].length = wr->sg_list[i].length;
-      e->sge[i].lkey = wr->sg_list[i].lkey;
-    }
-    head++;
-  }
-  __atomic_store_n(&s->rq.head, head, __ATOMIC_RELEASE);
+  rc = push_recvs(&q->shm->rq, ff_qp_rq_entries(q->shm), q->rq_depth, &wr);
   pthread_spin_unlock(&q->rq_lock);
-  ring_doorbell(s);
+  ring_doorbell(q->shm);
   if (rc) *bad = wr;
   return rc;
 }
