@@ -87,7 +87,14 @@ for (const events of [false, true]) {
 
 for (const [server, sip] of [['c12', ip12], ['c21', ip21]])
   t.test(`shared receive queues: ibv_srq_pingpong -c (16 QPs on one SRQ) and ib_send_bw --use-srq, c11 -> ${server}`, async (t) => {
-    const { srv, cli } = await pair(tb, server, 'c11', sip, ['ibv_srq_pingpong', '-g', '0', '-c', '-n', '200', '-p', String(ppPort++)]);
+    let { srv, cli } = await pair(tb, server, 'c11', sip, ['ibv_srq_pingpong', '-g', '0', '-c', '-n', '200', '-p', String(ppPort++)]);
+    if (srv.code !== 0 && /retry counter exceeded/.test(srv.stdout)) {
+      // Known race (docs/rdma.md, known issues): across hosts the server's last send can find
+      // the client's QPs already destroyed. Seen about once in five runs; a second failure in a
+      // row is a real fault and fails the test.
+      t.comment(`srq_pingpong server hit the teardown race; running once more: ${srv.stdout.split('\n')[0]}`);
+      ({ srv, cli } = await pair(tb, server, 'c11', sip, ['ibv_srq_pingpong', '-g', '0', '-c', '-n', '200', '-p', String(ppPort++)]));
+    }
     t.equal(cli.code, 0, 'srq_pingpong client exits 0', { out: cli.stdout + cli.stderr });
     t.equal(srv.code, 0, 'srq_pingpong server exits 0', { out: srv.stdout });
     t.match(cli.stdout, /200 iters in/, 'all iterations done, buffers validated');
