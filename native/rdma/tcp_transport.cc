@@ -21,6 +21,7 @@
 #include <thread>
 
 #include "ff_rdma_shm.h"
+#include "realtime.h"
 #include "transport.h"
 
 namespace ffrdma {
@@ -152,9 +153,9 @@ class TcpTransport : public Transport {
 
   // Reads messages until the connection fails, then reports it down.
   void Reader(int idx) {
-    // Same weight as the engine thread: a reader waiting behind busy-polling applications
-    // would add a scheduler tick to every cross-host round trip.
-    setpriority(PRIO_PROCESS, pid_t(syscall(SYS_gettid)), -15);
+    // Same class as the engine thread: a reader waiting behind busy-polling applications
+    // would add a scheduler slice to every cross-host round trip.
+    RaiseToDataPathPriority();
     Conn& c = *conns_[idx];
     InBuf rd(c.fd);
     for (;;) {
