@@ -2,6 +2,7 @@
 import type { WorkloadResult, RepResult } from './runner.js';
 import { PATHS } from './lib/paths.js';
 import { median, pairedRatios, round } from './lib/stats.js';
+import { rdmaVsHost, rdmaVsHostMarkdown } from './rdma-vs-host.js';
 
 export interface BenchRecord {
   workload: string;
@@ -42,6 +43,8 @@ export interface Output {
   errors: { workload: string; error: string }[];
   /** per workload, path and repetition: what the runner saw (CPU window, VXLAN bytes, router counter growth) */
   runs: Record<string, unknown>[];
+  /** RDMA figures against the host network's TCP figures and the RDMA targets */
+  rdma_vs_host?: ReturnType<typeof rdmaVsHost>;
 }
 
 const COMPARE: Record<string, [string, string][]> = {
@@ -161,6 +164,7 @@ export function markdown(o: Output): string {
     }
     L.push('');
   }
+  L.push(...rdmaVsHostMarkdown(rdmaVsHost(o.records)));
   const errs = [...o.errors.map((e) => `- ${e.workload}: ${e.error}`), ...o.records.flatMap((r) => (r.errors ?? []).map((e) => `- ${r.workload} (${r.scope}) ${e}`))];
   const inval = o.records.flatMap((r) => (r.invalid_reasons ?? []).map((e) => `- ${r.workload} (${r.scope}) ${e}`));
   if (errs.length) L.push('## Errors', '', ...[...new Set(errs)], '');

@@ -9,6 +9,7 @@ import { Testbed } from './lib/testbed.js';
 import { ROOT } from './lib/paths.js';
 import { runWorkload, type WorkloadResult } from './runner.js';
 import { buildRecords, markdown, runDetails, type Output } from './report.js';
+import { rdmaVsHost } from './rdma-vs-host.js';
 import { chartSvg } from './chart.js';
 import { median } from './lib/stats.js';
 import { iperf3 } from './workloads/iperf3.js';
@@ -102,7 +103,7 @@ async function main(): Promise<number> {
   const runs = runDetails(results);
   const perWall = (k: string) => median(runs.filter((r) => r.wall_s).map((r) => Number(r[k] ?? 0) / Number(r.wall_s)));
   meta.notes.push(`Machine load during the measured windows (median over runs): other tenants ${perWall('foreign_cpu_s')?.toFixed(2)} cores, hypervisor steal ${perWall('steal_cpu_s')?.toFixed(2)} cores (of ${meta.machine.nproc}).`);
-  const out: Output = { meta, records, errors, runs };
+  const out: Output = { meta, records, errors, runs, rdma_vs_host: rdmaVsHost(records) };
   mkdirSync(outDir, { recursive: true });
   writeFileSync(join(outDir, 'latest.json'), JSON.stringify(out, null, 2) + '\n');
   const md = markdown(out);
