@@ -901,7 +901,7 @@ bool Service(Qp& q) {
 // QP. Publish the flag first, then look once more, so a post racing with us is never missed.
 // True if a sweep would find something to do right now. Needs mu.
 bool HasWork() {
-  if (!pending.empty() || (transport && transport->HasPending())) return true;
+  if (!pending.empty() || (transport && (transport->HasPending() || transport->HasUnsent()))) return true;
   for (auto& [n, q] : qps) {
     uint32_t sh = __atomic_load_n(&q->shm->sq.head, __ATOMIC_SEQ_CST), rh = __atomic_load_n(&q->shm->rq.head, __ATOMIC_SEQ_CST);
     if ((q->state == FF_QPS_RTS && sh != q->sq_next) || (q->state == FF_QPS_ERR && (sh != q->sq_tail || rh != q->rq_tail))) return true;
@@ -948,7 +948,7 @@ void Loop() {
       std::lock_guard<std::mutex> g(mu);
       if (!running) return;
       blocked = false;
-      if (transport) did |= ServeNetwork();
+      if (transport) did |= transport->FlushUnsent() | ServeNetwork();
       if (!pending.empty()) blocked = true;
       for (auto& [n, q] : qps) did |= Service(*q);
     }

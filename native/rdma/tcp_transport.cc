@@ -31,7 +31,17 @@ struct Conn {
   int fd = -1;
   std::atomic<bool> up{false};
   std::mutex wmu;
+  // Bytes a reader thread could not write without blocking; they go out, in order, before
+  // anything else on this connection (the engine thread flushes them). omu guards only the
+  // vector and is never held across I/O, so a reader never waits for a blocked writer.
+  std::mutex omu;
+  std::vector<uint8_t> outbox;
 };
+
+// Set in the transport's reader threads. A reader also answers requests itself (the engine's
+// OnNetworkMessage), but it must never block on a send: if both hosts' readers waited for
+// full send buffers, neither would read, and the two routers would deadlock.
+thread_local bool tls_reader = false;
 
 bool ReadFull(int fd, void* p, size_t n) {
   auto* c = static_cast<uint8_t*>(p);
@@ -63,6 +73,41 @@ bool WriteMsg(int fd, const NetHdr& h, const void* payload) {
       iov[i].iov_base = static_cast<uint8_t*>(iov[i].iov_base) + left;
       iov[i].iov_len -= left;
     }
+  }
+  return true;
+}
+
+// Writes what fits now (MSG_DONTWAIT); returns the number of bytes written, or -1 if the
+// connection failed.
+ssize_t WriteMsgNoWait(int fd, const NetHdr& h, const void* payload) {
+  iovec iov[2] = {{const_cast<NetHdr*>(&h), sizeof h}, {const_cast<void*>(payload), h.len}};
+  msghdr mh{};
+  mh.msg_iov = iov;
+  mh.msg_iovlen = h.len ? 2 : 1;
+  for (;;) {
+    ssize_t r = sendmsg(fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (r >= 0) return r;
+    if (errno == EINTR) continue;
+    return errno == EAGAIN || errno == EWOULDBLOCK ? 0 : -1;
+  }
+}
+
+// Appends message bytes [from, end) to a byte vector.
+void AppendMsg(std::vector<uint8_t>& out, const NetHdr& h, const void* payload, size_t from) {
+  const auto* hp = reinterpret_cast<const uint8_t*>(&h);
+  const auto* pp = static_cast<const uint8_t*>(payload);
+  for (size_t i = from; i < sizeof h; i++) out.push_back(hp[i]);
+  size_t p0 = from > sizeof h ? from - sizeof h : 0;
+  if (h.len > p0) out.insert(out.end(), pp + p0, pp + h.len);
+}
+
+bool WriteAll(int fd, const uint8_t* p, size_t n) {
+  while (n) {
+    ssize_t r = send(fd, p, n, MSG_NOSIGNAL);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) return false;
+    p += r;
+    n -= size_t(r);
   }
   return true;
 }
@@ -110,8 +155,36 @@ class TcpTransport : public Transport {
     if (conn < 0 || size_t(conn) >= kMaxConns) return false;
     Conn& c = *conns_[conn];
     if (!c.up) return false;
+    if (tls_reader) {
+      // Another thread may be blocked writing (holding wmu): then queue behind it.
+      std::unique_lock<std::mutex> w(c.wmu, std::try_to_lock);
+      std::lock_guard<std::mutex> o(c.omu);
+      size_t done = 0;
+      if (w.owns_lock() && c.outbox.empty()) {
+        ssize_t r = WriteMsgNoWait(c.fd, h, payload);
+        if (r < 0) return false;
+        done = size_t(r);
+        if (done == sizeof h + h.len) return true;
+      }
+      AppendMsg(c.outbox, h, payload, done);
+      unsent_.store(true, std::memory_order_seq_cst);
+      return true;
+    }
     std::lock_guard<std::mutex> g(c.wmu);
+    if (!FlushLocked(c)) return false;
     return WriteMsg(c.fd, h, payload);
+  }
+
+  bool HasUnsent() override { return unsent_.load(std::memory_order_seq_cst); }
+
+  bool FlushUnsent() override {
+    if (!unsent_.exchange(false)) return false;
+    for (auto& cp : conns_) {
+      Conn& c = *cp;
+      std::lock_guard<std::mutex> g(c.wmu);
+      FlushLocked(c);
+    }
+    return true;
   }
 
   std::vector<int> Peers() override {
@@ -137,6 +210,20 @@ class TcpTransport : public Transport {
   static constexpr size_t kMaxPeers = 256;  // connections [0, kMaxPeers) are outgoing, one per peer
   static constexpr size_t kMaxConns = 1024;
 
+  // Writes what a reader left behind (blocking); false if the connection failed.
+  // Needs wmu. Writes the outbox in chunks taken under omu, so readers can keep appending.
+  static bool FlushLocked(Conn& c) {
+    for (;;) {
+      std::vector<uint8_t> chunk;
+      {
+        std::lock_guard<std::mutex> o(c.omu);
+        if (c.outbox.empty()) return true;
+        chunk.swap(c.outbox);
+      }
+      if (!c.up || !WriteAll(c.fd, chunk.data(), chunk.size())) return false;
+    }
+  }
+
   void Push(Inbound&& in) {
     {
       std::lock_guard<std::mutex> g(qmu_);
@@ -156,6 +243,7 @@ class TcpTransport : public Transport {
     // Same class as the engine thread: a reader waiting behind busy-polling applications
     // would add a scheduler slice to every cross-host round trip.
     RaiseToDataPathPriority();
+    tls_reader = true;
     Conn& c = *conns_[idx];
     InBuf rd(c.fd);
     for (;;) {
@@ -169,6 +257,10 @@ class TcpTransport : public Transport {
     {
       std::lock_guard<std::mutex> g(c.wmu);
       c.up = false;
+      {
+        std::lock_guard<std::mutex> o(c.omu);
+        c.outbox.clear();
+      }
       shutdown(c.fd, SHUT_RDWR);
       close(c.fd);
       c.fd = -1;
@@ -262,6 +354,7 @@ class TcpTransport : public Transport {
   std::mutex qmu_;
   std::deque<Inbound> q_;
   std::atomic<bool> pending_{false};
+  std::atomic<bool> unsent_{false};  // some connection's outbox holds bytes
 };
 
 }  // namespace

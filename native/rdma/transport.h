@@ -64,6 +64,10 @@ class Transport {
   virtual bool Drain(std::deque<Inbound>& out) = 0;
   // True if messages wait for Drain.
   virtual bool HasPending() = 0;
+  // Sends from the transport's own reader threads never block; what did not fit waits here
+  // until the engine thread calls FlushUnsent (which may block). Returns true if it wrote.
+  virtual bool HasUnsent() = 0;
+  virtual bool FlushUnsent() = 0;
 };
 
 // Listens on host_ip:port (accepting only the listed peers) and keeps a connection to each peer.
