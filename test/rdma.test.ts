@@ -154,6 +154,19 @@ for (const [prog, re] of perftests) {
   });
 }
 
+// Both directions saturated at once across hosts, with large messages that fill the socket
+// buffers. (Transport readers also answer requests and must never block on a send, or two of
+// them could deadlock the routers; that interleaving is rare, so this test shows bidirectional
+// transfers work rather than reliably provoking it. Verified: it passed with readers blocking.)
+for (const prog of ['ib_write_bw', 'ib_read_bw'])
+  t.test(`${prog} -b (bidirectional, 1 MiB) c11 <-> c21 completes`, async (t) => {
+    const args = [prog, '-d', 'ffvnic0', '-x', '0', '-b', '-s', '1048576', '-n', '300', '-p', String(++pport)];
+    const { srv, cli } = await pair(tb, 'c21', 'c11', ip21, args, { timeoutMs: 90_000 });
+    t.equal(cli.code, 0, 'client exits 0', { out: cli.stdout + cli.stderr });
+    t.equal(srv.code, 0, 'server exits 0', { out: srv.stdout });
+    t.match(cli.stdout, /^\s*1048576\s+300\s/m, 'result line');
+  });
+
 // librdmacm replacement: the connection manager runs in the routers (across hosts too).
 let rpPort = 9500;
 for (const [server, sip] of [['c12', ip12], ['c21', ip21]]) {
