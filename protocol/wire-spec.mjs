@@ -51,7 +51,7 @@ export const TYPES = {
   RDMA_OPEN: 100, // reply: local_addr = the container's GID (IPv4-mapped overlay address)
   RDMA_ALLOC_PD: 101, // reply h0 = pd
   RDMA_DEALLOC_PD: 102, // h0 = pd
-  RDMA_REG_MR: 103, // h0 = pd, h1 = access flags, v0 = addr, v1 = length; reply h0 = lkey, h1 = rkey
+  RDMA_REG_MR: 103, // h0 = pd, h1 = access flags, v0 = addr, v1 = length, v2 = iova; optional fd = sealed memfd holding h2 pages (4 KiB) of the region from v3 (its address), at page h3 of the file; reply h0 = lkey, h1 = rkey
   RDMA_DEREG_MR: 104, // h0 = lkey
   RDMA_CREATE_CQ: 105, // fd = memfd (struct ff_cq_shm), h0 = depth, h1 = channel or 0; reply h0 = cq
   RDMA_DESTROY_CQ: 106, // h0 = cq

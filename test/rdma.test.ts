@@ -49,6 +49,12 @@ t.test('verbs FreeFlow does not provide fail cleanly (NULL/error + EOPNOTSUPP), 
   for (const k of ['create_wq', 'create_qp UD', 'alloc_mw', 'create_cq_ex', 'qp_to_qp_ex', 'resize_cq']) t.match(r.stdout, new RegExp(`^ok ${k}`, 'm'), k);
 });
 
+t.test('registered memory backed by shared memory stays private across fork()', async (t) => {
+  const r = await tb.run('c11', [RDMA_CHECK, 'fork'], { env: VERBS_ENV });
+  t.equal(r.code, 0, 'all checks pass', { out: r.stdout + r.stderr });
+  for (const k of ['view', 'fork: the child saw', 'fork: the child\'s writes']) t.match(r.stdout, new RegExp(`^ok ${k}`, 'm'), k);
+});
+
 t.test('the router checks every handle against the session that owns it', async (t) => {
   const r = await tb.run('c11', ['node', '--import', 'tsx', join(ROOT, 'test/rdma/raw-rdma.ts'), join(tb.socketDir('h1'), 'ffrouter.sock')], {
     env: { NODE_PATH: join(ROOT, 'node_modules') },
@@ -69,6 +75,11 @@ t.test('the router checks every handle against the session that owns it', async 
   t.equal(o.busyPd, EBUSY, 'a PD with an MR cannot be freed');
   t.equal(o.deregOwn, 0, 'own MR deregistered');
   t.equal(o.deallocOwn, 0, 'then the PD freed');
+  // A memory file the router maps must be sealed against shrinking: truncated later, it would
+  // fault the router (SIGBUS) on its next access.
+  t.equal(o.cqUnsealedFile, EINVAL, 'a CQ ring in an unsealed file is refused');
+  t.equal(o.mrUnsealedView, EINVAL, 'an MR view in an unsealed file is refused');
+  t.equal(o.afterwards, 0, 'the router still answers');
 });
 
 let ppPort = 18600;
@@ -107,19 +118,27 @@ for (const [server, sip] of [['c12', ip12], ['c21', ip21]])
 let ckPort = 9200;
 for (const [server, sip] of [['c12', ip12], ['c21', ip21]])
 t.test(`payload integrity and RDMA semantics (rdma_check) c11 -> ${server}`, async (t) => {
-  const check = async (mode: string) => {
+  const check = async (mode: string, env: Record<string, string> = VERBS_ENV) => {
     const port = ++ckPort;
-    const s = tb.start(server, [RDMA_CHECK, 'server', String(port)], { env: VERBS_ENV });
+    const s = tb.start(server, [RDMA_CHECK, 'server', String(port)], { env });
     await s.waitFor(/listening/);
-    const r = await tb.run('c11', [RDMA_CHECK, 'client', sip, String(port), mode], { env: VERBS_ENV, timeoutMs: 60_000 });
+    const r = await tb.run('c11', [RDMA_CHECK, 'client', sip, String(port), mode], { env, timeoutMs: 60_000 });
     await Promise.race([s.exited, sleep(5000)]);
     await tb.stop(s);
     t.equal(r.code, 0, `${mode}: no failed check`, { out: r.stdout + r.stderr });
     t.notMatch(r.stdout, /^FAIL/m);
     return r.stdout;
   };
+  // Registered buffers in shared memory (the engine copies with memcpy) and, with
+  // FF_VERBS_SHARE_MR=0, in private memory (process_vm_readv/writev): both must be exact.
+  const mapped0 = (await rdmaStats(tb, 'h1')).mapped;
   const integ = await check('integrity');
   for (const k of ['send', 'write', 'read', 'atomics', 'write with immediate']) t.match(integ, new RegExp(`^ok ${k}`, 'm'), `integrity: ${k}`);
+  const mapped1 = (await rdmaStats(tb, 'h1')).mapped;
+  t.ok(mapped1 - mapped0 >= 8 << 20, `the engine on h1 copied through shared views (${mapped1 - mapped0} bytes)`);
+  const priv = await check('integrity', { ...VERBS_ENV, FF_VERBS_SHARE_MR: '0' });
+  for (const k of ['send', 'write', 'read', 'atomics', 'write with immediate']) t.match(priv, new RegExp(`^ok ${k}`, 'm'), `integrity without views: ${k}`);
+  t.equal((await rdmaStats(tb, 'h1')).mapped, mapped1, 'without views nothing went through them');
   const bad = await check('badrkey');
   t.match(bad, /^ok badrkey status=remote access error/m, 'wrong rkey completes with IBV_WC_REM_ACCESS_ERR');
   t.match(bad, /^ok after-error: next request flushed/m, 'the QP goes to ERR and flushes the next request');

@@ -93,9 +93,14 @@ static void *err_null(int e) { errno = e; return NULL; }
 static uint32_t pow2(uint32_t n) { uint32_t p = 1; while (p < n) p <<= 1; return p; }
 
 static int make_shm(const char *name, size_t len, void **map) {
-  int fd = memfd_create(name, MFD_CLOEXEC);
+  int fd = memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING);
   if (fd < 0) return -errno;
-  if (ftruncate(fd, (off_t)len) < 0) { int e = errno; close(fd); return -e; }
+  /* Sealed so the router can map it safely: a file that could shrink later would fault it. */
+  if (ftruncate(fd, (off_t)len) < 0 || fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) < 0) {
+    int e = errno;
+    close(fd);
+    return -e;
+  }
   void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
   if (p == MAP_FAILED) { int e = errno; close(fd); return -e; }
   *map = p;
@@ -326,7 +331,15 @@ EXPORT struct ibv_mr *ibv_reg_mr_iova2(struct ibv_pd *pd, void *addr, size_t len
   if (!pd || !length) return err_null(EINVAL);
   struct ff_rdma_args a = {.h = {pd->handle, access}, .v = {(uintptr_t)addr, length, iova}};
   struct ff_rdma_args out;
-  int rc = ffv_call(FF_T_RDMA_REG_MR, &a, -1, NULL, NULL, &out);
+  struct ffv_view view;
+  int view_fd = ffv_share_region(addr, length, &view);
+  if (view_fd >= 0) {
+    a.h[2] = (uint32_t)(view.len / 4096);
+    a.h[3] = (uint32_t)(view.file_offset / 4096);
+    a.v[3] = view.addr;
+  }
+  int rc = ffv_call(FF_T_RDMA_REG_MR, &a, view_fd, NULL, NULL, &out);
+  if (view_fd >= 0) close(view_fd);
   if (rc < 0) return err_null(-rc);
   struct ibv_mr *mr = calloc(1, sizeof *mr);
   if (!mr) return err_null(ENOMEM);

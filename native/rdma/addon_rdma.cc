@@ -17,7 +17,13 @@ const uint8_t* Gid(const Napi::CallbackInfo& info, int i) {
 Napi::Value Num(const Napi::CallbackInfo& info, double v) { return Napi::Number::New(info.Env(), v); }
 
 // The engine takes ownership of fds it accepts (channels); memfds are mapped and closed here.
-Napi::Value AddMr(const Napi::CallbackInfo& i) { return Num(i, ffrdma::AddMr(U32(i, 0), U32(i, 1), I32(i, 2), U64(i, 3), U64(i, 4), U64(i, 5), U32(i, 6))); }
+Napi::Value AddMr(const Napi::CallbackInfo& i) {
+  int fd = i.Length() > 7 ? I32(i, 7) : -1;
+  int rc = fd >= 0 ? ffrdma::AddMr(U32(i, 0), U32(i, 1), I32(i, 2), U64(i, 3), U64(i, 4), U64(i, 5), U32(i, 6), fd, U64(i, 8), U64(i, 9), U64(i, 10))
+                   : ffrdma::AddMr(U32(i, 0), U32(i, 1), I32(i, 2), U64(i, 3), U64(i, 4), U64(i, 5), U32(i, 6));
+  if (fd >= 0) close(fd);
+  return Num(i, rc);
+}
 Napi::Value DelMr(const Napi::CallbackInfo& i) { return Num(i, ffrdma::DelMr(U32(i, 0))); }
 Napi::Value AddChannel(const Napi::CallbackInfo& i) {
   int rc = ffrdma::AddChannel(U32(i, 0), I32(i, 1));
@@ -91,6 +97,7 @@ Napi::Value Stats(const Napi::CallbackInfo& i) {
   o.Set("qps", double(s.qps));
   o.Set("mrs", double(s.mrs));
   o.Set("cqs", double(s.cqs));
+  o.Set("mapped", double(s.mapped));
   return o;
 }
 

@@ -47,6 +47,17 @@ struct Mr {
   int pid;
   uint64_t addr, len, iova;
   uint32_t access;
+  // The part of the region the application moved into shared memory (page-aligned, inside
+  // [addr, addr+len)), mapped here too: copies to and from it are plain memcpy, no syscall.
+  uint8_t* view = nullptr;
+  uint64_t view_addr = 0, view_len = 0;
+};
+
+// Views of every MR that has one (few per host), for translating application addresses.
+struct View {
+  int pid;
+  uint64_t addr, len;
+  uint8_t* ptr;
 };
 
 struct Channel {
@@ -129,6 +140,8 @@ int cm_eventfd = -1;            // readable while cm_inbox has messages (JS watc
 bool running = false;
 std::vector<uint8_t> bounce;
 std::atomic<uint64_t> st_ops{0}, st_bytes{0}, st_errors{0}, st_served{0};
+std::atomic<uint64_t> st_mapped{0};  // bytes copied through shared-memory views
+std::vector<View> views;
 uint64_t rate_bps = 0;
 struct Bucket {
   double tokens;
@@ -142,10 +155,15 @@ uint64_t NowNs() {
   return uint64_t(ts.tv_sec) * 1000000000ull + ts.tv_nsec;
 }
 
-void* MapFd(int fd, size_t need) {
+// Maps [off, off+need) of a memory file an application sent. It must be sealed against
+// shrinking: otherwise the application could truncate it later and the engine's next access
+// to the mapping would kill the router with SIGBUS.
+void* MapFd(int fd, size_t need, uint64_t off = 0) {
   struct stat st;
-  if (fstat(fd, &st) < 0 || uint64_t(st.st_size) < need) return nullptr;
-  void* p = mmap(nullptr, need, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  int seals = fcntl(fd, F_GET_SEALS);
+  if (seals < 0 || !(seals & F_SEAL_SHRINK)) return nullptr;
+  if (fstat(fd, &st) < 0 || off > uint64_t(st.st_size) || uint64_t(st.st_size) - off < need) return nullptr;
+  void* p = mmap(nullptr, need, PROT_READ | PROT_WRITE, MAP_SHARED, fd, off_t(off));
   return p == MAP_FAILED ? nullptr : p;
 }
 
@@ -245,14 +263,33 @@ bool LocalIov(const Qp& q, const ff_sge* sge, uint32_t n, uint32_t need, uint64_
   return true;
 }
 
-// Moves len bytes between the bounce buffer and a process, in IOV_MAX-sized batches.
+// The engine's own pointer to [addr, addr+len) of process pid, if a view covers all of it.
+uint8_t* ViewOf(int pid, uint64_t addr, uint64_t len) {
+  for (const View& v : views)
+    if (v.pid == pid && addr >= v.addr && len <= v.len && addr - v.addr <= v.len - len) return v.ptr + (addr - v.addr);
+  return nullptr;
+}
+
+// Moves len bytes between buf and a process: segments inside a shared view by memmove, the
+// others with process_vm_readv/writev in batches of up to 1024.
 bool Xfer(int pid, std::vector<iovec>& remote, uint8_t* buf, uint64_t len, bool write) {
   uint64_t done = 0;
   size_t idx = 0;
   while (idx < remote.size()) {
-    size_t cnt = std::min<size_t>(remote.size() - idx, 1024);
+    uint8_t* v = ViewOf(pid, reinterpret_cast<uint64_t>(remote[idx].iov_base), remote[idx].iov_len);
+    if (v) {
+      if (write) memmove(v, buf + done, remote[idx].iov_len);
+      else memmove(buf + done, v, remote[idx].iov_len);
+      st_mapped += remote[idx].iov_len;
+      done += remote[idx].iov_len;
+      idx++;
+      continue;
+    }
+    size_t cnt = 0;
     uint64_t chunk = 0;
-    for (size_t i = idx; i < idx + cnt; i++) chunk += remote[i].iov_len;
+    while (idx + cnt < remote.size() && cnt < 1024 &&
+           (cnt == 0 || !ViewOf(pid, reinterpret_cast<uint64_t>(remote[idx + cnt].iov_base), remote[idx + cnt].iov_len)))
+      chunk += remote[idx + cnt++].iov_len;
     iovec local{buf + done, size_t(chunk)};
     ssize_t r = write ? process_vm_writev(pid, &local, 1, &remote[idx], cnt, 0)
                       : process_vm_readv(pid, &local, 1, &remote[idx], cnt, 0);
@@ -337,21 +374,32 @@ void Fail(Qp& q, const ff_swqe& w, uint32_t status) {
   st_errors++;
 }
 
-// Gathers the WQE's local data into the bounce buffer.
-bool Gather(Qp& q, const ff_swqe& w, uint64_t* len) {
+// The WQE's local data: *data points into the sender's shared view when the data is one
+// segment of it (no copy: the one copy goes straight to the destination), else into the bounce
+// buffer it was gathered into. Valid until the next Gather.
+bool Gather(Qp& q, const ff_swqe& w, uint64_t* len, uint8_t** data) {
   if (w.flags & FF_SWQE_INLINE) {
     if (w.inline_len > FF_RDMA_MAX_INLINE) return false;
     *len = w.inline_len;
     if (bounce.size() < *len) bounce.resize(*len);
     memcpy(bounce.data(), w.inline_data, *len);
+    *data = bounce.data();
     return true;
   }
   std::vector<iovec> iov;
   uint64_t total;
   if (!LocalIov(q, w.sge, w.num_sge, 0, UINT64_MAX, iov, &total)) return false;
   if (total > FF_RDMA_MAX_MSG) return false;
-  if (bounce.size() < total) bounce.resize(total);
   *len = total;
+  if (iov.size() == 1) {
+    if (uint8_t* v = ViewOf(q.pid, reinterpret_cast<uint64_t>(iov[0].iov_base), iov[0].iov_len)) {
+      *data = v;
+      st_mapped += total;
+      return true;
+    }
+  }
+  if (bounce.size() < total) bounce.resize(total);
+  *data = bounce.data();
   return Xfer(q.pid, iov, bounce.data(), total, false);
 }
 
@@ -411,7 +459,8 @@ Outcome Execute(Qp& q, const ff_swqe& w) {
       if (!(w.flags & FF_SWQE_INLINE))
         for (uint32_t i = 0; i < w.num_sge && i < FF_RDMA_MAX_SGE; i++) peek += w.sge[i].length;
       if (!RateAllows(q, peek)) return Outcome::Retry;
-      if (!Gather(q, w, &len)) {
+      uint8_t* data = nullptr;
+      if (!Gather(q, w, &len, &data)) {
         Fail(q, w, WC_LOC_PROT_ERR);
         return Outcome::Error;
       }
@@ -433,7 +482,7 @@ Outcome Execute(Qp& q, const ff_swqe& w) {
         }
         if (len) dst.push_back({reinterpret_cast<void*>(a), size_t(len)});
       }
-      if (len && !Xfer(d->pid, dst, bounce.data(), len, true)) {
+      if (len && !Xfer(d->pid, dst, data, len, true)) {
         Fail(q, w, WC_REM_OP_ERR);
         return Outcome::Error;
       }
@@ -467,7 +516,10 @@ Outcome Execute(Qp& q, const ff_swqe& w) {
       }
       if (bounce.size() < len) bounce.resize(len);
       std::vector<iovec> src{{reinterpret_cast<void*>(a), size_t(len)}};
-      if (len && (!Xfer(d->pid, src, bounce.data(), len, false) || !Xfer(q.pid, local, bounce.data(), len, true))) {
+      uint8_t* sv = len ? ViewOf(d->pid, a, len) : nullptr;  // one copy when the source is shared
+      if (sv) st_mapped += len;
+      if (len && (sv ? !Xfer(q.pid, local, sv, len, true)
+                     : (!Xfer(d->pid, src, bounce.data(), len, false) || !Xfer(q.pid, local, bounce.data(), len, true)))) {
         Fail(q, w, WC_REM_OP_ERR);
         return Outcome::Error;
       }
@@ -612,11 +664,12 @@ Outcome ExecuteRemote(Qp& q, const ff_swqe& w) {
         for (uint32_t i = 0; i < w.num_sge && i < FF_RDMA_MAX_SGE; i++) peek += w.sge[i].length;
       if (!RateAllows(q, peek)) return Outcome::Retry;
       uint64_t len;
-      if (!Gather(q, w, &len)) {
+      uint8_t* data = nullptr;
+      if (!Gather(q, w, &len, &data)) {
         return FailRemote(q, w, WC_LOC_PROT_ERR);
       }
       h.len = uint32_t(len);
-      payload = bounce.data();
+      payload = data;
       break;
     }
     case FF_WR_RDMA_READ: {
@@ -984,16 +1037,41 @@ void EnsureThread() {
 
 }  // namespace
 
-int AddMr(uint32_t key, uint32_t pd, int pid, uint64_t addr, uint64_t len, uint64_t iova, uint32_t access) {
+int AddMr(uint32_t key, uint32_t pd, int pid, uint64_t addr, uint64_t len, uint64_t iova, uint32_t access, int fd,
+          uint64_t view_addr, uint64_t view_off, uint64_t view_len) {
+  Mr m{pd, pid, addr, len, iova, access};
+  if (fd >= 0) {
+    // The view must lie inside the region and be whole pages of a sealed memory file.
+    long pg = sysconf(_SC_PAGESIZE);
+    if (!view_len || (view_addr | view_off | view_len) % uint64_t(pg) || view_addr < addr || view_len > len ||
+        view_addr - addr > len - view_len)
+      return -EINVAL;
+    void* p = MapFd(fd, view_len, view_off);
+    if (!p) return -EINVAL;
+    m.view = static_cast<uint8_t*>(p);
+    m.view_addr = view_addr;
+    m.view_len = view_len;
+  }
   std::lock_guard<std::mutex> g(mu);
-  if (!len || mrs.count(key)) return -EINVAL;
-  mrs[key] = Mr{pd, pid, addr, len, iova, access};
+  if (!len || mrs.count(key)) {
+    if (m.view) munmap(m.view, m.view_len);
+    return -EINVAL;
+  }
+  mrs[key] = m;
+  if (m.view) views.push_back({pid, m.view_addr, m.view_len, m.view});
   return 0;
 }
 
 int DelMr(uint32_t key) {
   std::lock_guard<std::mutex> g(mu);
-  return mrs.erase(key) ? 0 : -ENOENT;
+  auto it = mrs.find(key);
+  if (it == mrs.end()) return -ENOENT;
+  if (uint8_t* v = it->second.view) {
+    views.erase(std::remove_if(views.begin(), views.end(), [v](const View& x) { return x.ptr == v; }), views.end());
+    munmap(v, it->second.view_len);
+  }
+  mrs.erase(it);
+  return 0;
 }
 
 int AddChannel(uint32_t id, int fd) {
@@ -1191,7 +1269,7 @@ void SetRateLimit(uint64_t bps) {
 
 Stats GetStats() {
   std::lock_guard<std::mutex> g(mu);
-  return Stats{st_ops.load(), st_bytes.load(), st_errors.load(), st_served.load(), qps.size(), mrs.size(), cqs.size()};
+  return Stats{st_ops.load(), st_bytes.load(), st_errors.load(), st_served.load(), qps.size(), mrs.size(), cqs.size(), st_mapped.load()};
 }
 
 }  // namespace ffrdma

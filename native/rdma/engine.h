@@ -11,7 +11,10 @@
 
 namespace ffrdma {
 
-int AddMr(uint32_t key, uint32_t pd, int pid, uint64_t addr, uint64_t len, uint64_t iova, uint32_t access);
+// fd >= 0: a sealed memory file holding [view_addr, view_addr+view_len) of the region (at
+// offset view_off), which the application mapped in place; the engine maps it too.
+int AddMr(uint32_t key, uint32_t pd, int pid, uint64_t addr, uint64_t len, uint64_t iova, uint32_t access, int fd = -1,
+          uint64_t view_addr = 0, uint64_t view_off = 0, uint64_t view_len = 0);
 int DelMr(uint32_t key);
 int AddChannel(uint32_t id, int fd);
 int DelChannel(uint32_t id);
@@ -39,6 +42,7 @@ void SetRateLimit(uint64_t bytes_per_sec);
 
 struct Stats {
   uint64_t ops, bytes, errors, served, qps, mrs, cqs;  // served: requests from other hosts
+  uint64_t mapped;  // bytes copied through MRs' shared-memory views
 };
 Stats GetStats();
 

@@ -1,7 +1,7 @@
 // Run inside a container namespace (node --import tsx test/rdma/raw-rdma.ts <socket>): two
 // sessions of one process talk to the router with hand-made RDMA requests and try to use each
 // other's handles. Prints one JSON object with the status of every attempt.
-import { openSync } from 'node:fs';
+import { ftruncateSync, openSync, unlinkSync } from 'node:fs';
 import { native, READABLE } from '../../src/native.js';
 import { decode, emptyMsg, encode, FF_RDMA_ARGS_SIZE, MSG_SIZE, MsgType } from '../../src/protocol/codec.js';
 
@@ -54,6 +54,18 @@ out.shortPayload = (await call(b, MsgType.RDMA_DEALLOC_PD, [], [], [], Buffer.al
 out.busyPd = (await call(a, MsgType.RDMA_DEALLOC_PD, [pd])).status;
 out.deregOwn = (await call(a, MsgType.RDMA_DEREG_MR, [mr.h[0]])).status;
 out.deallocOwn = (await call(a, MsgType.RDMA_DEALLOC_PD, [pd])).status;
+// Files without seals (a plain tmpfs file), big enough for what they claim to hold.
+const unsealed = () => {
+  const path = `/dev/shm/ff-raw-${process.pid}-${seq}`;
+  const fd = openSync(path, 'w+');
+  ftruncateSync(fd, 1 << 20);
+  unlinkSync(path);
+  return fd;
+};
+out.cqUnsealedFile = (await call(a, MsgType.RDMA_CREATE_CQ, [16, 0], [], [unsealed()])).status;
+const pd2 = (await call(a, MsgType.RDMA_ALLOC_PD)).h[0];
+out.mrUnsealedView = (await call(a, MsgType.RDMA_REG_MR, [pd2, 7, 16, 0], [0x100000, 1 << 20, 0x100000, 0x100000], [unsealed()])).status;
+out.afterwards = (await call(a, MsgType.RDMA_DEALLOC_PD, [pd2])).status;
 console.log(JSON.stringify(out));
 native.close(a);
 native.close(b);

@@ -1,6 +1,7 @@
 /* RDMA semantics checker for FreeFlow's full RDMA mode (run with LD_LIBRARY_PATH=build/verbs).
  *   rdma_check server PORT
  *   rdma_check client SERVER_IP PORT integrity|badrkey|flush|killpeer
+ *   rdma_check unsupported | fork
  * The two ends exchange QP numbers, GIDs, buffer addresses and rkeys over TCP, then run the
  * named check. Every check prints "ok <name> ..." or "FAIL <name> ..." and the exit code is
  * the number of failures. Payloads are deterministic pseudo-random patterns, verified byte by
@@ -15,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -322,8 +324,38 @@ static int unsupported(void) {
   return fails;
 }
 
+/* Registered memory moved into shared memory (the library's MR views) must still behave as
+ * private memory across fork(): the child sees the parent's bytes, and its writes do not
+ * reach the parent. */
+static int fork_check(void) {
+  setup();
+  FILE *maps = fopen("/proc/self/maps", "r");
+  char line[512];
+  int shared = 0;
+  while (maps && fgets(line, sizeof line, maps)) shared |= strstr(line, "memfd:ffv-mr") != NULL;
+  if (maps) fclose(maps);
+  if (shared) OK("view: the registered buffer is backed by shared memory");
+  else FAIL("view: no memfd:ffv-mr mapping after ibv_reg_mr");
+  const size_t n = 1u << 20;
+  fill(buf, n, 21);
+  pid_t pid = fork();
+  if (pid == 0) {
+    int saw = same(buf, n, 21);
+    fill(buf, n, 22);
+    _exit(saw ? 0 : 1);
+  }
+  int st = 0;
+  waitpid(pid, &st, 0);
+  if (WIFEXITED(st) && WEXITSTATUS(st) == 0) OK("fork: the child saw the parent's bytes");
+  else FAIL("fork: child status %d", st);
+  if (same(buf, n, 21)) OK("fork: the child's writes did not reach the parent");
+  else FAIL("fork: the parent's registered buffer changed when the child wrote to its copy");
+  return fails;
+}
+
 int main(int argc, char **argv) {
   if (argc >= 2 && !strcmp(argv[1], "unsupported")) return unsupported();
+  if (argc >= 2 && !strcmp(argv[1], "fork")) return fork_check();
   if (argc >= 3 && !strcmp(argv[1], "server")) return server(atoi(argv[2]));
   if (argc >= 5 && !strcmp(argv[1], "client")) return client(argv[2], atoi(argv[3]), argv[4]);
   fprintf(stderr, "usage: rdma_check server PORT | client IP PORT integrity|badrkey|range|flush|killpeer\n");

@@ -13,7 +13,7 @@ import type { RouterExtension } from '../requests.js';
 import { ConnectionManager } from './cm.js';
 
 interface RdmaNative {
-  rdmaAddMr(key: number, pd: number, pid: number, addr: number, len: number, iova: number, access: number): number;
+  rdmaAddMr(key: number, pd: number, pid: number, addr: number, len: number, iova: number, access: number, fd?: number, viewAddr?: number, viewOff?: number, viewLen?: number): number;
   rdmaDelMr(key: number): number;
   rdmaAddChannel(id: number, fd: number): number;
   rdmaDelChannel(id: number): number;
@@ -30,7 +30,7 @@ interface RdmaNative {
   rdmaCmSend(conn: number, data: Buffer): boolean;
   rdmaCmPeers(): number[];
   rdmaCmTake(): { conn: number; data: Buffer }[];
-  rdmaStats(): { ops: number; bytes: number; errors: number; served: number; qps: number; mrs: number; cqs: number };
+  rdmaStats(): { ops: number; bytes: number; errors: number; served: number; qps: number; mrs: number; cqs: number; mapped: number };
 }
 const rdma = native as unknown as RdmaNative;
 
@@ -39,6 +39,7 @@ const EPERM = 1, ENOENT = 2, EBUSY = 16, ENODEV = 19, EINVAL = 22, EOPNOTSUPP = 
 const QP_STATE = 1, QP_ACCESS_FLAGS = 1 << 3, QP_AV = 1 << 7, QP_DEST_QPN = 1 << 20;
 const QPT_RC = 2, QPT_UC = 3;
 const MAX_MR = 2 ** 40;
+const PAGE = 4096; // unit of the REG_MR view fields (x86-64 and arm64 base pages)
 /** Default TCP port of the engines' router-to-router transport (the TCP-mode peer port + 1). */
 export const RDMA_PORT = 7472;
 const MAX_PER_SESSION = 65536;
@@ -198,7 +199,13 @@ export class RdmaExtension implements RouterExtension {
         let key: number;
         do key = randomInt(1, 0xffffffff);
         while (this.usedKeys.has(key));
-        const rc = rdma.rdmaAddMr(key, pd, session.pid, addr, len, iova, access);
+        // A view (part of the region in shared memory) is an optimisation: one the engine
+        // refuses (unsealed file, out of range) fails the registration, as a bad argument.
+        const [, , viewPages, viewOffPages] = h;
+        if (fd >= 0) take();
+        const rc = fd >= 0
+          ? rdma.rdmaAddMr(key, pd, session.pid, addr, len, iova, access, fd, v[3], viewOffPages * PAGE, viewPages * PAGE)
+          : rdma.rdmaAddMr(key, pd, session.pid, addr, len, iova, access);
         if (rc < 0) return fail(-rc);
         this.usedKeys.add(key);
         res.mrs.set(key, pd);
