@@ -24,7 +24,7 @@
 #include <unistd.h>
 #include "ffv.h"
 
-#define SHARE_MIN (64 * 1024) /* smaller regions are not worth a remap */
+#define SHARE_MIN 4096 /* one page: even a latency test's small buffer gains */
 
 struct shared_region {
   uintptr_t start, end;

@@ -753,7 +753,9 @@ static int ffv_post_recv(struct ibv_qp *qp, struct ibv_recv_wr *wr, struct ibv_r
   pthread_spin_lock(&q->rq_lock);
   rc = push_recvs(&q->shm->rq, ff_qp_rq_entries(q->shm), q->rq_depth, &wr);
   pthread_spin_unlock(&q->rq_lock);
-  ring_doorbell(q->shm);
+  /* A sleeping engine only needs new receives to flush them (QP in error): a sender waiting
+   * for a receive keeps it polling. Not ringing here saves a wake-up per receive. */
+  if (__atomic_load_n(&q->shm->state, __ATOMIC_ACQUIRE) == FF_QPS_ERR) ring_doorbell(q->shm);
   if (rc) *bad = wr;
   return rc;
 }

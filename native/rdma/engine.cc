@@ -142,6 +142,7 @@ std::vector<uint8_t> bounce;
 std::atomic<uint64_t> st_ops{0}, st_bytes{0}, st_errors{0}, st_served{0};
 std::atomic<uint64_t> st_mapped{0};  // bytes copied through shared-memory views
 std::vector<View> views;
+constexpr size_t kMaxViews = 16384;  // each is one mapping of the router process
 uint64_t rate_bps = 0;
 struct Bucket {
   double tokens;
@@ -1046,11 +1047,19 @@ int AddMr(uint32_t key, uint32_t pd, int pid, uint64_t addr, uint64_t len, uint6
     if (!view_len || (view_addr | view_off | view_len) % uint64_t(pg) || view_addr < addr || view_len > len ||
         view_addr - addr > len - view_len)
       return -EINVAL;
-    void* p = MapFd(fd, view_len, view_off);
-    if (!p) return -EINVAL;
-    m.view = static_cast<uint8_t*>(p);
-    m.view_addr = view_addr;
-    m.view_len = view_len;
+    struct stat st;
+    int seals = fcntl(fd, F_GET_SEALS);
+    if (seals < 0 || !(seals & F_SEAL_SHRINK) || fstat(fd, &st) < 0 || view_off > uint64_t(st.st_size) ||
+        uint64_t(st.st_size) - view_off < view_len)
+      return -EINVAL;
+    // Out of mappings (vm.max_map_count) or views: the region still works, through
+    // process_vm_readv/writev, only slower.
+    void* p = views.size() < kMaxViews ? MapFd(fd, view_len, view_off) : nullptr;
+    if (p) {
+      m.view = static_cast<uint8_t*>(p);
+      m.view_addr = view_addr;
+      m.view_len = view_len;
+    }
   }
   std::lock_guard<std::mutex> g(mu);
   if (!len || mrs.count(key)) {
