@@ -37,6 +37,8 @@ export function rdmaVsHost(records: BenchRecord[]): RdmaTarget[] {
     out.push({ what: 'same-host ib_write_bw 64 KiB', value: v, unit: 'GB/s', target: '>= 5', met: v >= 5 });
   }
   if (latS != null) out.push({ what: 'same-host ib_write_lat typical', value: latS, unit: 'us', target: '<= 5', met: latS <= 5 });
+  const sendS = pick(records, 'same-host', 'RDMA ib_send_lat 64 B typical (RTT/2)')?.freeflow;
+  if (sendS != null) out.push({ what: 'same-host ib_send_lat typical', value: sendS, unit: 'us', target: '<= 5', met: sendS <= 5 });
   return out;
 }
 

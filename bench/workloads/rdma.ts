@@ -62,28 +62,32 @@ const writeBw: Workload = {
   },
 };
 
-const writeLat: Workload = {
-  name: 'rdma-write-lat',
-  paths: ONLY_FREEFLOW,
-  metrics: [
-    { key: 'p50', metric: 'RDMA ib_write_lat 64 B typical (RTT/2)', unit: 'us', better: 'lower' },
-    { key: 'p99', metric: 'RDMA ib_write_lat 64 B p99 (RTT/2)', unit: 'us', better: 'lower' },
-  ],
-  startServer: (tb, path) => placeholder(tb, path),
-  async runClient(tb, path, _port, s: Settings) {
-    // Iterations take ~10 us (same host) to ~100 us (cross host) here; these counts keep a
-    // repetition around a second.
-    const n = s.quick ? 2000 : 10000;
-    const out = await runPair(tb, path, nextPort++, ['ib_write_lat', '-s', '64', '-n', String(n)]);
-    // #bytes #iterations t_min t_max t_typical t_avg t_stdev 99% 99.9%
-    const m = /^\s*64\s+\d+\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)/m.exec(out);
-    if (!m) throw new Error(`ib_write_lat output: ${out.slice(-400)}`);
-    const p50 = Number(m[3]);
-    const p99 = Number(m[6]);
-    return { values: { p50, p99 }, work: 0, connections: 0, note: `typical ${p50} us p99 ${p99} us` };
-  },
-};
+/** perftest latency (typical = median, and p99; RTT/2) of 64-byte messages. */
+function latency(prog: 'ib_write_lat' | 'ib_send_lat'): Workload {
+  const op = prog.slice(3, prog.indexOf('_lat'));
+  return {
+    name: `rdma-${op}-lat`,
+    paths: ONLY_FREEFLOW,
+    metrics: [
+      { key: 'p50', metric: `RDMA ${prog} 64 B typical (RTT/2)`, unit: 'us', better: 'lower' },
+      { key: 'p99', metric: `RDMA ${prog} 64 B p99 (RTT/2)`, unit: 'us', better: 'lower' },
+    ],
+    startServer: (tb, path) => placeholder(tb, path),
+    async runClient(tb, path, _port, s: Settings) {
+      // Iterations take ~5 us (same host) to ~100 us (cross host) here; these counts keep a
+      // repetition around a second.
+      const n = s.quick ? 2000 : 10000;
+      const out = await runPair(tb, path, nextPort++, [prog, '-s', '64', '-n', String(n)]);
+      // #bytes #iterations t_min t_max t_typical t_avg t_stdev 99% 99.9%
+      const m = /^\s*64\s+\d+\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)/m.exec(out);
+      if (!m) throw new Error(`${prog} output: ${out.slice(-400)}`);
+      const p50 = Number(m[3]);
+      const p99 = Number(m[6]);
+      return { values: { p50, p99 }, work: 0, connections: 0, note: `typical ${p50} us p99 ${p99} us` };
+    },
+  };
+}
 
 export function rdmaWorkloads(): Workload[] {
-  return [writeBw, writeLat];
+  return [writeBw, latency('ib_write_lat'), latency('ib_send_lat')];
 }
