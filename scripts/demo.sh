@@ -6,8 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 export FF_TB=${FF_TB:-ffdemo$$}
-REPS=${DEMO_REPS:-3}
-SECS=${DEMO_SECONDS:-5}
+REPS=${DEMO_REPS:-5}
+SECS=${DEMO_SECONDS:-4}
 LIB=$ROOT/build/lib/libfsocket.so
 TB="bash $ROOT/scripts/testbed.sh"
 PIDS=()
