@@ -1049,8 +1049,10 @@ int AddMr(uint32_t key, uint32_t pd, int pid, uint64_t addr, uint64_t len, uint6
       return -EINVAL;
     struct stat st;
     int seals = fcntl(fd, F_GET_SEALS);
+    // Fully allocated, too: pages the engine faulted into a sparse file would be charged to
+    // the router's memory, not the container's.
     if (seals < 0 || !(seals & F_SEAL_SHRINK) || fstat(fd, &st) < 0 || view_off > uint64_t(st.st_size) ||
-        uint64_t(st.st_size) - view_off < view_len)
+        uint64_t(st.st_size) - view_off < view_len || uint64_t(st.st_blocks) * 512 < uint64_t(st.st_size))
       return -EINVAL;
     // Out of mappings (vm.max_map_count) or views: the region still works, through
     // process_vm_readv/writev, only slower.
