@@ -51,7 +51,10 @@ export async function runWorkload(tb: Testbed, w: Workload, basePort: number, s:
     }
     if (!servers.size) throw new Error('no server started on any path');
     for (let rep = 1; rep <= s.reps; rep++) {
-      for (const p of paths) {
+      // Still interleaved, but each repetition starts one path later, so no path always runs
+      // first or right after another one (a position effect would otherwise bias its ratios).
+      const k = (rep - 1) % paths.length;
+      for (const p of [...paths.slice(k), ...paths.slice(0, k)]) {
         const sv = servers.get(p.id);
         if (!sv) continue;
         result.reps.push(await oneRep(tb, w, p, sv.port, rep, s, meter, log));

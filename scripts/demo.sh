@@ -49,12 +49,17 @@ run() { # path -> Gbit/s
 
 echo "== iperf3 -C cubic, ${SECS}s per run, c11 (host h1) -> c21 (host h2), $REPS interleaved repetitions"
 printf '%-5s %12s %12s %12s %14s %20s\n' rep 'host Gb/s' 'overlay Gb/s' 'FreeFlow Gb/s' 'FreeFlow/host' 'VXLAN MB (ovl/FF)'
+rotate() { local n=$1; shift; local a=("$@"); local k=$(( (n - 1) % ${#a[@]} )); echo "${a[@]:k}" "${a[@]:0:k}"; }
 declare -a H O F
 for i in $(seq "$REPS"); do
-  v0=$(vx); h=$(run host); v1=$(vx); o=$(run overlay); v2=$(vx); f=$(run freeflow); v3=$(vx)
+  # Each repetition starts with another path, so none always runs first (position effects).
+  for p in $(rotate "$i" host overlay freeflow); do
+    v0=$(vx); r=$(run "$p"); v1=$(vx)
+    case $p in host) h=$r ;; overlay) o=$r; vo=$((v1 - v0)) ;; freeflow) f=$r; vf=$((v1 - v0)) ;; esac
+  done
   H+=("$h"); O+=("$o"); F+=("$f")
   printf '%-5s %12s %12s %12s %14s %20s\n' "$i" "$h" "$o" "$f" "$(echo "$f $h" | awk '{printf "%.3f", $1/$2}')" \
-    "$(( (v2 - v1) / 1000000 )) / $(( (v3 - v2) / 1000000 ))"
+    "$(( vo / 1000000 )) / $(( vf / 1000000 ))"
 done
 median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 ratios=(); for i in "${!H[@]}"; do ratios+=("$(echo "${F[$i]} ${H[$i]}" | awk '{print $1/$2}')"); done
