@@ -7,6 +7,8 @@ export interface RdmaTarget {
   what: string;
   value: number | null;
   unit: string;
+  /** a difference (printed with its sign), not a level */
+  delta?: boolean;
   target: string;
   met: boolean | null;
 }
@@ -30,7 +32,7 @@ export function rdmaVsHost(records: BenchRecord[]): RdmaTarget[] {
   }
   if (both(latX, tcpHost)) {
     const v = latX! - tcpHost!;
-    out.push({ what: 'cross-host ib_write_lat - sockperf host p50', value: v, unit: 'us', target: '<= +5', met: v <= 5 });
+    out.push({ what: 'cross-host ib_write_lat - sockperf host p50', value: v, unit: 'us', delta: true, target: '<= +5', met: v <= 5 });
   }
   if (bwS != null) {
     const v = bwS / 8;
@@ -46,7 +48,7 @@ export function rdmaVsHostMarkdown(rows: RdmaTarget[]): string[] {
   if (!rows.length) return [];
   const L = ['## RDMA against the host network (same run)', '', '| figure | value | target | met |', '|---|---:|---|---|'];
   for (const r of rows) {
-    const v = r.value == null ? '–' : `${r.unit === 'us' && r.what.includes(' - ') && r.value >= 0 ? '+' : ''}${r.value.toFixed(2)} ${r.unit}`;
+    const v = r.value == null ? '–' : `${r.delta && r.value >= 0 ? '+' : ''}${r.value.toFixed(2)} ${r.unit}`;
     L.push(`| ${r.what} | ${v} | ${r.target} | ${r.met == null ? '–' : r.met ? 'yes' : 'no'} |`);
   }
   L.push('');

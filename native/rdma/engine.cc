@@ -140,7 +140,7 @@ int cm_eventfd = -1;            // readable while cm_inbox has messages (JS watc
 bool running = false;
 std::vector<uint8_t> bounce;
 std::atomic<uint64_t> st_ops{0}, st_bytes{0}, st_errors{0}, st_served{0};
-std::atomic<uint64_t> st_mapped{0};  // bytes copied through shared-memory views
+std::atomic<uint64_t> st_mapped{0};  // bytes read from or written to shared-memory views
 std::vector<View> views;
 constexpr size_t kMaxViews = 16384;  // each is one mapping of the router process
 uint64_t rate_bps = 0;
@@ -156,17 +156,26 @@ uint64_t NowNs() {
   return uint64_t(ts.tv_sec) * 1000000000ull + ts.tv_nsec;
 }
 
-// Maps [off, off+need) of a memory file an application sent. It must be sealed against
-// shrinking: otherwise the application could truncate it later and the engine's next access
-// to the mapping would kill the router with SIGBUS.
-void* MapFd(int fd, size_t need, uint64_t off = 0) {
+// True if [off, off+need) of a memory file an application sent is safe to map: the file must
+// be sealed against shrinking (truncated later, the engine's next access to the mapping would
+// kill the router with SIGBUS) and, if populated, fully allocated (pages the engine faulted
+// into a sparse file would be charged to the router's memory, not the container's).
+bool SafeMemoryFile(int fd, uint64_t off, uint64_t need, bool populated) {
   struct stat st;
   int seals = fcntl(fd, F_GET_SEALS);
-  if (seals < 0 || !(seals & F_SEAL_SHRINK)) return nullptr;
-  if (fstat(fd, &st) < 0 || off > uint64_t(st.st_size) || uint64_t(st.st_size) - off < need) return nullptr;
+  if (seals < 0 || !(seals & F_SEAL_SHRINK) || fstat(fd, &st) < 0) return false;
+  uint64_t size = uint64_t(st.st_size);
+  if (off > size || size - off < need) return false;
+  return !populated || uint64_t(st.st_blocks) * 512 >= size;
+}
+
+void* MapRange(int fd, size_t need, uint64_t off) {
   void* p = mmap(nullptr, need, PROT_READ | PROT_WRITE, MAP_SHARED, fd, off_t(off));
   return p == MAP_FAILED ? nullptr : p;
 }
+
+// A ring the library made (sealed, not necessarily populated yet).
+void* MapFd(int fd, size_t need) { return SafeMemoryFile(fd, 0, need, false) ? MapRange(fd, need, 0) : nullptr; }
 
 bool Pow2(uint32_t v) { return v && !(v & (v - 1)) && v <= FF_RDMA_MAX_DEPTH * 4; }
 
@@ -1047,16 +1056,15 @@ int AddMr(uint32_t key, uint32_t pd, int pid, uint64_t addr, uint64_t len, uint6
     if (!view_len || (view_addr | view_off | view_len) % uint64_t(pg) || view_addr < addr || view_len > len ||
         view_addr - addr > len - view_len)
       return -EINVAL;
-    struct stat st;
-    int seals = fcntl(fd, F_GET_SEALS);
-    // Fully allocated, too: pages the engine faulted into a sparse file would be charged to
-    // the router's memory, not the container's.
-    if (seals < 0 || !(seals & F_SEAL_SHRINK) || fstat(fd, &st) < 0 || view_off > uint64_t(st.st_size) ||
-        uint64_t(st.st_size) - view_off < view_len || uint64_t(st.st_blocks) * 512 < uint64_t(st.st_size))
-      return -EINVAL;
+    if (!SafeMemoryFile(fd, view_off, view_len, true)) return -EINVAL;
     // Out of mappings (vm.max_map_count) or views: the region still works, through
     // process_vm_readv/writev, only slower.
-    void* p = views.size() < kMaxViews ? MapFd(fd, view_len, view_off) : nullptr;
+    size_t nviews;
+    {
+      std::lock_guard<std::mutex> g(mu);  // mapped outside the lock: the engine keeps running
+      nviews = views.size();
+    }
+    void* p = nviews < kMaxViews ? MapRange(fd, view_len, view_off) : nullptr;
     if (p) {
       m.view = static_cast<uint8_t*>(p);
       m.view_addr = view_addr;

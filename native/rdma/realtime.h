@@ -18,11 +18,8 @@ inline void RaiseToDataPathPriority() {
   const char* env = getenv("FFR_RDMA_RT");
   sched_param sp{};
   sp.sched_priority = 1;
-  if (env && env[0] == '0') {
-    setpriority(PRIO_PROCESS, pid_t(syscall(SYS_gettid)), -15);
-  } else if (sched_setscheduler(0, SCHED_FIFO, &sp) != 0) {
-    setpriority(PRIO_PROCESS, pid_t(syscall(SYS_gettid)), -15);
-  }
+  bool rt = !(env && env[0] == '0') && sched_setscheduler(0, SCHED_FIFO, &sp) == 0;
+  if (!rt) setpriority(PRIO_PROCESS, pid_t(syscall(SYS_gettid)), -15);
 }
 
 }  // namespace ffrdma
