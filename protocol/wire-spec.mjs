@@ -48,7 +48,7 @@ export const TYPES = {
   //               local_* = client's overlay address; remote_* = overlay destination
   // RDMA mode: container libibverbs -> router. Payload: struct ff_rdma_args (RDMA_STRUCTS).
   // Reply status: 0 or a negative errno; reply payload: ff_rdma_args with the results.
-  RDMA_OPEN: 100, // reply: local_addr = the container's GID (IPv4-mapped overlay address)
+  RDMA_OPEN: 100, // reply: local_addr = the container's GID (IPv4-mapped overlay address); fd = the engine's doorbell page (struct ff_doorbells)
   RDMA_ALLOC_PD: 101, // reply h0 = pd
   RDMA_DEALLOC_PD: 102, // h0 = pd
   RDMA_REG_MR: 103, // h0 = pd, h1 = access flags, v0 = addr, v1 = length, v2 = iova; optional fd = sealed memfd holding h2 pages (4 KiB) of the region from v3 (its address), at page h3 of the file; reply h0 = lkey, h1 = rkey

@@ -9,7 +9,11 @@
  * may scribble on it at any time) and checks everything it reads. */
 #ifndef FF_RDMA_SHM_H
 #define FF_RDMA_SHM_H
+#include <linux/futex.h>
+#include <sched.h>
 #include <stdint.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #define FF_RDMA_MAX_SGE 8
 #define FF_RDMA_MAX_INLINE 256
@@ -81,8 +85,8 @@ struct ff_qp_shm {
   uint32_t sq_depth; /* power of two */
   uint32_t rq_depth; /* power of two; 0 when the QP uses an SRQ (unsupported yet) */
   volatile uint32_t state; /* mirror of the engine's QP state, for the library */
-  /* 1 while the engine sleeps on its doorbell: after posting, the library then writes to the
-   * doorbell eventfd it got with RDMA_OPEN. */
+  /* 1 while every engine worker sleeps: after posting, the library then rings the doorbell
+   * of its CPU in the page it got with RDMA_OPEN (ff_doorbell_ring). */
   volatile uint32_t engine_sleeping;
   uint32_t pad[12];
   /* then struct ff_swqe sq_entries[sq_depth]; struct ff_rwqe rq_entries[rq_depth]; */
@@ -117,5 +121,34 @@ static inline struct ff_rwqe *ff_qp_rq_entries(struct ff_qp_shm *q) {
 }
 static inline uint64_t ff_cq_shm_size(uint32_t depth) { return sizeof(struct ff_cq_shm) + (uint64_t)depth * sizeof(struct ff_cqe); }
 static inline struct ff_cqe *ff_cq_entries(struct ff_cq_shm *c) { return (struct ff_cqe *)(c + 1); }
+
+/* The engine's doorbells: one sealed page the router creates and every library maps (RDMA_OPEN).
+ * The engine runs one worker per CPU, pinned there, each asleep on its own futex word. A
+ * library that posted while all workers sleep wakes the worker of the CPU it runs on: waking a
+ * thread on another CPU costs an inter-processor interrupt, ~20 us in a VM against ~3 us on the
+ * same CPU (measured here), and that was the whole of a same-host round trip's slow mode.
+ * worker_of_cpu is written once by the router; the library may scribble on the page, which
+ * only ever wakes workers for nothing. */
+#define FF_DOORBELL_MAX_CPUS 1024
+#define FF_DOORBELL_MAX_WORKERS 32
+struct ff_doorbells {
+  uint16_t worker_of_cpu[FF_DOORBELL_MAX_CPUS];
+  struct {
+    volatile uint32_t seq; /* bumped by every ring: a worker waits only while it is unchanged */
+    uint32_t pad[15];
+  } bell[FF_DOORBELL_MAX_WORKERS];
+};
+
+static inline void ff_doorbell_ring_worker(struct ff_doorbells *db, unsigned w) {
+  if (w >= FF_DOORBELL_MAX_WORKERS) w = 0;
+  __atomic_fetch_add(&db->bell[w].seq, 1u, __ATOMIC_SEQ_CST);
+  syscall(SYS_futex, &db->bell[w].seq, FUTEX_WAKE, 1, NULL, NULL, 0);
+}
+
+/* Wakes the worker of the CPU the caller runs on. */
+static inline void ff_doorbell_ring(struct ff_doorbells *db) {
+  int cpu = sched_getcpu();
+  ff_doorbell_ring_worker(db, cpu >= 0 && cpu < FF_DOORBELL_MAX_CPUS ? db->worker_of_cpu[cpu] : 0);
+}
 
 #endif

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include "ffv.h"
 
@@ -77,15 +78,24 @@ static struct ffv_context *fctx(struct ibv_context *ctx) {
 static pthread_mutex_t reg_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct ffv_cq *cq_list;
 static struct ffv_device *the_device;
-static int doorbell_fd = -1; /* the engine's eventfd: written when it sleeps and we posted */
+static struct ff_doorbells *doorbells; /* the engine's doorbell page: rung when it sleeps and we posted */
 
 static void ring_doorbell(struct ff_qp_shm *s) {
   __atomic_thread_fence(__ATOMIC_SEQ_CST);
-  if (__atomic_load_n(&s->engine_sleeping, __ATOMIC_SEQ_CST) && doorbell_fd >= 0) {
-    uint64_t one = 1;
-    ssize_t r = write(doorbell_fd, &one, sizeof one);
-    (void)r;
+  struct ff_doorbells *db = __atomic_load_n(&doorbells, __ATOMIC_ACQUIRE);
+  if (__atomic_load_n(&s->engine_sleeping, __ATOMIC_SEQ_CST) && db) ff_doorbell_ring(db);
+}
+
+/* Maps the doorbell page that came with RDMA_OPEN (once per process; the fd is not kept). */
+static void map_doorbells(int fd) {
+  struct stat st;
+  if (fstat(fd, &st) == 0 && (size_t)st.st_size >= sizeof(struct ff_doorbells)) {
+    void *p = mmap(NULL, sizeof(struct ff_doorbells), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    void *none = NULL;
+    if (p != MAP_FAILED && !__atomic_compare_exchange_n(&doorbells, &none, p, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+      munmap(p, sizeof(struct ff_doorbells));
   }
+  close(fd);
 }
 
 static int err_ret(int e) { errno = e; return e; }
@@ -116,11 +126,7 @@ EXPORT struct ibv_device **ibv_get_device_list(int *num) {
     int bell = -1;
     int rc = ffv_call_ex(FF_T_RDMA_OPEN, NULL, NULL, NULL, 0, -1, &rep, NULL, NULL, NULL, &bell);
     if (rc < 0) return err_null(ENOSYS); /* as stock libibverbs without devices */
-    if (bell >= 0) {
-      int hi = fcntl(bell, F_DUPFD_CLOEXEC, 900); /* keep the application's low fd numbers free */
-      if (hi >= 0) { close(bell); bell = hi; }
-      if (__atomic_exchange_n(&doorbell_fd, bell, __ATOMIC_SEQ_CST) >= 0) close(bell);
-    }
+    if (bell >= 0) map_doorbells(bell);
     struct ffv_device *d = calloc(1, sizeof *d);
     if (!d) return err_null(ENOMEM);
     d->dev.node_type = IBV_NODE_CA;

@@ -4,6 +4,7 @@
 #include "engine.h"
 
 #include <fcntl.h>
+#include <pthread.h>
 #include <sched.h>
 #include <poll.h>
 #include <sys/eventfd.h>
@@ -26,6 +27,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "doorbells.h"
 #include "ff_rdma_shm.h"
 #include "realtime.h"
 #include "transport.h"
@@ -128,12 +130,15 @@ std::unordered_map<uint32_t, Channel> channels;
 std::unordered_map<uint32_t, Cq> cqs;
 std::unordered_map<uint32_t, Qp*> qps;
 std::unordered_map<uint32_t, Srq> srqs;
-std::thread worker;
 Transport* transport = nullptr;
 std::deque<Inbound> pending;  // received requests waiting for the responder (RNR) or processing
 uint64_t next_cookie = 1;
-int doorbell = -1;                   // eventfd the engine sleeps on when idle
-std::atomic<bool> deep_sleep{false};  // the engine is (about to be) asleep on the doorbell
+Doorbells bells;                      // one per worker; libraries ring the one of their CPU
+std::vector<int> worker_cpus;         // worker i is pinned to worker_cpus[i] (-1: not pinned)
+int awake = 0;                        // workers not asleep on their doorbell (mu)
+std::vector<uint8_t> worker_asleep;   // per worker (mu)
+std::vector<uint8_t> handed_over;     // per worker: woken by a hand-over, already counted in awake (mu)
+std::atomic<bool> deep_sleep{false};  // every worker is (about to be) asleep
 bool blocked = false;                 // last sweep left work waiting on time (RNR, CQ full, rate, lookup)
 std::deque<Inbound> cm_inbox;  // NET_CM messages for the router's JS connection manager
 int cm_eventfd = -1;            // readable while cm_inbox has messages (JS watches it)
@@ -609,11 +614,7 @@ bool Flush(Qp& q) {
 // ------------------------------------------------------------------ cross-host (transport.h)
 
 void Kick() {
-  if (deep_sleep.load(std::memory_order_seq_cst) && doorbell >= 0) {
-    uint64_t one = 1;
-    ssize_t r = write(doorbell, &one, sizeof one);
-    (void)r;
-  }
+  if (deep_sleep.load(std::memory_order_seq_cst)) bells.RingHere();
 }
 
 NetHdr NewHdr(uint32_t type) {
@@ -959,9 +960,6 @@ bool Service(Qp& q) {
   return did;
 }
 
-// Nothing is waiting anywhere: sleep on the doorbell until a library posts (it sees
-// engine_sleeping in its QP's shared header), a peer host sends, or the control path changes a
-// QP. Publish the flag first, then look once more, so a post racing with us is never missed.
 // True if a sweep would find something to do right now. Needs mu.
 bool HasWork() {
   if (!pending.empty() || (transport && (transport->HasPending() || transport->HasUnsent()))) return true;
@@ -972,66 +970,165 @@ bool HasWork() {
   return false;
 }
 
-void DeepSleep() {
-  {
-    std::lock_guard<std::mutex> g(mu);
-    deep_sleep.store(true, std::memory_order_seq_cst);
-    for (auto& [n, q] : qps) __atomic_store_n(&q->shm->engine_sleeping, 1u, __ATOMIC_SEQ_CST);
-    __atomic_thread_fence(__ATOMIC_SEQ_CST);
-    if (HasWork()) {
-      deep_sleep.store(false);
-      for (auto& [n, q] : qps) __atomic_store_n(&q->shm->engine_sleeping, 0u, __ATOMIC_RELAXED);
-      return;
-    }
-  }
-  pollfd p{doorbell, POLLIN, 0};
-  poll(&p, 1, 1000);
-  uint64_t v;
-  ssize_t r = read(doorbell, &v, sizeof v);
-  (void)r;
-  std::lock_guard<std::mutex> g(mu);
-  deep_sleep.store(false);
-  for (auto& [n, q] : qps) __atomic_store_n(&q->shm->engine_sleeping, 0u, __ATOMIC_RELAXED);
+void SetSleepingFlags(uint32_t v) {
+  for (auto& [n, q] : qps) __atomic_store_n(&q->shm->engine_sleeping, v, __ATOMIC_SEQ_CST);
 }
 
-void Loop() {
+// Nothing is waiting anywhere: sleep on this worker's doorbell until a library posts (it sees
+// engine_sleeping in its QP's shared header), a peer host sends, or the control path changes a
+// QP. The last worker to go to sleep tells the libraries (engine_sleeping) and then looks once
+// more, so a post racing with it is never missed; a worker that is not the last leaves that
+// to the others. The doorbell's sequence number is read first: a ring after it makes the wait
+// return at once.
+// Sleeps on worker w's doorbell (seq read before w was marked asleep). True if it was woken
+// by a hand-over.
+bool WaitForBell(int w, uint32_t seq) {
+  bells.Wait(w, seq, 1000);
+  std::lock_guard<std::mutex> g(mu);
+  worker_asleep[w] = 0;
+  if (handed_over[w]) {
+    handed_over[w] = 0;
+    return true;
+  }
+  if (awake++ == 0) {
+    deep_sleep.store(false);
+    SetSleepingFlags(0);
+  }
+  return false;
+}
+
+bool DeepSleep(int w) {
+  uint32_t seq = bells.Seq(w);
+  {
+    std::lock_guard<std::mutex> g(mu);
+    if (--awake == 0) {
+      deep_sleep.store(true, std::memory_order_seq_cst);
+      SetSleepingFlags(1);
+      __atomic_thread_fence(__ATOMIC_SEQ_CST);
+      if (HasWork() || blocked) {
+        awake++;
+        deep_sleep.store(false);
+        SetSleepingFlags(0);
+        return false;
+      }
+    }
+    worker_asleep[w] = 1;
+  }
+  return WaitForBell(w, seq);
+}
+
+// A worker runs on the CPU of the application that rang it, which therefore cannot post
+// while the worker works. Fine for a round trip's few microseconds; a stream of work (a
+// bandwidth test) would be served strictly in turns. So a worker that has been busy for a
+// while hands the engine to a sleeping worker on another CPU (one inter-processor wake-up)
+// and sleeps; the application and the engine then run side by side. A worker woken that way
+// keeps the engine until it runs out of work, so they do not pass it back and forth.
+// False if no worker was asleep; else sets *by_hand_over to how this worker was woken again.
+bool HandOver(int w, bool* by_hand_over) {
+  uint32_t seq = bells.Seq(w);
+  int to = -1;
+  {
+    std::lock_guard<std::mutex> g(mu);
+    for (size_t k = 1; k < worker_asleep.size() && to < 0; k++) {
+      int x = int((size_t(w) + k) % worker_asleep.size());
+      if (worker_asleep[x] && !handed_over[x]) to = x;
+    }
+    if (to < 0) return false;
+    worker_asleep[to] = 0;
+    handed_over[to] = 1;  // our place in `awake` passes to it: the libraries keep seeing an awake engine
+    worker_asleep[w] = 1;
+  }
+  bells.Ring(to);
+  *by_hand_over = WaitForBell(w, seq);
+  return true;
+}
+
+bool AloneAwake() {
+  std::lock_guard<std::mutex> g(mu);
+  return awake <= 1;
+}
+
+// The workers take the lock from each other only briefly: spin for it rather than sleep in
+// the mutex, whose wake-up would cost an inter-processor interrupt.
+void LockForSweep() {
+  for (int i = 0; i < 2000; i++) {
+    if (mu.try_lock()) return;
+    __builtin_ia32_pause();
+  }
+  mu.lock();
+}
+
+void PinTo(int cpu) {
+  if (cpu < 0) return;
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  CPU_SET(cpu, &set);
+  pthread_setaffinity_np(pthread_self(), sizeof set, &set);
+}
+
+// One worker per CPU, pinned. Any worker serves everything (one lock); which one runs is
+// decided by where the application that rang was running.
+void Loop(int w) {
+  PinTo(worker_cpus[w]);
   RaiseToDataPathPriority();
   prctl(PR_SET_TIMERSLACK, 1UL);  // short sleeps must stay short
   uint64_t idle_since = 0;
   // How long to spin after the last work before sleeping on the doorbell (FFR_RDMA_SPIN_NS).
-  // With fewer than 4 CPUs the busy-polling applications need every core: a spinning engine
-  // (SCHED_FIFO) would keep the very application it just served off its CPU, so it sleeps at
-  // once and the next post wakes it (measured: ib_write_lat same host 9 us vs 13 us at 5 us
-  // spin). With spare cores a short spin saves that wake-up.
+  // With fewer than 4 CPUs the busy-polling applications need every core: a spinning worker
+  // (SCHED_FIFO) keeps the application on its CPU from running, so it sleeps at once and the
+  // next post wakes it. With spare cores a short spin saves that wake-up.
   const char* spin_env = getenv("FFR_RDMA_SPIN_NS");
   const uint64_t spin_ns = spin_env ? strtoull(spin_env, nullptr, 10) : (std::thread::hardware_concurrency() < 4 ? 0 : 20000);
+  // After how long busy a worker hands the engine to another CPU (FFR_RDMA_HANDOVER_NS, 0 = never).
+  const char* handover_env = getenv("FFR_RDMA_HANDOVER_NS");
+  const uint64_t handover_ns = handover_env ? strtoull(handover_env, nullptr, 10) : 30000;
+  // A worker that got the engine by a hand-over serves a stream from another CPU: it spins
+  // this long before sleeping, so that the stream's next posts find it awake.
+  const uint64_t stream_spin_ns = std::max<uint64_t>(spin_ns, 50000);
+  // A worker woken for one piece of work waits this long for a second before it sleeps: in a
+  // ping-pong the answer is posted by an application on another CPU while this one waits
+  // anyway, and catching it saves a whole wake-up (FFR_RDMA_CATCH_NS).
+  const char* catch_env = getenv("FFR_RDMA_CATCH_NS");
+  const uint64_t catch_ns = std::max<uint64_t>(spin_ns, catch_env ? strtoull(catch_env, nullptr, 10) : 3000);
+  unsigned busy_sweeps = 0;  // sweeps that found work since this worker woke
+  uint64_t busy_since = 0;
+  bool by_hand_over = false;  // this worker got the engine by a hand-over (and keeps it until idle)
   for (;;) {
     bool did = false;
+    bool was_blocked;
+    uint64_t sweep_start = NowNs();
+    LockForSweep();
     {
-      std::lock_guard<std::mutex> g(mu);
+      std::lock_guard<std::mutex> g(mu, std::adopt_lock);
       if (!running) return;
       blocked = false;
       if (transport) did |= transport->FlushUnsent() | ServeNetwork();
       if (!pending.empty()) blocked = true;
       for (auto& [n, q] : qps) did |= Service(*q);
-    }
-    if (did) {
-      idle_since = 0;
-      continue;
+      was_blocked = blocked;
     }
     uint64_t now = NowNs();
+    if (did) {
+      idle_since = 0;
+      busy_sweeps++;
+      if (!busy_since) busy_since = sweep_start;
+      if (handover_ns && !by_hand_over && now - busy_since > handover_ns && HandOver(w, &by_hand_over)) busy_since = 0;
+      continue;
+    }
+    busy_since = 0;
     if (!idle_since) idle_since = now;
     uint64_t idle = now - idle_since;
     // Spin briefly (latency), then sleep on the doorbell that every post rings while the
-    // engine sleeps. Timed sleeps only while work waits on time (RNR, rate limit, acks): in a
-    // VM a 2 us nanosleep costs ~50 us of CPU, and a loop of them took most of a core.
-    if (idle < spin_ns) {
+    // engine sleeps. Timed sleeps only while work waits on time (RNR, rate limit, acks), and
+    // by one worker only: in a VM a 2 us nanosleep costs ~50 us of CPU.
+    if (idle < (by_hand_over ? stream_spin_ns : busy_sweeps == 1 ? catch_ns : spin_ns)) {
       for (int i = 0; i < 32; i++) __builtin_ia32_pause();
-    } else if (blocked || doorbell < 0) {
+    } else if ((was_blocked && AloneAwake()) || !bells.ok()) {
       timespec ts{0, 50000};
       nanosleep(&ts, nullptr);
     } else {
-      DeepSleep();
+      by_hand_over = DeepSleep(w);
+      busy_sweeps = 0;
       idle_since = 0;
     }
   }
@@ -1039,10 +1136,13 @@ void Loop() {
 
 void EnsureThread() {
   if (running) return;
-  doorbell = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  worker_cpus = WorkerCpus();
+  if (!bells.ok() && !bells.Init(worker_cpus)) worker_cpus.assign(1, -1);
   running = true;
-  worker = std::thread(Loop);
-  worker.detach();
+  awake = int(worker_cpus.size());
+  worker_asleep.assign(worker_cpus.size(), 0);
+  handed_over.assign(worker_cpus.size(), 0);
+  for (size_t w = 0; w < worker_cpus.size(); w++) std::thread(Loop, int(w)).detach();
 }
 
 }  // namespace
@@ -1277,7 +1377,7 @@ std::vector<std::pair<int, std::vector<uint8_t>>> CmTake() {
 int DoorbellDup() {
   std::lock_guard<std::mutex> g(mu);
   EnsureThread();
-  return doorbell >= 0 ? fcntl(doorbell, F_DUPFD_CLOEXEC, 0) : -1;
+  return bells.Dup();
 }
 
 void SetRateLimit(uint64_t bps) {

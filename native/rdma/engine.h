@@ -35,7 +35,7 @@ int StartTransport(const std::string& host_ip, int port, const std::vector<std::
 bool CmSend(int conn, const uint8_t* data, uint32_t len);
 std::vector<int> CmPeers();
 std::vector<std::pair<int, std::vector<uint8_t>>> CmTake();
-// A new descriptor of the engine's doorbell eventfd (for a library: write 1 to wake the engine).
+// A new descriptor of the engine's doorbell page (struct ff_doorbells; ff_doorbell_ring wakes it).
 int DoorbellDup();
 // Bytes per second a sending container (identified by its GID) may move; 0 = unlimited.
 void SetRateLimit(uint64_t bytes_per_sec);

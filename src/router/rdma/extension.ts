@@ -173,8 +173,8 @@ export class RdmaExtension implements RouterExtension {
     if (CREATES.has(msg.type) && this.count(res) >= MAX_PER_SESSION) return fail(EBUSY);
     switch (msg.type) {
       case MsgType.RDMA_OPEN: {
-        // With the GID goes a descriptor of the engine's doorbell (an eventfd) that the library
-        // writes after posting while the engine sleeps.
+        // With the GID goes a descriptor of the engine's doorbell page (sealed memfd, struct
+        // ff_doorbells) that the library rings after posting while the engine sleeps.
         const bell = rdma.rdmaDoorbell();
         return { ...answer(0, [], (m) => res.gid.copy(m.local_addr)), ...(bell >= 0 ? { fd: bell } : {}) };
       }
