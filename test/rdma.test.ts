@@ -80,6 +80,8 @@ t.test('the router checks every handle against the session that owns it', async 
   t.equal(o.cqUnsealedFile, EINVAL, 'a CQ ring in an unsealed file is refused');
   t.equal(o.mrUnsealedView, EINVAL, 'an MR view in an unsealed file is refused');
   t.equal(o.afterwards, 0, 'the router still answers');
+  t.ok(o.doorbellBytes >= 4096, 'RDMA_OPEN hands out the doorbell page');
+  t.equal(o.doorbellShrink, -1 /* EPERM */, 'which an application cannot shrink (sealed)');
 });
 
 let ppPort = 18600;

@@ -1,14 +1,15 @@
 // Run inside a container namespace (node --import tsx test/rdma/raw-rdma.ts <socket>): two
 // sessions of one process talk to the router with hand-made RDMA requests and try to use each
 // other's handles. Prints one JSON object with the status of every attempt.
-import { ftruncateSync, openSync, unlinkSync } from 'node:fs';
+import { fstatSync, ftruncateSync, openSync, unlinkSync } from 'node:fs';
+import { constants } from 'node:os';
 import { native, READABLE } from '../../src/native.js';
 import { decode, emptyMsg, encode, FF_RDMA_ARGS_SIZE, MSG_SIZE, MsgType } from '../../src/protocol/codec.js';
 
 const socket = process.argv[2];
 let seq = 1;
 
-function call(fd: number, type: number, h: number[] = [], v: number[] = [], fds: number[] = [], payload?: Buffer): Promise<{ status: number; h: number[] }> {
+function call(fd: number, type: number, h: number[] = [], v: number[] = [], fds: number[] = [], payload?: Buffer): Promise<{ status: number; h: number[]; fds: number[] }> {
   const m = emptyMsg(type);
   m.seq = seq++;
   m.pid = process.pid;
@@ -26,10 +27,9 @@ function call(fd: number, type: number, h: number[] = [], v: number[] = [], fds:
       clearTimeout(timer);
       native.unwatch(w);
       if (typeof r === 'number') return reject(new Error(`closed ${r}`));
-      for (const f of r.fds) native.close(f);
       const rep = decode(r.data);
       const p = r.data.subarray(MSG_SIZE);
-      resolve({ status: rep.status, h: [0, 1, 2, 3, 4, 5].map((i) => (p.length >= (i + 1) * 4 ? p.readUInt32LE(i * 4) : 0)) });
+      resolve({ status: rep.status, h: [0, 1, 2, 3, 4, 5].map((i) => (p.length >= (i + 1) * 4 ? p.readUInt32LE(i * 4) : 0)), fds: r.fds });
     });
   });
 }
@@ -37,7 +37,17 @@ function call(fd: number, type: number, h: number[] = [], v: number[] = [], fds:
 const a = native.seqpacketConnect(socket);
 const b = native.seqpacketConnect(socket);
 const out: Record<string, number> = {};
-await call(a, MsgType.RDMA_OPEN);
+// The doorbell page comes with RDMA_OPEN; the router maps it too, so it must not shrink.
+const opened = await call(a, MsgType.RDMA_OPEN);
+const bell = opened.fds[0] ?? -1;
+out.doorbellBytes = bell >= 0 ? fstatSync(bell).size : -1;
+try {
+  ftruncateSync(bell, 0);
+  out.doorbellShrink = 0;
+} catch (e) {
+  out.doorbellShrink = -(constants.errno[(e as NodeJS.ErrnoException).code as keyof typeof constants.errno] ?? 1000);
+}
+opened.fds.forEach((f) => native.close(f));
 await call(b, MsgType.RDMA_OPEN);
 const pd = (await call(a, MsgType.RDMA_ALLOC_PD)).h[0];
 const mr = await call(a, MsgType.RDMA_REG_MR, [pd, 7], [0x10000, 4096, 0x10000]);
