@@ -60,6 +60,7 @@ struct Listener {
   int chan_fd;
   uint16_t port;
   std::deque<Queued> queue;
+  bool watching_room = false;  // EPOLLOUT on chan_fd is registered
 };
 
 struct Record {
@@ -120,7 +121,10 @@ void CloseListener(Listener* l) {
   delete l;
 }
 
+// Changes the channel's registration only when it must: this runs once per connection.
 void WatchChannel(Listener* l, bool writable) {
+  if (l->watching_room == writable) return;
+  l->watching_room = writable;
   epoll_event ev{};
   ev.events = EPOLLIN | EPOLLRDHUP | (writable ? uint32_t(EPOLLOUT) : 0u);
   ev.data.u64 = kChanBit | l->port;
