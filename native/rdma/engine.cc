@@ -140,6 +140,7 @@ std::vector<uint8_t> worker_asleep;   // per worker (mu)
 std::vector<uint8_t> handed_over;     // per worker: woken by a hand-over, already counted in awake (mu)
 std::atomic<bool> deep_sleep{false};  // every worker is (about to be) asleep
 bool blocked = false;                 // last sweep left work waiting on time (RNR, CQ full, rate, lookup)
+bool sent_to_network = false;         // the last sweep sent a request to another host
 std::deque<Inbound> cm_inbox;  // NET_CM messages for the router's JS connection manager
 int cm_eventfd = -1;            // readable while cm_inbox has messages (JS watches it)
 bool running = false;
@@ -949,6 +950,7 @@ bool Service(Qp& q) {
       break;
     }
     if (o == Outcome::InFlight) {  // completes when the peer host answers (OnAck)
+      sent_to_network = true;
       q.sq_next++;
       did = true;
       continue;
@@ -1102,10 +1104,13 @@ void Loop(int w) {
       std::lock_guard<std::mutex> g(mu, std::adopt_lock);
       if (!running) return;
       blocked = false;
+      sent_to_network = false;
       if (transport) did |= transport->FlushUnsent() | ServeNetwork();
       if (!pending.empty()) blocked = true;
       for (auto& [n, q] : qps) did |= Service(*q);
       was_blocked = blocked;
+      // An answer from another host takes a network round trip: no point waiting for it.
+      if (sent_to_network && busy_sweeps == 0) busy_sweeps = 1;
     }
     uint64_t now = NowNs();
     if (did) {
