@@ -48,15 +48,4 @@ void Doorbells::Ring(int worker) const {
   if (page_) ff_doorbell_ring_worker(page_, unsigned(worker));
 }
 
-std::vector<int> WorkerCpus() {
-  std::vector<int> cpus;
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  if (sched_getaffinity(0, sizeof set, &set) == 0)
-    for (int c = 0; c < CPU_SETSIZE && c < FF_DOORBELL_MAX_CPUS && cpus.size() < FF_DOORBELL_MAX_WORKERS; c++)
-      if (CPU_ISSET(c, &set)) cpus.push_back(c);
-  if (cpus.empty()) cpus.push_back(-1);  // unknown: one unpinned worker
-  return cpus;
-}
-
 }  // namespace ffrdma

@@ -28,7 +28,4 @@ class Doorbells {
   int fd_ = -1;
 };
 
-// The CPUs this process may run on, lowest first, at most FF_DOORBELL_MAX_WORKERS of them.
-std::vector<int> WorkerCpus();
-
 }  // namespace ffrdma

@@ -4,7 +4,6 @@
 #include "engine.h"
 
 #include <fcntl.h>
-#include <pthread.h>
 #include <sched.h>
 #include <poll.h>
 #include <sys/eventfd.h>
@@ -1060,18 +1059,10 @@ void LockForSweep() {
   mu.lock();
 }
 
-void PinTo(int cpu) {
-  if (cpu < 0) return;
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  CPU_SET(cpu, &set);
-  pthread_setaffinity_np(pthread_self(), sizeof set, &set);
-}
-
 // One worker per CPU, pinned. Any worker serves everything (one lock); which one runs is
 // decided by where the application that rang was running.
 void Loop(int w) {
-  PinTo(worker_cpus[w]);
+  PinToCpu(worker_cpus[w]);
   RaiseToDataPathPriority();
   prctl(PR_SET_TIMERSLACK, 1UL);  // short sleeps must stay short
   uint64_t idle_since = 0;
@@ -1141,7 +1132,7 @@ void Loop(int w) {
 
 void EnsureThread() {
   if (running) return;
-  worker_cpus = WorkerCpus();
+  worker_cpus = DataPathCpus(FF_DOORBELL_MAX_WORKERS);
   if (!bells.ok() && !bells.Init(worker_cpus)) worker_cpus.assign(1, -1);
   running = true;
   awake = int(worker_cpus.size());

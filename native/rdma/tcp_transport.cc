@@ -240,8 +240,9 @@ class TcpTransport : public Transport {
 
   // Reads messages until the connection fails, then reports it down.
   void Reader(int idx) {
-    // Same class as the engine thread: a reader waiting behind busy-polling applications
-    // would add a scheduler slice to every cross-host round trip.
+    // Same class as the engine's workers: a reader waiting behind busy-polling applications
+    // would add a scheduler slice to every cross-host round trip. Pinned, as they are.
+    PinToCpu(NextDataPathCpu());
     RaiseToDataPathPriority();
     tls_reader = true;
     Conn& c = *conns_[idx];
