@@ -31,8 +31,13 @@ await yargs(hideBin(process.argv))
         peers: { type: 'string', array: true, default: splitList(process.env.FFR_PEERS), describe: 'host addresses of the other routers, comma or space separated (env FFR_PEERS)' },
         'peer-port': { type: 'number', default: Limits.PEER_PORT, describe: 'TCP port for router-to-router messages (RDMA engines use the next port)' },
         'log-level': { type: 'string', default: process.env.FFR_LOG_LEVEL || 'info', choices: ['debug', 'info', 'warn', 'error'], describe: 'JSON log verbosity on stderr (env FFR_LOG_LEVEL)' },
-        'rdma-rate-limit': { type: 'number', default: Number(process.env.FFR_RDMA_RATE_LIMIT || 0), describe: 'RDMA mode: bytes per second each container may send (0 = unlimited)' },
-      }),
+        'rdma-rate-limit': { type: 'number', default: Number(process.env.FFR_RDMA_RATE_LIMIT || 0), describe: 'RDMA mode: bytes per second each container may send (0 = unlimited; env FFR_RDMA_RATE_LIMIT)' },
+      })
+        .epilog(
+          'RDMA engine tuning (environment, see docs/rdma.md): FFR_RDMA_SPIN_NS spin after work (default 0 below 4 CPUs, else 20000), ' +
+            'FFR_RDMA_CATCH_NS wait for an answer after one request (3000), FFR_RDMA_HANDOVER_NS busy time before handing a stream ' +
+            'to another CPU (30000, 0 = never), FFR_RDMA_RT=0 no real-time scheduling.',
+        ),
     async (argv) => {
       const log = createLogger(`freeflow-router:${argv.name}`, argv['log-level']);
       const prefixText = argv['host-ip-prefix']!;
