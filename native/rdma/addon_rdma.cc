@@ -17,10 +17,10 @@ const uint8_t* Gid(const Napi::CallbackInfo& info, int i) {
 Napi::Value Num(const Napi::CallbackInfo& info, double v) { return Napi::Number::New(info.Env(), v); }
 
 // The engine takes ownership of fds it accepts (channels); memfds are mapped and closed here.
+// addMr(key, pd, pid, addr, len, iova, access, viewFd, viewAddr, viewOff, viewLen); viewFd -1: no view.
 Napi::Value AddMr(const Napi::CallbackInfo& i) {
-  int fd = i.Length() > 7 ? I32(i, 7) : -1;
-  int rc = fd >= 0 ? ffrdma::AddMr(U32(i, 0), U32(i, 1), I32(i, 2), U64(i, 3), U64(i, 4), U64(i, 5), U32(i, 6), fd, U64(i, 8), U64(i, 9), U64(i, 10))
-                   : ffrdma::AddMr(U32(i, 0), U32(i, 1), I32(i, 2), U64(i, 3), U64(i, 4), U64(i, 5), U32(i, 6));
+  int fd = I32(i, 7);
+  int rc = ffrdma::AddMr(U32(i, 0), U32(i, 1), I32(i, 2), U64(i, 3), U64(i, 4), U64(i, 5), U32(i, 6), fd, U64(i, 8), U64(i, 9), U64(i, 10));
   if (fd >= 0) close(fd);
   return Num(i, rc);
 }

@@ -134,9 +134,8 @@ std::deque<Inbound> pending;  // received requests waiting for the responder (RN
 uint64_t next_cookie = 1;
 Doorbells bells;                      // one per worker; libraries ring the one of their CPU
 std::vector<int> worker_cpus;         // worker i is pinned to worker_cpus[i] (-1: not pinned)
-int awake = 0;                        // workers not asleep on their doorbell (mu)
-std::vector<uint8_t> worker_asleep;   // per worker (mu)
-std::vector<uint8_t> handed_over;     // per worker: woken by a hand-over, already counted in awake (mu)
+std::vector<uint8_t> worker_asleep;   // per worker (mu); one being handed the engine counts as awake
+std::vector<uint8_t> handed_over;     // per worker: being woken by a hand-over, already marked awake (mu)
 std::atomic<bool> deep_sleep{false};  // every worker is (about to be) asleep
 bool blocked = false;                 // last sweep left work waiting on time (RNR, CQ full, rate, lookup)
 bool sent_to_network = false;         // the last sweep sent a request to another host
@@ -975,45 +974,50 @@ void SetSleepingFlags(uint32_t v) {
   for (auto& [n, q] : qps) __atomic_store_n(&q->shm->engine_sleeping, v, __ATOMIC_SEQ_CST);
 }
 
+// Needs mu.
+bool AllAsleep() {
+  return std::all_of(worker_asleep.begin(), worker_asleep.end(), [](uint8_t a) { return a != 0; });
+}
+
+// Sleeps on worker w's doorbell (seq read before w was marked asleep). True if it was woken
+// by a hand-over (HandOver already marked it awake).
+bool WaitForBell(int w, uint32_t seq) {
+  bells.Wait(w, seq, 1000);
+  std::lock_guard<std::mutex> g(mu);
+  if (handed_over[w]) {
+    handed_over[w] = 0;
+    return true;
+  }
+  if (AllAsleep()) {  // the first one up
+    deep_sleep.store(false);
+    SetSleepingFlags(0);
+  }
+  worker_asleep[w] = 0;
+  return false;
+}
+
 // Nothing is waiting anywhere: sleep on this worker's doorbell until a library posts (it sees
 // engine_sleeping in its QP's shared header), a peer host sends, or the control path changes a
 // QP. The last worker to go to sleep tells the libraries (engine_sleeping) and then looks once
 // more, so a post racing with it is never missed; a worker that is not the last leaves that
 // to the others. The doorbell's sequence number is read first: a ring after it makes the wait
 // return at once.
-// Sleeps on worker w's doorbell (seq read before w was marked asleep). True if it was woken
-// by a hand-over.
-bool WaitForBell(int w, uint32_t seq) {
-  bells.Wait(w, seq, 1000);
-  std::lock_guard<std::mutex> g(mu);
-  worker_asleep[w] = 0;
-  if (handed_over[w]) {
-    handed_over[w] = 0;
-    return true;
-  }
-  if (awake++ == 0) {
-    deep_sleep.store(false);
-    SetSleepingFlags(0);
-  }
-  return false;
-}
-
 bool DeepSleep(int w) {
   uint32_t seq = bells.Seq(w);
   {
     std::lock_guard<std::mutex> g(mu);
-    if (--awake == 0) {
+    worker_asleep[w] = 1;
+    if (AllAsleep()) {
       deep_sleep.store(true, std::memory_order_seq_cst);
       SetSleepingFlags(1);
       __atomic_thread_fence(__ATOMIC_SEQ_CST);
       if (HasWork() || blocked) {
-        awake++;
+        worker_asleep[w] = 0;
         deep_sleep.store(false);
         SetSleepingFlags(0);
         return false;
       }
     }
-    worker_asleep[w] = 1;
   }
   return WaitForBell(w, seq);
 }
@@ -1036,7 +1040,7 @@ bool HandOver(int w, bool* by_hand_over) {
     }
     if (to < 0) return false;
     worker_asleep[to] = 0;
-    handed_over[to] = 1;  // our place in `awake` passes to it: the libraries keep seeing an awake engine
+    handed_over[to] = 1;  // awake from now on: the libraries keep seeing an awake engine
     worker_asleep[w] = 1;
   }
   bells.Ring(to);
@@ -1046,7 +1050,7 @@ bool HandOver(int w, bool* by_hand_over) {
 
 bool AloneAwake() {
   std::lock_guard<std::mutex> g(mu);
-  return awake <= 1;
+  return std::count(worker_asleep.begin(), worker_asleep.end(), 0) <= 1;
 }
 
 // The workers take the lock from each other only briefly: spin for it rather than sleep in
@@ -1084,6 +1088,7 @@ void Loop(int w) {
   const char* catch_env = getenv("FFR_RDMA_CATCH_NS");
   const uint64_t catch_ns = std::max<uint64_t>(spin_ns, catch_env ? strtoull(catch_env, nullptr, 10) : 3000);
   unsigned busy_sweeps = 0;  // sweeps that found work since this worker woke
+  bool sent_away = false;    // ... and one of them sent a request to another host
   uint64_t busy_since = 0;
   bool by_hand_over = false;  // this worker got the engine by a hand-over (and keeps it until idle)
   for (;;) {
@@ -1100,8 +1105,7 @@ void Loop(int w) {
       if (!pending.empty()) blocked = true;
       for (auto& [n, q] : qps) did |= Service(*q);
       was_blocked = blocked;
-      // An answer from another host takes a network round trip: no point waiting for it.
-      if (sent_to_network && busy_sweeps == 0) busy_sweeps = 1;
+      sent_away |= sent_to_network;
     }
     uint64_t now = NowNs();
     if (did) {
@@ -1117,7 +1121,9 @@ void Loop(int w) {
     // Spin briefly (latency), then sleep on the doorbell that every post rings while the
     // engine sleeps. Timed sleeps only while work waits on time (RNR, rate limit, acks), and
     // by one worker only: in a VM a 2 us nanosleep costs ~50 us of CPU.
-    if (idle < (by_hand_over ? stream_spin_ns : busy_sweeps == 1 ? catch_ns : spin_ns)) {
+    // An answer from another host takes a network round trip: no point waiting for that one.
+    bool catch_answer = busy_sweeps == 1 && !sent_away;
+    if (idle < (by_hand_over ? stream_spin_ns : catch_answer ? catch_ns : spin_ns)) {
       for (int i = 0; i < 32; i++) __builtin_ia32_pause();
     } else if ((was_blocked && AloneAwake()) || !bells.ok()) {
       timespec ts{0, 50000};
@@ -1125,6 +1131,7 @@ void Loop(int w) {
     } else {
       by_hand_over = DeepSleep(w);
       busy_sweeps = 0;
+      sent_away = false;
       idle_since = 0;
     }
   }
@@ -1135,7 +1142,6 @@ void EnsureThread() {
   worker_cpus = DataPathCpus(FF_DOORBELL_MAX_WORKERS);
   if (!bells.ok() && !bells.Init(worker_cpus)) worker_cpus.assign(1, -1);
   running = true;
-  awake = int(worker_cpus.size());
   worker_asleep.assign(worker_cpus.size(), 0);
   handed_over.assign(worker_cpus.size(), 0);
   for (size_t w = 0; w < worker_cpus.size(); w++) std::thread(Loop, int(w)).detach();

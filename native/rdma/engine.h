@@ -13,8 +13,8 @@ namespace ffrdma {
 
 // fd >= 0: a sealed memory file holding [view_addr, view_addr+view_len) of the region (at
 // offset view_off), which the application mapped in place; the engine maps it too.
-int AddMr(uint32_t key, uint32_t pd, int pid, uint64_t addr, uint64_t len, uint64_t iova, uint32_t access, int fd = -1,
-          uint64_t view_addr = 0, uint64_t view_off = 0, uint64_t view_len = 0);
+int AddMr(uint32_t key, uint32_t pd, int pid, uint64_t addr, uint64_t len, uint64_t iova, uint32_t access, int fd,
+          uint64_t view_addr, uint64_t view_off, uint64_t view_len);
 int DelMr(uint32_t key);
 int AddChannel(uint32_t id, int fd);
 int DelChannel(uint32_t id);

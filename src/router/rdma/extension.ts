@@ -13,7 +13,7 @@ import type { RouterExtension } from '../requests.js';
 import { ConnectionManager } from './cm.js';
 
 interface RdmaNative {
-  rdmaAddMr(key: number, pd: number, pid: number, addr: number, len: number, iova: number, access: number, fd?: number, viewAddr?: number, viewOff?: number, viewLen?: number): number;
+  rdmaAddMr(key: number, pd: number, pid: number, addr: number, len: number, iova: number, access: number, viewFd: number, viewAddr: number, viewOff: number, viewLen: number): number;
   rdmaDelMr(key: number): number;
   rdmaAddChannel(id: number, fd: number): number;
   rdmaDelChannel(id: number): number;
@@ -201,11 +201,10 @@ export class RdmaExtension implements RouterExtension {
         while (this.usedKeys.has(key));
         // A view (part of the region in shared memory) is an optimisation: one the engine
         // refuses (unsealed file, out of range) fails the registration, as a bad argument.
+        // Without a descriptor (fd -1) the engine ignores the view fields.
         const [, , viewPages, viewOffPages] = h;
         if (fd >= 0) take();
-        const rc = fd >= 0
-          ? rdma.rdmaAddMr(key, pd, session.pid, addr, len, iova, access, fd, v[3], viewOffPages * PAGE, viewPages * PAGE)
-          : rdma.rdmaAddMr(key, pd, session.pid, addr, len, iova, access);
+        const rc = rdma.rdmaAddMr(key, pd, session.pid, addr, len, iova, access, fd, v[3], viewOffPages * PAGE, viewPages * PAGE);
         if (rc < 0) return fail(-rc);
         this.usedKeys.add(key);
         res.mrs.set(key, pd);
