@@ -82,11 +82,9 @@ static int private_anonymous(uintptr_t start, uintptr_t end) {
 }
 
 static int new_shared_file(uintptr_t start, size_t len) {
-  int fd = memfd_create("ffv-mr", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+  int fd = ff_sealed_memfd("ffv-mr", len);
   if (fd < 0) return -1;
-  void *tmp = MAP_FAILED;
-  if (ftruncate(fd, (off_t)len) < 0 || fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) < 0) goto fail;
-  tmp = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  void *tmp = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
   if (tmp == MAP_FAILED) goto fail;
   memcpy(tmp, (void *)start, len);
   if (mmap((void *)start, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd, 0) == MAP_FAILED) goto fail;

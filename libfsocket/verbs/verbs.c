@@ -103,14 +103,8 @@ static void *err_null(int e) { errno = e; return NULL; }
 static uint32_t pow2(uint32_t n) { uint32_t p = 1; while (p < n) p <<= 1; return p; }
 
 static int make_shm(const char *name, size_t len, void **map) {
-  int fd = memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING);
+  int fd = ff_sealed_memfd(name, len);
   if (fd < 0) return -errno;
-  /* Sealed so the router can map it safely: a file that could shrink later would fault it. */
-  if (ftruncate(fd, (off_t)len) < 0 || fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) < 0) {
-    int e = errno;
-    close(fd);
-    return -e;
-  }
   void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
   if (p == MAP_FAILED) { int e = errno; close(fd); return -e; }
   *map = p;

@@ -11,13 +11,8 @@
 namespace ffrdma {
 
 bool Doorbells::Init(const std::vector<int>& cpus) {
-  int fd = memfd_create("ff-doorbells", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+  int fd = ff_sealed_memfd("ff-doorbells", sizeof(ff_doorbells));
   if (fd < 0) return false;
-  // Sealed before any library sees it: a library that could shrink the file would fault us.
-  if (ftruncate(fd, sizeof(ff_doorbells)) < 0 || fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) < 0) {
-    close(fd);
-    return false;
-  }
   void* p = mmap(nullptr, sizeof(ff_doorbells), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
   if (p == MAP_FAILED) {
     close(fd);
