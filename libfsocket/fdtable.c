@@ -2,6 +2,7 @@
 #include "fdtable.h"
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
 #include "real.h"
 
@@ -32,6 +33,8 @@ static void sock_release(struct ff_sock *s) {
     ff_real.close(s->chan_fd);
     atomic_fetch_sub(&ff_channel_listeners, 1);
   }
+  if (s->host_fd >= 0) ff_real.close(s->host_fd);
+  if (s->admit) munmap(s->admit, sizeof *s->admit);
   free(s);
 }
 
@@ -56,6 +59,7 @@ struct ff_fd *ff_fd_track(int fd, enum ff_kind kind, int family) {
   s->kind = kind;
   s->family = family;
   s->chan_fd = -1;
+  s->host_fd = -1;
   e->sock = s;
   ff_fd_forget(fd); /* an entry left by a close we did not see (close_range, exit of a thread) */
   atomic_store_explicit(&table[fd], e, memory_order_release);
@@ -79,8 +83,18 @@ void ff_listener_drop_channel(int fd, struct ff_fd *e) {
     ff_real.close(e->sock->chan_fd);
     e->sock->chan_fd = -1;
     atomic_fetch_sub(&ff_channel_listeners, 1);
+    if (e->sock->host_fd >= 0) ff_real.close(e->sock->host_fd);
+    e->sock->host_fd = -1;
   }
   pthread_mutex_unlock(&ff_table_lock);
+}
+
+int ff_listener_sources(const struct ff_sock *s, int out[2]) {
+  int n = 0;
+  if (s->kind != FF_LISTENER || s->chan_fd < 0) return 0;
+  if (s->host_fd >= 0) out[n++] = s->host_fd;
+  out[n++] = s->chan_fd;
+  return n;
 }
 
 bool ff_channel_at_eof(int chan) {

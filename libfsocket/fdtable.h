@@ -10,6 +10,7 @@
 #include <sys/epoll.h>
 #include <sys/socket.h>
 #include "addr.h"
+#include "ff_admit.h"
 
 #define FF_MAX_OPTS 24
 #define FF_MAX_REGS 8
@@ -17,7 +18,7 @@
 
 enum ff_kind {
   FF_CANDIDATE = 1, /* AF_INET/AF_INET6 stream socket, still on the overlay */
-  FF_LISTENER,      /* overlay listener with a router accept channel beside it */
+  FF_LISTENER,      /* overlay listener with a router host listener and accept channel beside it */
   FF_ACCEL,         /* connection whose fd is now a host-network socket */
 };
 
@@ -30,7 +31,7 @@ struct ff_sockopt {
 };
 
 /* An epoll registration of this fd, remembered so that it survives the fd swap at connect()
- * and can be mirrored onto a listener's accept channel. */
+ * and can be mirrored onto a listener's host listener and accept channel. */
 struct ff_epoll_reg {
   int epfd;
   struct epoll_event ev;
@@ -46,7 +47,9 @@ struct ff_sock {
   struct ff_endpoint local; /* FF_ACCEL: overlay identity shown by getsockname */
   struct ff_endpoint peer;  /* FF_ACCEL: overlay identity shown by getpeername */
   int chan_fd;              /* FF_LISTENER: router accept channel (SOCK_SEQPACKET), or -1 */
-  unsigned accept_turn;     /* FF_LISTENER: alternates which source accept() tries first */
+  int host_fd;              /* FF_LISTENER: the router's host-network listener, or -1 */
+  struct ff_admit_table *admit; /* FF_LISTENER: its admission table (shared with the router) */
+  unsigned accept_turn;     /* FF_LISTENER: rotates which source accept() tries first */
 };
 
 struct ff_fd {
@@ -57,7 +60,7 @@ struct ff_fd {
 
 /* Serialises every table change; lookups on hot paths read the slot without it. */
 extern pthread_mutex_t ff_table_lock;
-/* Number of live listeners with an accept channel: poll()/select() pass straight through
+/* Number of live listeners with an accept channel (and host listener): poll()/select() pass straight through
  * while it is zero. */
 extern atomic_int ff_channel_listeners;
 
@@ -67,14 +70,19 @@ struct ff_fd *ff_fd_get(int fd); /* NULL if untracked */
 struct ff_fd *ff_fd_track(int fd, enum ff_kind kind, int family);
 /* Make newfd refer to the same ff_sock as oldfd (dup family). Caller holds the lock. */
 void ff_fd_share(int oldfd, int newfd);
-/* Forget fd; closes a listener's channel when its last fd goes. Caller holds the lock. */
+/* Forget fd; closes a listener's channel and host listener when its last fd goes. Caller
+ * holds the lock. */
 void ff_fd_forget(int fd);
-/* The router went away: the listener carries on as a plain overlay listener. */
+/* The router went away: the listener carries on as a plain overlay listener (its host
+ * listener is closed too; the table stays mapped until the last fd goes, as another thread
+ * may be reading it). */
 void ff_listener_drop_channel(int fd, struct ff_fd *e);
 /* True if the channel's only news is that the router closed it (checked with MSG_PEEK). */
 bool ff_channel_at_eof(int chan);
 void ff_sock_record_opt(struct ff_sock *s, int level, int name, const void *val, socklen_t len);
 void ff_sock_replay_opts(const struct ff_sock *s, int fd);
 void ff_fd_record_epoll(struct ff_fd *e, int epfd, int op, const struct epoll_event *ev);
+/* The fds a listener's readiness also depends on (host listener, channel); returns how many. */
+int ff_listener_sources(const struct ff_sock *s, int out[2]);
 
 #endif

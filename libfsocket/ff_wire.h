@@ -16,6 +16,7 @@
 #define FF_T_STATUS 4
 #define FF_T_REPLY 5
 #define FF_T_ACCEPTED 10
+#define FF_T_ADMIT_MISS 11
 #define FF_T_PEER_HELLO 20
 #define FF_T_LISTEN_ADD 21
 #define FF_T_LISTEN_DEL 22

@@ -1,15 +1,83 @@
-/* accept()/accept4() on an accelerated listener take connections from two sources: the overlay
- * listener itself (plain clients) and the router's accept channel (host-network connections
- * the routers set up, each arriving with the overlay identity of exactly its peer). */
+/* accept()/accept4() on an accelerated listener take connections from three sources: the
+ * router's host listener (host-network connections the routers set up, admitted with the
+ * overlay identity of exactly their peer from the listener's admission table), the router's
+ * accept channel (such connections that arrived before their announcement and waited in the
+ * router), and the overlay listener itself (plain clients). */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <netinet/in.h>
 #include <string.h>
 #include "config.h"
 #include "fdtable.h"
 #include "init.h"
 #include "router.h"
+
+/* Gives an accepted host connection the application's view: its flags, the options set on
+ * the listener (accepted sockets inherit the listener's options in the kernel; ours come from
+ * the router's listener), and the overlay identity for getsockname/getpeername/accept. */
+static int hand_to_application(struct ff_fd *e, int afd, const struct ff_endpoint *local, const struct ff_endpoint *peer,
+                               struct sockaddr *addr, socklen_t *len) {
+  ff_sock_replay_opts(e->sock, afd);
+  pthread_mutex_lock(&ff_table_lock);
+  struct ff_fd *a = ff_fd_track(afd, FF_ACCEL, e->sock->family);
+  if (a) {
+    a->sock->local = *local;
+    a->sock->peer = *peer;
+  }
+  pthread_mutex_unlock(&ff_table_lock);
+  if (addr && len) ff_endpoint_to_sockaddr(peer, e->sock->family, addr, len);
+  return afd;
+}
+
+static struct ff_endpoint endpoint_v4(uint32_t ip, uint16_t port) {
+  struct ff_endpoint ep = {.port = port};
+  ep.addr.s6_addr[10] = ep.addr.s6_addr[11] = 0xff;
+  memcpy(&ep.addr.s6_addr[12], &ip, 4);
+  return ep;
+}
+
+/* A connection with no admission entry goes to the router, which delivers it on the channel
+ * once its announcement arrives, or refuses it (a host process dialling in directly). */
+static void hand_back(int chan, int afd) {
+  struct ff_msg m;
+  ff_msg_init(&m, FF_T_ADMIT_MISS);
+  struct iovec iov = {&m, sizeof m};
+  union {
+    struct cmsghdr hdr;
+    char buf[CMSG_SPACE(sizeof(int))];
+  } ctl;
+  struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.buf, .msg_controllen = sizeof ctl.buf};
+  struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
+  c->cmsg_level = SOL_SOCKET;
+  c->cmsg_type = SCM_RIGHTS;
+  c->cmsg_len = CMSG_LEN(sizeof(int));
+  memcpy(CMSG_DATA(c), &afd, sizeof afd);
+  (void)sendmsg(chan, &mh, MSG_DONTWAIT | MSG_NOSIGNAL); /* if it fails, closing refuses the connection */
+  ff_real.close(afd);
+}
+
+/* One admitted connection from the host listener: >= 0 an fd, -1 with errno (EAGAIN if none). */
+static int take_from_host(struct ff_fd *e, struct sockaddr *addr, socklen_t *len, int flags) {
+  for (;;) {
+    int host = e->sock->host_fd, chan = e->sock->chan_fd;
+    if (host < 0 || chan < 0) {
+      errno = EAGAIN;
+      return -1;
+    }
+    struct sockaddr_in from;
+    socklen_t flen = sizeof from;
+    int afd = ff_real.accept4(host, (struct sockaddr *)&from, &flen, flags);
+    if (afd < 0) return -1;
+    struct ff_admit_slot id;
+    if (from.sin_family == AF_INET && ff_admit_claim(e->sock->admit, ff_admit_key(from.sin_addr.s_addr, ntohs(from.sin_port)), &id)) {
+      struct ff_endpoint local = endpoint_v4(id.local_ip, id.local_port), peer = endpoint_v4(id.peer_ip, id.peer_port);
+      return hand_to_application(e, afd, &local, &peer, addr, len);
+    }
+    hand_back(chan, afd);
+  }
+}
 
 /* One connection from the channel: >= 0 an fd, -1 with errno EAGAIN if none is waiting. */
 static int take_from_channel(int fd, struct ff_fd *e, struct sockaddr *addr, socklen_t *len, int flags) {
@@ -34,51 +102,43 @@ static int take_from_channel(int fd, struct ff_fd *e, struct sockaddr *addr, soc
       continue;
     }
     if (flags & SOCK_NONBLOCK) ff_real.fcntl(afd, F_SETFL, ff_real.fcntl(afd, F_GETFL) | O_NONBLOCK);
-    /* Accepted sockets inherit the listener's options in the kernel; ours come from the
-     * router's listener, so give them the application's. */
-    ff_sock_replay_opts(e->sock, afd);
-    pthread_mutex_lock(&ff_table_lock);
-    struct ff_fd *a = ff_fd_track(afd, FF_ACCEL, e->sock->family);
-    if (a) {
-      memcpy(&a->sock->local.addr, m.local_addr, 16);
-      a->sock->local.port = m.local_port;
-      memcpy(&a->sock->peer.addr, m.remote_addr, 16);
-      a->sock->peer.port = m.remote_port;
-    }
-    pthread_mutex_unlock(&ff_table_lock);
-    if (addr && len) {
-      struct ff_endpoint peer;
-      memcpy(&peer.addr, m.remote_addr, 16);
-      peer.port = m.remote_port;
-      ff_endpoint_to_sockaddr(&peer, e->sock->family, addr, len);
-    }
-    return afd;
+    struct ff_endpoint local, peer;
+    memcpy(&local.addr, m.local_addr, 16);
+    local.port = m.local_port;
+    memcpy(&peer.addr, m.remote_addr, 16);
+    peer.port = m.remote_port;
+    return hand_to_application(e, afd, &local, &peer, addr, len);
   }
 }
 
-static int accept_both(int fd, struct ff_fd *e, struct sockaddr *addr, socklen_t *len, int flags) {
+enum { SOURCE_HOST, SOURCE_CHANNEL, SOURCE_OVERLAY, SOURCES };
+
+static int accept_all(int fd, struct ff_fd *e, struct sockaddr *addr, socklen_t *len, int flags) {
   int fl = ff_real.fcntl(fd, F_GETFL);
   bool nonblock = fl >= 0 && (fl & O_NONBLOCK);
   for (;;) {
-    /* Alternate the first source so neither kind of client can starve the other. */
-    bool channel_first = (e->sock->accept_turn++ & 1) == 0;
-    for (int pass = 0; pass < 2; pass++) {
-      if ((pass == 0) == channel_first) {
-        int r = take_from_channel(fd, e, addr, len, flags);
-        if (r >= 0 || errno != EAGAIN) return r;
-      } else if (nonblock) {
-        int r = ff_real.accept4(fd, addr, len, flags);
-        if (r >= 0 || errno != EAGAIN) return r;
+    /* Rotate the first source so that no kind of client can starve the others. */
+    unsigned first = e->sock->accept_turn++ % SOURCES;
+    for (unsigned i = 0; i < SOURCES; i++) {
+      int r = -1;
+      errno = EAGAIN;
+      switch ((first + i) % SOURCES) {
+        case SOURCE_HOST: r = take_from_host(e, addr, len, flags); break;
+        case SOURCE_CHANNEL: r = take_from_channel(fd, e, addr, len, flags); break;
+        default:
+          if (nonblock) r = ff_real.accept4(fd, addr, len, flags);
       }
+      if (r >= 0 || errno != EAGAIN) return r;
     }
     if (nonblock) {
       errno = EAGAIN;
       return -1;
     }
-    int chan = e->sock->chan_fd;
-    if (chan < 0) return ff_real.accept4(fd, addr, len, flags);
-    struct pollfd p[2] = {{fd, POLLIN, 0}, {chan, POLLIN, 0}};
-    if (ff_real.poll(p, 2, -1) < 0) return -1; /* EINTR reaches the caller, as accept() would */
+    int src[2];
+    int n = ff_listener_sources(e->sock, src);
+    if (n == 0) return ff_real.accept4(fd, addr, len, flags);
+    struct pollfd p[3] = {{fd, POLLIN, 0}, {src[0], POLLIN, 0}, {n > 1 ? src[1] : -1, POLLIN, 0}};
+    if (ff_real.poll(p, 3, -1) < 0) return -1; /* EINTR reaches the caller, as accept() would */
     if (p[0].revents) return ff_real.accept4(fd, addr, len, flags);
   }
 }
@@ -87,12 +147,12 @@ int accept4(int fd, struct sockaddr *addr, socklen_t *len, int flags) {
   FF_INIT();
   struct ff_fd *e = ff_fd_get(fd);
   if (!e || e->sock->kind != FF_LISTENER || e->sock->chan_fd < 0) return ff_real.accept4(fd, addr, len, flags);
-  return accept_both(fd, e, addr, len, flags);
+  return accept_all(fd, e, addr, len, flags);
 }
 
 int accept(int fd, struct sockaddr *addr, socklen_t *len) {
   FF_INIT();
   struct ff_fd *e = ff_fd_get(fd);
   if (!e || e->sock->kind != FF_LISTENER || e->sock->chan_fd < 0) return ff_real.accept(fd, addr, len);
-  return accept_both(fd, e, addr, len, 0);
+  return accept_all(fd, e, addr, len, 0);
 }

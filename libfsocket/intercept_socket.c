@@ -8,6 +8,8 @@
 #include <netinet/in.h>
 #include <stdarg.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include "config.h"
 #include "fdtable.h"
@@ -176,6 +178,42 @@ static bool listener_eligible(int fd, int family, struct ff_endpoint *ep) {
   return ff_addr_is_v4mapped(&ep->addr) && ff_config_in_vnet(&ep->addr);
 }
 
+/* The admission table the router sent with a listener, mapped; NULL if it is not one. */
+static struct ff_admit_table *map_admission_table(int memfd) {
+  struct stat st;
+  if (fstat(memfd, &st) < 0 || (size_t)st.st_size < sizeof(struct ff_admit_table)) return NULL;
+  void *p = mmap(NULL, sizeof(struct ff_admit_table), PROT_READ | PROT_WRITE, MAP_SHARED, memfd, 0);
+  return p == MAP_FAILED ? NULL : p;
+}
+
+/* Puts the router's host listener and accept channel beside the application's listener and
+ * mirrors the listener's epoll registrations onto both. */
+static void attach_router_listener(int fd, struct ff_fd *e, int chan, int host, struct ff_admit_table *admit, uint16_t port) {
+  pthread_mutex_lock(&ff_table_lock);
+  bool attached = e == ff_fd_get(fd) && e->sock->kind == FF_CANDIDATE;
+  if (attached) {
+    e->sock->kind = FF_LISTENER;
+    e->sock->chan_fd = chan;
+    e->sock->host_fd = host;
+    e->sock->admit = admit;
+    atomic_fetch_add(&ff_channel_listeners, 1);
+    for (int i = 0; i < e->nregs; i++) {
+      struct epoll_event ev = e->regs[i].ev;
+      ev.events &= ~(uint32_t)EPOLLOUT;
+      ff_real.epoll_ctl(e->regs[i].epfd, EPOLL_CTL_ADD, host, &ev);
+      ff_real.epoll_ctl(e->regs[i].epfd, EPOLL_CTL_ADD, chan, &ev);
+    }
+  }
+  pthread_mutex_unlock(&ff_table_lock);
+  if (!attached) {
+    ff_real.close(chan);
+    ff_real.close(host);
+    munmap(admit, sizeof *admit);
+    return;
+  }
+  FF_DEBUG("listen fd %d port %u: router host listener and accept channel attached", fd, port);
+}
+
 int listen(int fd, int backlog) {
   FF_INIT();
   int r = ff_real.listen(fd, backlog);
@@ -190,30 +228,15 @@ int listen(int fd, int backlog) {
   memcpy(req.local_addr, &ep.addr, 16);
   req.local_port = ep.port;
   req.flags = backlog > 0 ? (uint32_t)backlog : 0;
-  int chan = -1;
-  int n = ff_router_call(&req, &rep, &chan, 1);
-  if (n == 1 && rep.status != FF_REPLY_ACCEL) {
-    ff_real.close(chan);
-    chan = -1;
-  }
-  if (n == 1 && chan >= 0) {
-    chan = ff_move_high(chan);
-    pthread_mutex_lock(&ff_table_lock);
-    if (e == ff_fd_get(fd) && e->sock->kind == FF_CANDIDATE) {
-      e->sock->kind = FF_LISTENER;
-      e->sock->chan_fd = chan;
-      atomic_fetch_add(&ff_channel_listeners, 1);
-      for (int i = 0; i < e->nregs; i++) {
-        struct epoll_event ev = e->regs[i].ev;
-        ev.events &= ~(uint32_t)EPOLLOUT;
-        ff_real.epoll_ctl(e->regs[i].epfd, EPOLL_CTL_ADD, chan, &ev);
-      }
-      chan = -1;
-    }
-    pthread_mutex_unlock(&ff_table_lock);
-    if (chan >= 0) ff_real.close(chan);
-    FF_DEBUG("listen fd %d port %u: router accept channel attached", fd, ep.port);
-  }
+  /* Reply fds: accept channel, host listener, admission table. */
+  int got[3] = {-1, -1, -1};
+  int n = ff_router_call(&req, &rep, got, 3);
+  struct ff_admit_table *admit = NULL;
+  if (n == 3 && rep.status == FF_REPLY_ACCEL) admit = map_admission_table(got[2]);
+  for (int i = 2; i < n; i++) ff_real.close(got[i]);
+  if (admit) attach_router_listener(fd, e, ff_move_high(got[0]), ff_move_high(got[1]), admit, ep.port);
+  else
+    for (int i = 0; i < n && i < 2; i++) ff_real.close(got[i]);
   errno = saved;
   return r;
 }

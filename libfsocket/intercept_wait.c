@@ -1,7 +1,8 @@
-/* Readiness calls. An accelerated listener is ready when either its overlay socket or its
- * router channel has a connection, so wherever the application waits on the listener we also
- * wait on the channel: epoll registrations are mirrored, poll()/select() sets are widened for
- * the duration of the call. With no accelerated listener in the process, all pass through. */
+/* Readiness calls. An accelerated listener is ready when its overlay socket, the router's host
+ * listener or its accept channel has a connection, so wherever the application waits on the
+ * listener we also wait on the other two ("sources"): epoll registrations are mirrored,
+ * poll()/select() sets are widened for the duration of the call. With no accelerated listener
+ * in the process, all pass through. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <stdlib.h>
@@ -17,23 +18,24 @@ int epoll_ctl(int epfd, int op, int fd, struct epoll_event *ev) {
   int r = ff_real.epoll_ctl(epfd, op, fd, ev);
   if (r < 0) return r;
   int saved = errno;
-  int chan = -1;
+  int src[2], n = 0;
   pthread_mutex_lock(&ff_table_lock);
   if (e == ff_fd_get(fd)) {
     ff_fd_record_epoll(e, epfd, op, ev);
-    if (e->sock->kind == FF_LISTENER) chan = e->sock->chan_fd;
+    n = ff_listener_sources(e->sock, src);
   }
   pthread_mutex_unlock(&ff_table_lock);
-  if (chan >= 0) {
-    struct epoll_event cev = ev ? *ev : (struct epoll_event){0};
-    cev.events &= ~(uint32_t)EPOLLOUT;
-    ff_real.epoll_ctl(epfd, op, chan, ev ? &cev : NULL);
+  for (int i = 0; i < n; i++) {
+    struct epoll_event sev = ev ? *ev : (struct epoll_event){0};
+    sev.events &= ~(uint32_t)EPOLLOUT;
+    ff_real.epoll_ctl(epfd, op, src[i], ev ? &sev : NULL);
   }
   errno = saved;
   return r;
 }
 
-/* Index pairs: (position of a listener in the caller's array, its channel fd). */
+/* The caller's pollfds followed by its listeners' sources, each with the position of its
+ * listener in the caller's array. */
 struct widen {
   struct pollfd *fds;
   nfds_t n;
@@ -43,15 +45,17 @@ struct widen {
   nfds_t local_owner[64];
 };
 
+static int watched_sources(const struct pollfd *p, int src[2]) {
+  struct ff_fd *e = ff_fd_get(p->fd);
+  return e && (p->events & POLLIN) ? ff_listener_sources(e->sock, src) : 0;
+}
+
 static bool widen_pollfds(struct widen *w, struct pollfd *fds, nfds_t n) {
   nfds_t k = 0;
-  for (nfds_t i = 0; i < n; i++) {
-    struct ff_fd *e = ff_fd_get(fds[i].fd);
-    if (e && e->sock->kind == FF_LISTENER && e->sock->chan_fd >= 0 && (fds[i].events & POLLIN)) k++;
-  }
+  int src[2];
+  for (nfds_t i = 0; i < n; i++) k += (nfds_t)watched_sources(&fds[i], src);
   if (k == 0) return false;
   w->n = n;
-  w->extra = k;
   if (n + k <= 64) {
     w->fds = w->local;
     w->owner = w->local_owner;
@@ -66,10 +70,10 @@ static bool widen_pollfds(struct widen *w, struct pollfd *fds, nfds_t n) {
   }
   memcpy(w->fds, fds, n * sizeof *fds);
   nfds_t j = 0;
-  for (nfds_t i = 0; i < n && j < k; i++) {
-    struct ff_fd *e = ff_fd_get(fds[i].fd);
-    if (e && e->sock->kind == FF_LISTENER && e->sock->chan_fd >= 0 && (fds[i].events & POLLIN)) {
-      w->fds[n + j] = (struct pollfd){e->sock->chan_fd, POLLIN, 0};
+  for (nfds_t i = 0; i < n; i++) {
+    int m = watched_sources(&fds[i], src);
+    for (int s = 0; s < m && j < k; s++) {
+      w->fds[n + j] = (struct pollfd){src[s], POLLIN, 0};
       w->owner[j++] = i;
     }
   }
@@ -80,10 +84,10 @@ static bool widen_pollfds(struct widen *w, struct pollfd *fds, nfds_t n) {
 /* A channel the router closed is not a connection to accept: drop it (the listener goes on as
  * a plain overlay listener) instead of reporting readiness, which would send an application
  * with a blocking listener into an accept() that never returns. */
-static bool channel_has_connection(int listener_fd, int chan) {
-  if (!ff_channel_at_eof(chan)) return true;
+static bool source_has_connection(int listener_fd, int source) {
   struct ff_fd *e = ff_fd_get(listener_fd);
-  if (e) ff_listener_drop_channel(listener_fd, e);
+  if (!e || source != e->sock->chan_fd || !ff_channel_at_eof(source)) return true;
+  ff_listener_drop_channel(listener_fd, e);
   return false;
 }
 
@@ -91,7 +95,7 @@ static int narrow_pollfds(struct widen *w, struct pollfd *fds, int r) {
   if (r > 0) {
     for (nfds_t i = 0; i < w->n; i++) fds[i].revents = w->fds[i].revents;
     for (nfds_t j = 0; j < w->extra; j++)
-      if ((w->fds[w->n + j].revents & (POLLIN | POLLHUP | POLLERR)) && channel_has_connection(fds[w->owner[j]].fd, w->fds[w->n + j].fd))
+      if ((w->fds[w->n + j].revents & (POLLIN | POLLHUP | POLLERR)) && source_has_connection(fds[w->owner[j]].fd, w->fds[w->n + j].fd))
         fds[w->owner[j]].revents |= POLLIN;
     r = 0;
     for (nfds_t i = 0; i < w->n; i++) r += fds[i].revents != 0;
@@ -143,22 +147,24 @@ int ppoll(struct pollfd *fds, nfds_t n, const struct timespec *ts, const sigset_
 }
 
 struct select_pair {
-  int listener, chan;
+  int listener, source;
 };
 
-/* Adds each watched listener's channel to readfds; returns the widened nfds and the pairs. */
+/* Adds each watched listener's sources to readfds; returns the widened nfds and the pairs. */
 static int widen_fdset(int n, fd_set *rd, struct select_pair *pairs, int *npairs) {
   int top = n;
   *npairs = 0;
-  for (int fd = 0; fd < n && fd < FD_SETSIZE && *npairs < 64; fd++) {
+  for (int fd = 0; fd < n && fd < FD_SETSIZE && *npairs < 63; fd++) {
     if (!FD_ISSET(fd, rd)) continue;
     struct ff_fd *e = ff_fd_get(fd);
-    if (!e || e->sock->kind != FF_LISTENER) continue;
-    int chan = e->sock->chan_fd;
-    if (chan < 0 || chan >= FD_SETSIZE) continue;
-    FD_SET(chan, rd);
-    pairs[(*npairs)++] = (struct select_pair){fd, chan};
-    if (chan + 1 > top) top = chan + 1;
+    int src[2];
+    int m = e ? ff_listener_sources(e->sock, src) : 0;
+    for (int s = 0; s < m; s++) {
+      if (src[s] >= FD_SETSIZE) continue;
+      FD_SET(src[s], rd);
+      pairs[(*npairs)++] = (struct select_pair){fd, src[s]};
+      if (src[s] + 1 > top) top = src[s] + 1;
+    }
   }
   return top;
 }
@@ -166,9 +172,9 @@ static int widen_fdset(int n, fd_set *rd, struct select_pair *pairs, int *npairs
 static int narrow_fdset(int n, int r, fd_set *rd, fd_set *wr, fd_set *ex, const struct select_pair *pairs, int npairs) {
   if (r <= 0) return r;
   for (int i = 0; i < npairs; i++) {
-    if (FD_ISSET(pairs[i].chan, rd)) {
-      FD_CLR(pairs[i].chan, rd);
-      if (channel_has_connection(pairs[i].listener, pairs[i].chan)) FD_SET(pairs[i].listener, rd);
+    if (FD_ISSET(pairs[i].source, rd)) {
+      FD_CLR(pairs[i].source, rd);
+      if (source_has_connection(pairs[i].listener, pairs[i].source)) FD_SET(pairs[i].listener, rd);
     }
   }
   r = 0;

@@ -1,9 +1,12 @@
-// The host side of accelerated listeners, in native code: a thread accepts host connections,
-// matches each with the announcement of the router that set it up (by client host address,
-// source port and listener port) and passes it, fd attached, to the application's accept
-// channel. Unannounced connections are closed after a grace period: a host process that dials
-// a host endpoint directly reaches no container. JavaScript only adds and removes listeners and
-// hands over announcements in batches, so no per-connection work runs in the event loop.
+// The host side of accelerated listeners, in native code. The application's library accepts
+// host connections itself and admits each one whose announcement is in the listener's
+// admission table (libfsocket/ff_admit.h), which this thread fills from the announcements
+// other routers (or this one) send. Connections the library finds no entry for come back here
+// over the accept channel (ADMIT_MISS); they wait for their announcement and are then passed
+// to the application (ACCEPTED, fd attached), or are closed after a grace period: a host
+// process that dials a host endpoint directly reaches no container. JavaScript only adds and
+// removes listeners and hands over announcements in batches, so no per-connection work runs
+// in the event loop, and in the common case none runs in the router at all.
 #include <arpa/inet.h>
 #include <errno.h>
 #include <string.h>
@@ -19,6 +22,8 @@
 #include <vector>
 #include "addon.h"
 extern "C" {
+#include "ff_admit.h"
+#include "ff_shm.h"
 #include "ff_wire.h"
 }
 
@@ -27,6 +32,7 @@ namespace {
 constexpr int64_t kUnannouncedGraceMs = 3000;
 constexpr int64_t kAnnouncementTtlMs = 30000;  // > libfsocket's prefetched-socket lifetime (5 s)
 constexpr size_t kMaxQueued = 4096;
+constexpr size_t kMaxParked = 4096;
 constexpr size_t kRecent = 256;
 
 int64_t NowMs() {
@@ -35,14 +41,20 @@ int64_t NowMs() {
   return ts.tv_sec * 1000LL + ts.tv_nsec / 1000000;
 }
 
-uint64_t Key(uint32_t client_ip, uint16_t client_port, uint16_t listener_port) {
-  return (uint64_t(client_ip) << 32) | (uint64_t(client_port) << 16) | listener_port;
-}
-
-struct Announcement {
-  struct ff_msg msg;  // the ANNOUNCE record as received
-  int64_t expires;
+// Who a connection is: its overlay peer and the overlay endpoint it dialled.
+struct Identity {
+  uint32_t peer_ip, local_ip;  // network order
+  uint16_t peer_port, local_port;
 };
+
+Identity IdentityOf(const ff_msg& ann) {  // ANNOUNCE: local_* is the client, remote_* the destination
+  Identity id;
+  memcpy(&id.peer_ip, ann.local_addr + 12, 4);
+  memcpy(&id.local_ip, ann.remote_addr + 12, 4);
+  id.peer_port = ann.local_port;
+  id.local_port = ann.remote_port;
+  return id;
+}
 
 struct Parked {
   int fd;
@@ -55,18 +67,25 @@ struct Queued {
   int fd;
 };
 
+// Announcements that found no room in their listener's table (or no listener yet).
+struct Overflow {
+  Identity id;
+  int64_t expires;
+};
+
 struct Listener {
-  int listen_fd;
   int chan_fd;
   uint16_t port;
+  ff_admit_table* table;
+  std::vector<int64_t> expires;  // per slot; ours, not in the shared table the library can write
+  uint16_t generation = 0;
   std::deque<Queued> queue;
   bool watching_room = false;  // EPOLLOUT on chan_fd is registered
 };
 
 struct Record {
   int64_t wall_ms;
-  uint8_t src[16], dst[16];
-  uint16_t src_port, dst_port;
+  Identity id;
   uint32_t client_ip;
   uint16_t client_port;
 };
@@ -75,37 +94,83 @@ std::mutex mu;
 int epfd = -1;
 int wake_fd = -1;
 std::unordered_map<uint16_t, Listener*> listeners;  // by host port
-std::unordered_map<uint64_t, Announcement> announced;
+// Keys: ff_admit_key(client ip, client port) | listener port.
+std::unordered_map<uint64_t, Overflow> overflow;
 std::unordered_map<uint64_t, Parked> parked;
 std::vector<uint16_t> closed_ports;  // for JS to withdraw from the directory
 std::vector<Record> recent;
 size_t recent_next = 0;
 uint64_t delivered = 0, refused = 0;
+uint64_t admitted = 0;  // the part of `delivered` the library admitted itself (no router hop)
 Napi::ThreadSafeFunction on_closed;
 
-// epoll data: port in the low 16 bits, bit 16 set for the channel end.
-constexpr uint64_t kChanBit = 1u << 16;
+uint64_t PortKey(uint64_t admit_key, uint16_t listener_port) { return admit_key | listener_port; }
 
-void Remember(const ff_msg& a) {
+void Remember(const Identity& id, uint64_t admit_key) {
   Record r{};
   timespec ts;
   clock_gettime(CLOCK_REALTIME, &ts);
   r.wall_ms = ts.tv_sec * 1000LL + ts.tv_nsec / 1000000;
-  memcpy(r.src, a.local_addr, 16);
-  memcpy(r.dst, a.remote_addr, 16);
-  r.src_port = a.local_port;
-  r.dst_port = a.remote_port;
-  memcpy(&r.client_ip, a.host_addr + 12, 4);
-  r.client_port = a.host_port;
+  r.id = id;
+  r.client_ip = uint32_t(admit_key >> 32);
+  r.client_port = uint16_t(admit_key >> 16);
   if (recent.size() < kRecent) recent.push_back(r);
   else recent[recent_next] = r;
   recent_next = (recent_next + 1) % kRecent;
 }
 
+void CountAdmitted(const ff_admit_slot* s, uint64_t tag) {
+  Remember(Identity{s->peer_ip, s->local_ip, s->peer_port, s->local_port}, tag & ~0xffffull);
+  delivered++;
+  admitted++;
+}
+
+// Frees slots whose connections the library admitted (counting them) and unclaimed ones past
+// their time. Runs on every sweep and before stats are read.
+void ReapTable(Listener* l, int64_t now) {
+  for (uint32_t i = 0; i < FF_ADMIT_SLOTS; i++) {
+    ff_admit_slot* s = &l->table->slot[i];
+    uint64_t tag = __atomic_load_n(&s->tag, __ATOMIC_ACQUIRE);
+    if (!tag) continue;
+    if (!(tag & FF_ADMIT_CLAIMED)) {
+      if (l->expires[i] > now) continue;
+      if (__atomic_compare_exchange_n(&s->tag, &tag, 0, false, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) continue;
+      if (!(tag & FF_ADMIT_CLAIMED)) continue;  // scribbled on by the library: leave it to the next sweep
+    }
+    CountAdmitted(s, tag);
+    __atomic_store_n(&s->tag, 0, __ATOMIC_RELEASE);
+  }
+}
+
+// Publishes an announcement in the listener's table; false if its probe window is full.
+bool Admit(Listener* l, uint64_t key, const Identity& id, int64_t expires) {
+  uint32_t home = ff_admit_home(key);
+  for (uint32_t i = 0; i < FF_ADMIT_PROBE; i++) {
+    uint32_t at = (home + i) & (FF_ADMIT_SLOTS - 1);
+    ff_admit_slot* s = &l->table->slot[at];
+    uint64_t tag = __atomic_load_n(&s->tag, __ATOMIC_ACQUIRE);
+    if (tag & FF_ADMIT_CLAIMED) {
+      CountAdmitted(s, tag);
+    } else if (tag && ((tag & ~0xffffull) != key || !__atomic_compare_exchange_n(&s->tag, &tag, 0, false, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))) {
+      continue;  // another connection's entry (or claimed just now: counted on the next sweep)
+    }
+    // Free, or an older announcement of the same client port (re-used): ours now. The tag
+    // goes to 0 before the fields change so that no claimer pairs old tag and new fields.
+    __atomic_store_n(&s->tag, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&s->local_ip, id.local_ip, __ATOMIC_RELAXED);
+    __atomic_store_n(&s->peer_ip, id.peer_ip, __ATOMIC_RELAXED);
+    __atomic_store_n(&s->local_port, id.local_port, __ATOMIC_RELAXED);
+    __atomic_store_n(&s->peer_port, id.peer_port, __ATOMIC_RELAXED);
+    l->expires[at] = expires;
+    l->generation = uint16_t((l->generation + 1) & 0x7fff);
+    __atomic_store_n(&s->tag, key | (uint64_t(l->generation) << 1), __ATOMIC_RELEASE);
+    return true;
+  }
+  return false;
+}
+
 void CloseListener(Listener* l) {
-  epoll_ctl(epfd, EPOLL_CTL_DEL, l->listen_fd, nullptr);
   epoll_ctl(epfd, EPOLL_CTL_DEL, l->chan_fd, nullptr);
-  close(l->listen_fd);
   close(l->chan_fd);
   for (auto& q : l->queue) close(q.fd);
   for (auto it = parked.begin(); it != parked.end();) {
@@ -116,6 +181,8 @@ void CloseListener(Listener* l) {
       ++it;
     }
   }
+  ReapTable(l, INT64_MAX);  // count what the library admitted
+  munmap(l->table, sizeof *l->table);
   closed_ports.push_back(l->port);
   listeners.erase(l->port);
   delete l;
@@ -127,7 +194,7 @@ void WatchChannel(Listener* l, bool writable) {
   l->watching_room = writable;
   epoll_event ev{};
   ev.events = EPOLLIN | EPOLLRDHUP | (writable ? uint32_t(EPOLLOUT) : 0u);
-  ev.data.u64 = kChanBit | l->port;
+  ev.data.u64 = l->port;
   epoll_ctl(epfd, EPOLL_CTL_MOD, l->chan_fd, &ev);
 }
 
@@ -161,8 +228,9 @@ bool Flush(Listener* l) {
   return true;
 }
 
-void Deliver(Listener* l, int fd, const ff_msg& ann) {
-  Remember(ann);
+// Passes a connection that waited here to the application, with its identity.
+void Deliver(Listener* l, int fd, const Identity& id, uint64_t admit_key) {
+  Remember(id, admit_key);
   if (l->queue.size() >= kMaxQueued) {
     close(fd);
     refused++;
@@ -172,37 +240,87 @@ void Deliver(Listener* l, int fd, const ff_msg& ann) {
   q.msg.magic = FF_WIRE_MAGIC;
   q.msg.version = FF_WIRE_VERSION;
   q.msg.type = FF_T_ACCEPTED;
-  memcpy(q.msg.local_addr, ann.remote_addr, 16);  // the application's side: overlay destination
-  q.msg.local_port = ann.remote_port;
-  memcpy(q.msg.remote_addr, ann.local_addr, 16);  // its peer: the connecting application
-  q.msg.remote_port = ann.local_port;
+  q.msg.local_addr[10] = q.msg.local_addr[11] = 0xff;  // IPv4-mapped, as on the wire
+  memcpy(q.msg.local_addr + 12, &id.local_ip, 4);
+  q.msg.local_port = id.local_port;
+  q.msg.remote_addr[10] = q.msg.remote_addr[11] = 0xff;
+  memcpy(q.msg.remote_addr + 12, &id.peer_ip, 4);
+  q.msg.remote_port = id.peer_port;
   q.fd = fd;
   l->queue.push_back(q);
   if (l->queue.size() == 1 && !Flush(l)) CloseListener(l);
 }
 
-void AcceptAll(Listener* l) {
-  const uint16_t port = l->port;  // l is freed if delivery finds the application gone
+// A connection the library could not admit: deliver it if its announcement is known by now,
+// else park it until the announcement comes or the grace period ends.
+void TakeMiss(Listener* l, int fd) {
+  sockaddr_in peer{}, self{};
+  socklen_t plen = sizeof peer, slen = sizeof self;
+  if (getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &plen) < 0 || peer.sin_family != AF_INET ||
+      getsockname(fd, reinterpret_cast<sockaddr*>(&self), &slen) < 0 || ntohs(self.sin_port) != l->port) {
+    close(fd);  // not a connection of this listener: the library (or the application) is confused
+    refused++;
+    return;
+  }
+  uint64_t key = ff_admit_key(peer.sin_addr.s_addr, ntohs(peer.sin_port));
+  ff_admit_slot got;
+  if (ff_admit_claim(l->table, key, &got)) {
+    Deliver(l, fd, Identity{got.peer_ip, got.local_ip, got.peer_port, got.local_port}, key);
+    return;
+  }
+  auto o = overflow.find(PortKey(key, l->port));
+  if (o != overflow.end()) {
+    Identity id = o->second.id;
+    overflow.erase(o);
+    Deliver(l, fd, id, key);
+    return;
+  }
+  auto old = parked.find(PortKey(key, l->port));
+  if (old != parked.end()) {
+    close(old->second.fd);
+    parked.erase(old);
+    refused++;
+  }
+  if (parked.size() >= kMaxParked) {
+    close(fd);
+    refused++;
+    return;
+  }
+  parked[PortKey(key, l->port)] = Parked{fd, l->port, NowMs() + kUnannouncedGraceMs};
+}
+
+// Reads what the library sent on the channel; false once every application copy is closed.
+bool ReadChannel(Listener* l) {
   for (;;) {
-    sockaddr_in sin{};
-    socklen_t len = sizeof sin;
-    int fd = accept4(l->listen_fd, reinterpret_cast<sockaddr*>(&sin), &len, SOCK_CLOEXEC);
-    if (fd < 0) return;
-    uint64_t k = Key(sin.sin_addr.s_addr, ntohs(sin.sin_port), l->port);
-    auto a = announced.find(k);
-    if (a != announced.end()) {
-      ff_msg msg = a->second.msg;
-      announced.erase(a);
-      Deliver(l, fd, msg);
-      if (!listeners.count(port)) return;  // closed while delivering
-      continue;
+    ff_msg m;
+    iovec iov{&m, sizeof m};
+    alignas(cmsghdr) char cbuf[CMSG_SPACE(sizeof(int) * 4)];
+    msghdr mh{};
+    mh.msg_iov = &iov;
+    mh.msg_iovlen = 1;
+    mh.msg_control = cbuf;
+    mh.msg_controllen = sizeof cbuf;
+    ssize_t n = recvmsg(l->chan_fd, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+    if (n == 0) return false;
+    if (n < 0) return errno == EAGAIN || errno == EINTR;
+    std::vector<int> fds;
+    for (cmsghdr* c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c)) {
+      if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+      size_t k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+      for (size_t i = 0; i < k; i++) {
+        int fd;
+        memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
+        fds.push_back(fd);
+      }
     }
-    auto old = parked.find(k);
-    if (old != parked.end()) {
-      close(old->second.fd);
-      refused++;
+    bool valid = size_t(n) == sizeof m && m.magic == FF_WIRE_MAGIC && m.version == FF_WIRE_VERSION &&
+                 m.type == FF_T_ADMIT_MISS && fds.size() == 1;
+    if (valid) {
+      TakeMiss(l, fds[0]);
+      if (!listeners.count(l->port)) return true;  // closed while delivering; l is gone
+    } else {
+      for (int fd : fds) close(fd);
     }
-    parked[k] = Parked{fd, l->port, NowMs() + kUnannouncedGraceMs};
   }
 }
 
@@ -217,8 +335,9 @@ void Expire() {
       ++it;
     }
   }
-  for (auto it = announced.begin(); it != announced.end();)
-    it = it->second.expires <= now ? announced.erase(it) : std::next(it);
+  for (auto it = overflow.begin(); it != overflow.end();)
+    it = it->second.expires <= now ? overflow.erase(it) : std::next(it);
+  for (auto& [port, l] : listeners) ReapTable(l, now);
 }
 
 void Loop() {
@@ -238,22 +357,12 @@ void Loop() {
       auto it = listeners.find(uint16_t(d & 0xffff));
       if (it == listeners.end()) continue;
       Listener* l = it->second;
-      if (!(d & kChanBit)) {
-        AcceptAll(l);
+      if ((evs[i].events & EPOLLOUT) && !Flush(l)) {
+        CloseListener(l);
         continue;
       }
-      if (evs[i].events & EPOLLOUT) {
-        if (!Flush(l)) {
-          CloseListener(l);
-          continue;
-        }
-      }
-      if (evs[i].events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) {
-        // The application never writes here: readable means all its copies are closed.
-        char b;
-        ssize_t r = recv(l->chan_fd, &b, 1, MSG_DONTWAIT);
-        if (r == 0 || (r < 0 && errno != EAGAIN)) CloseListener(l);
-      }
+      if ((evs[i].events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) && !ReadChannel(l) && listeners.count(uint16_t(d & 0xffff)))
+        CloseListener(l);
     }
     if (NowMs() >= next_sweep) {
       Expire();
@@ -280,21 +389,29 @@ Napi::Value Start(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
-// addListener(listenFd, chanFd, hostPort): the acceptor owns both fds from now on.
+// addListener(chanFd, hostPort) -> the admission table's memfd (for the application) | -errno.
+// The acceptor owns chanFd from now on; the caller closes the memfd once it is sent.
 Napi::Value AddListener(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int chan = info[0].As<Napi::Number>().Int32Value();
+  uint16_t port = uint16_t(info[1].As<Napi::Number>().Uint32Value());
+  int memfd = ff_sealed_memfd("ff-admit", sizeof(ff_admit_table));
+  void* map = memfd < 0 ? MAP_FAILED : mmap(nullptr, sizeof(ff_admit_table), PROT_READ | PROT_WRITE, MAP_SHARED, memfd, 0);
+  if (map == MAP_FAILED) {
+    int e = errno;
+    if (memfd >= 0) close(memfd);
+    close(chan);
+    return Napi::Number::New(env, -e);
+  }
   std::lock_guard<std::mutex> g(mu);
-  auto* l = new Listener{info[0].As<Napi::Number>().Int32Value(), info[1].As<Napi::Number>().Int32Value(),
-                         uint16_t(info[2].As<Napi::Number>().Uint32Value()), {}};
-  if (listeners.count(l->port)) CloseListener(listeners[l->port]);
-  listeners[l->port] = l;
+  auto* l = new Listener{chan, port, static_cast<ff_admit_table*>(map), std::vector<int64_t>(FF_ADMIT_SLOTS, 0), 0, {}, false};
+  if (listeners.count(port)) CloseListener(listeners[port]);
+  listeners[port] = l;
   epoll_event ev{};
-  ev.events = EPOLLIN;
-  ev.data.u64 = l->port;
-  epoll_ctl(epfd, EPOLL_CTL_ADD, l->listen_fd, &ev);
   ev.events = EPOLLIN | EPOLLRDHUP;
-  ev.data.u64 = kChanBit | l->port;
-  epoll_ctl(epfd, EPOLL_CTL_ADD, l->chan_fd, &ev);
-  return info.Env().Undefined();
+  ev.data.u64 = port;
+  epoll_ctl(epfd, EPOLL_CTL_ADD, chan, &ev);
+  return Napi::Number::New(env, memfd);
 }
 
 Napi::Value RemoveListener(const Napi::CallbackInfo& info) {
@@ -318,18 +435,19 @@ Napi::Value Announce(const Napi::CallbackInfo& info) {
     if (m.magic != FF_WIRE_MAGIC || m.version != FF_WIRE_VERSION || m.type != FF_T_ANNOUNCE || m.payload_len) continue;
     uint32_t ip;
     memcpy(&ip, m.host_addr + 12, 4);
-    uint64_t k = Key(ip, m.host_port, m.aux_port);
+    uint64_t key = ff_admit_key(ip, m.host_port);
+    Identity id = IdentityOf(m);
     taken++;
-    auto p = parked.find(k);
+    auto l = listeners.find(m.aux_port);
+    auto p = parked.find(PortKey(key, m.aux_port));
     if (p != parked.end()) {
       int fd = p->second.fd;
       parked.erase(p);
-      auto l = listeners.find(m.aux_port);
-      if (l != listeners.end()) Deliver(l->second, fd, m);
+      if (l != listeners.end()) Deliver(l->second, fd, id, key);
       else close(fd);
       continue;
     }
-    announced[k] = Announcement{m, expires};
+    if (l == listeners.end() || !Admit(l->second, key, id, expires)) overflow[PortKey(key, m.aux_port)] = Overflow{id, expires};
   }
   if (closed_ports.size() != closed_before) on_closed.NonBlockingCall();
   return Napi::Number::New(info.Env(), double(taken));
@@ -344,20 +462,27 @@ Napi::Value TakeClosed(const Napi::CallbackInfo& info) {
   return a;
 }
 
-std::string Ip(const uint8_t* a16) {
+std::string Endpoint(uint32_t ip, uint16_t port) {
   char s[INET_ADDRSTRLEN];
-  inet_ntop(AF_INET, a16 + 12, s, sizeof s);
-  return s;
+  inet_ntop(AF_INET, &ip, s, sizeof s);
+  return std::string(s) + ":" + std::to_string(port);
 }
 
-// stats() -> {delivered, refused, announced, parked, recent: [{at, src, dst, host}]}
+// stats() -> {delivered, admitted, refused, announced, parked, recent: [{at, src, dst, host}]}
 Napi::Value Stats(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   std::lock_guard<std::mutex> g(mu);
+  size_t waiting = overflow.size();
+  int64_t now = NowMs();
+  for (auto& [port, l] : listeners) {
+    ReapTable(l, now);
+    for (uint32_t i = 0; i < FF_ADMIT_SLOTS; i++) waiting += __atomic_load_n(&l->table->slot[i].tag, __ATOMIC_RELAXED) != 0;
+  }
   Napi::Object o = Napi::Object::New(env);
   o.Set("delivered", double(delivered));
+  o.Set("admitted", double(admitted));
   o.Set("refused", double(refused));
-  o.Set("announced", double(announced.size()));
+  o.Set("announced", double(waiting));
   o.Set("parked", double(parked.size()));
   Napi::Array r = Napi::Array::New(env, recent.size());
   size_t start = recent.size() < kRecent ? 0 : recent_next;
@@ -365,11 +490,9 @@ Napi::Value Stats(const Napi::CallbackInfo& info) {
     const Record& x = recent[(start + i) % recent.size()];
     Napi::Object e = Napi::Object::New(env);
     e.Set("atMs", double(x.wall_ms));
-    e.Set("src", Ip(x.src) + ":" + std::to_string(x.src_port));
-    e.Set("dst", Ip(x.dst) + ":" + std::to_string(x.dst_port));
-    char h[INET_ADDRSTRLEN];
-    inet_ntop(AF_INET, &x.client_ip, h, sizeof h);
-    e.Set("host", std::string(h) + ":" + std::to_string(x.client_port));
+    e.Set("src", Endpoint(x.id.peer_ip, x.id.peer_port));
+    e.Set("dst", Endpoint(x.id.local_ip, x.id.local_port));
+    e.Set("host", Endpoint(x.client_ip, x.client_port));
     r.Set(uint32_t(i), e);
   }
   o.Set("recent", r);

@@ -35,11 +35,15 @@ export const TYPES = {
   // container library -> router
   // The router checks every overlay address against the caller's netns (SO_PEERCRED pid).
   CONNECT: 2, // remote_* = overlay destination; local_* = overlay source (port 0 if unbound)
-  LISTEN: 3, // local_* = overlay address/port the application listens on
+  LISTEN: 3, // local_* = overlay address/port the application listens on; reply fds: accept
+  //            channel, host listener, admission table (sealed memfd, struct ff_admit_table)
   STATUS: 4, // CLI asks for the router's state; reply carries JSON payload
   REPLY: 5, // router -> library answer to any request (same seq)
   // router -> library, on a listener's accept channel
   ACCEPTED: 10, // one host connection (fd attached) from overlay peer remote_* to local_*
+  // library -> router, on the same channel
+  ADMIT_MISS: 11, // a connection (fd attached) the library took from the host listener with no
+  //                 admission entry: the router parks it until its announcement arrives, or refuses it
   // router <-> router (host network)
   PEER_HELLO: 20,
   LISTEN_ADD: 21, // local_* = overlay listener, host_addr/host_port = its host endpoint

@@ -19,11 +19,11 @@ export interface NativeApi {
   strerror(errno: number): string;
   acceptor: {
     start(onClosed: () => void): void;
-    addListener(listenFd: number, chanFd: number, hostPort: number): void;
+    addListener(chanFd: number, hostPort: number): number;
     removeListener(hostPort: number): void;
     announce(records: Buffer): number;
     takeClosed(): number[];
-    stats(): { delivered: number; refused: number; announced: number; parked: number; recent: { atMs: number; src: string; dst: string; host: string }[] };
+    stats(): { delivered: number; admitted: number; refused: number; announced: number; parked: number; recent: { atMs: number; src: string; dst: string; host: string }[] };
   };
   watch(fd: number, events: number, cb: (status: number, events: number) => void): number;
   unwatch(id: number): void;

@@ -56,11 +56,16 @@ t.test('cross-host: nginx-style server with 2 worker processes and a dual-stack 
 });
 
 t.test('listener registered with epoll before listen(): router connections still wake it', async (t) => {
-  const before = (await tb.status('h2')).counters['accept:host-network'] ?? 0;
+  const counters = async () => (await tb.status('h2')).counters;
+  const before = await counters();
   const r = await edgePair('c22', 'c11', { port: 7005, epollBeforeListen: true });
   checkEdge(t, r, 'c11', 'c22', 7005);
-  const after = (await tb.status('h2')).counters['accept:host-network'] ?? 0;
-  t.ok(after - before >= 200, `h2 passed ${after - before} host connections to the server`);
+  const after = await counters();
+  const delta = (name: string) => (after[name] ?? 0) - (before[name] ?? 0);
+  t.ok(delta('accept:host-network') >= 200, `h2 passed ${delta('accept:host-network')} host connections to the server`);
+  // Announcements normally arrive before the SYN (prefetched sockets are announced in advance),
+  // so most connections go from the kernel's accept queue to the server with no router hop.
+  t.ok(delta('accept:admitted-by-library') >= 100, `the server's library admitted ${delta('accept:admitted-by-library')} of them itself`);
   t.ok(r.bytes < 200_000, `VXLAN carried ${r.bytes} bytes`);
 });
 

@@ -17,6 +17,7 @@
 #include <sys/mman.h>
 #include <sys/syscall.h>
 #include <unistd.h>
+#include "../ff_shm.h"
 
 #define FF_RDMA_MAX_SGE 8
 #define FF_RDMA_MAX_INLINE 256
@@ -124,21 +125,6 @@ static inline struct ff_rwqe *ff_qp_rq_entries(struct ff_qp_shm *q) {
 }
 static inline uint64_t ff_cq_shm_size(uint32_t depth) { return sizeof(struct ff_cq_shm) + (uint64_t)depth * sizeof(struct ff_cqe); }
 static inline struct ff_cqe *ff_cq_entries(struct ff_cq_shm *c) { return (struct ff_cqe *)(c + 1); }
-
-/* A memory file of len bytes for sharing between a container and the router, sealed against
- * shrinking and growing before anyone else sees it: a file that could shrink under the other
- * side's mapping would fault it (SIGBUS). Returns the fd, or -1 with errno set. */
-static inline int ff_sealed_memfd(const char *name, size_t len) {
-  int fd = memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING);
-  if (fd < 0) return -1;
-  if (ftruncate(fd, (off_t)len) < 0 || fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) < 0) {
-    int e = errno;
-    close(fd);
-    errno = e;
-    return -1;
-  }
-  return fd;
-}
 
 /* The engine's doorbells: one sealed page the router creates and every library maps (RDMA_OPEN).
  * The engine runs one worker per CPU, pinned there, each asleep on its own futex word. A

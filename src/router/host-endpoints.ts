@@ -1,7 +1,8 @@
-// The host-network endpoints of this router's accelerated listeners. The per-connection work
-// (accept, match with the announcement, pass the fd to the application's accept channel,
-// refuse what nobody announced) runs in the native acceptor thread (native/acceptor.cc); this
-// class registers listeners with it, feeds it announcements and keeps the directory in step.
+// The host-network endpoints of this router's accelerated listeners. The application's library
+// accepts host connections itself and admits those announced in the listener's admission table;
+// the native acceptor thread (native/acceptor.cc) fills that table, parks connections that came
+// before their announcement and refuses what nobody announced. This class registers listeners
+// with it, feeds it announcements and keeps the directory in step.
 import type { Logger } from '../log.js';
 import { native } from '../native.js';
 import type { Announcement, Directory, ListenerRecord } from './directory.js';
@@ -14,6 +15,7 @@ export interface EndpointInfo {
 
 export interface AcceptStats {
   delivered: number;
+  admitted: number;
   refused: number;
   announced: number;
   parked: number;
@@ -27,11 +29,14 @@ export class HostEndpoints {
     native.acceptor.start(() => this.reapClosed());
   }
 
-  /** listenFd and chanFd now belong to the acceptor; records go into the directory. */
-  add(listenFd: number, chanFd: number, hostPort: number, records: ListenerRecord[]): void {
+  /** chanFd now belongs to the acceptor; records go into the directory. Returns the admission
+   * table's memfd for the application (the caller closes it), or -errno (chanFd is closed). */
+  add(chanFd: number, hostPort: number, records: ListenerRecord[]): number {
+    const table = native.acceptor.addListener(chanFd, hostPort);
+    if (table < 0) return table;
     this.byPort.set(hostPort, { hostPort, records });
-    native.acceptor.addListener(listenFd, chanFd, hostPort);
     for (const r of records) this.directory.publish(r);
+    return table;
   }
 
   /** Announcements made by this router (same-host connections). */

@@ -130,9 +130,16 @@ export class RequestDispatcher implements RequestHandler {
     }
     const [routerEnd, appEnd] = pair;
     const records: ListenerRecord[] = overlayIps.map((o) => ({ overlayIp: o, port: msg.local_port, hostIp: this.ctx.hostIp, hostPort: l.port }));
-    this.ctx.endpoints.add(l.fd, routerEnd, l.port, records);
+    const table = this.ctx.endpoints.add(routerEnd, l.port, records);
+    if (table < 0) {
+      native.close(l.fd);
+      native.close(appEnd);
+      this.ctx.log.error({ pid: session.pid, error: errnoText(table) }, 'admission table');
+      return fallback(Fallback.INTERNAL);
+    }
     this.ctx.log.info({ pid: session.pid, overlay: overlayIps.map((o) => `${o}:${msg.local_port}`), host: `${this.ctx.hostIp}:${l.port}` }, 'accelerated listener');
-    return { reply: ok(), fd: appEnd };
+    // The application accepts on the host listener itself and admits what the table lists.
+    return { reply: ok(), fds: [appEnd, l.fd, table] };
   }
 }
 

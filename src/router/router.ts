@@ -90,7 +90,7 @@ export class Router {
       listeners: this.endpoints.list().map((l) => ({ host: `${this.opts.hostIp}:${l.hostPort}`, overlay: l.records.map((r) => `${r.overlayIp}:${r.port}`) })),
       directory: this.mesh.entries(),
       pairing: { announced: accepts.announced, parked: accepts.parked },
-      counters: { ...this.connections.counters, 'accept:host-network': accepts.delivered, 'accept:refused-unannounced': accepts.refused },
+      counters: { ...this.connections.counters, 'accept:host-network': accepts.delivered, 'accept:admitted-by-library': accepts.admitted, 'accept:refused-unannounced': accepts.refused },
       connections: [...this.connections.list(), ...acceptRecords].sort((a, b) => a.at.localeCompare(b.at)).slice(-256),
     };
   }
