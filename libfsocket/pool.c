@@ -7,6 +7,7 @@
 
 #define FF_POOL_DESTS 16
 #define FF_POOL_FRESH_NS (5LL * 1000 * 1000 * 1000)
+#define FF_POOL_BUSY_NS (100LL * 1000 * 1000) /* refills closer than this: grow the batch */
 
 struct dest_pool {
   bool used;
@@ -16,6 +17,7 @@ struct dest_pool {
   int fds[FF_POOL_MAX_BATCH * 2]; /* a batch plus the refill that arrives before it runs out */
   long long born_ns[FF_POOL_MAX_BATCH * 2];
   long long last_use_ns;
+  long long last_refill_ns;
   int batch; /* next batch size */
 };
 
@@ -53,6 +55,17 @@ static struct dest_pool *find(const struct ff_endpoint *dst, bool create) {
   return lru;
 }
 
+/* Refills that keep pace never empty the pool, so the batch would stay at the size it had when
+ * it last ran dry (often 4): a client that needs refills this often gets bigger batches, so the
+ * routers' per-request work (a wake-up, the reply, one announcement frame) is shared by more
+ * connections. Measured with wrk Connection: close: 4 sockets per request cost the two routers
+ * ~80 CPU-us per connection. */
+static void grow_if_busy(struct dest_pool *p, long long now) {
+  if (p->last_refill_ns && now - p->last_refill_ns < FF_POOL_BUSY_NS)
+    p->batch = p->batch * 4 > FF_POOL_MAX_BATCH ? FF_POOL_MAX_BATCH : p->batch * 4;
+  p->last_refill_ns = now;
+}
+
 bool ff_pool_take(const struct ff_endpoint *dst, struct ff_pooled *out, bool *low) {
   bool ok = false;
   *low = false;
@@ -72,6 +85,7 @@ bool ff_pool_take(const struct ff_endpoint *dst, struct ff_pooled *out, bool *lo
     memmove(p->born_ns, p->born_ns + 1, p->nfds * sizeof p->born_ns[0]);
     p->last_use_ns = now;
     *low = p->batch > 1 && p->nfds <= p->batch / 2;
+    if (*low) grow_if_busy(p, now);
     ok = true;
   }
   pthread_mutex_unlock(&pool_lock);
