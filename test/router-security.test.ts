@@ -73,6 +73,27 @@ t.test('a container cannot listen or connect as another container', async (t) =>
   t.notOk((await tb.status('h1')).directory.some((d: any) => d.port === 7203 || (d.overlayIp === overlayIp('c12') && d.port === 7202)), 'no stolen entry in the directory');
 });
 
+t.test("junk on a listener's accept channel and a scribbled admission table leave the router up", async (t) => {
+  const script = join(ROOT, 'test/lib/abuse-accept-channel.ts');
+  const r = await tb.run('c11', ['node', '--import', 'tsx', script, sock('h1'), overlayIp('c11'), '7205'], { env: { NODE_PATH: join(ROOT, 'node_modules') } });
+  const out = JSON.parse(r.stdout.trim() || '{}');
+  t.equal(r.code, 0, `abuse script ran (${r.stderr.trim().slice(-200)})`);
+  t.ok(out.sent?.every((n: number) => n > 0), 'all the junk was sent over the channel');
+  t.ok(out.tableBytes >= 65536, `admission table overwritten (${out.tableBytes} bytes)`);
+  const s = await tb.status('h1');
+  t.ok(s.pid, 'router h1 still answers');
+  // The listener went away with its channel, and the router still pairs real connections.
+  const listed = async () => (await tb.status('h1')).listeners.some((l: any) => l.overlay.includes(`${overlayIp('c11')}:7205`));
+  for (let i = 0; i < 50 && (await listed()); i++) await new Promise((res) => setTimeout(res, 100));
+  t.notOk(await listed(), 'the abused listener was withdrawn when its channel closed');
+  const srv = tb.start('c11', [EDGE, 'server', '0.0.0.0', '7205'], { preload: true });
+  await srv.waitFor(/listening/);
+  await tb.waitListener('h2', overlayIp('c11'), 7205);
+  const e = await tb.run('c21', [EDGE, 'client', overlayIp('c11'), '7205', 'names'], { preload: true });
+  t.equal(e.code, 0, 'an accelerated connection to the same port works afterwards');
+  await tb.stop(srv);
+});
+
 t.test('malformed requests get a clear refusal and never take the router down', async (t) => {
   const good = emptyMsg(MsgType.CONNECT);
   const cases: [string, Buffer][] = [
