@@ -86,6 +86,7 @@ function putIpv4(buf: Buffer, at: number, ip: string): void {
 }
 
 const TYPE_OFFSET = FIELD_LAYOUT.find((f) => f.name === 'type')!.offset;
+const PAYLOAD_LEN_OFFSET = FIELD_LAYOUT.find((f) => f.name === 'payload_len')!.offset;
 
 /** Splits a TCP byte stream into wire records; throws on a malformed record. Runs of
  * ANNOUNCE records are handed over undecoded, as one buffer (a connect burst is one batch). */
@@ -100,17 +101,19 @@ export class FrameReader {
       runStart = -1;
     };
     while (this.buf.length - off >= MSG_SIZE) {
-      const m = decode(this.buf.subarray(off, off + MSG_SIZE));
-      const total = MSG_SIZE + m.payload_len;
+      // Announcements (32 per connect batch) are only framed here, never decoded: the native
+      // acceptor checks them. Decoding each one showed up in the listener router's profile.
+      const payloadLen = this.buf.readUInt32LE(off + PAYLOAD_LEN_OFFSET);
+      const total = MSG_SIZE + payloadLen;
       if (total > MAX_FRAME) throw new Error(`frame too large: ${total}`);
       if (this.buf.length - off < total) break;
-      if (this.buf.readUInt16LE(off + TYPE_OFFSET) === MsgType.ANNOUNCE && !m.payload_len) {
+      if (this.buf.readUInt16LE(off + TYPE_OFFSET) === MsgType.ANNOUNCE && !payloadLen) {
         if (runStart < 0) runStart = off;
         off += total;
         continue;
       }
       endRun();
-      onMsg(m);
+      onMsg(decode(this.buf.subarray(off, off + MSG_SIZE)));
       off += total;
     }
     endRun();
