@@ -134,10 +134,17 @@ t.test(`payload integrity and RDMA semantics (rdma_check) c11 -> ${server}`, asy
   // Registered buffers in shared memory (the engine copies with memcpy) and, with
   // FF_VERBS_SHARE_MR=0, in private memory (process_vm_readv/writev): both must be exact.
   const mapped0 = (await rdmaStats(tb, 'h1')).mapped;
+  const placed0 = (await rdmaStats(tb, 'h2')).placed;
   const integ = await check('integrity');
   for (const k of ['send', 'write', 'read', 'atomics', 'write with immediate']) t.match(integ, new RegExp(`^ok ${k}`, 'm'), `integrity: ${k}`);
   const mapped1 = (await rdmaStats(tb, 'h1')).mapped;
   t.ok(mapped1 - mapped0 >= 8 << 20, `the engine on h1 copied through shared views (${mapped1 - mapped0} bytes)`);
+  if (server === 'c21') {
+    // Across hosts, the 4 MiB WRITE's payload goes from h2's socket straight into c21's
+    // registered memory (the byte-exact check above covers it).
+    const placed = (await rdmaStats(tb, 'h2')).placed - placed0;
+    t.ok(placed >= 4 << 20, `h2 read the WRITE payload straight into the receiver's view (${placed} bytes)`);
+  }
   const priv = await check('integrity', { ...VERBS_ENV, FF_VERBS_SHARE_MR: '0' });
   for (const k of ['send', 'write', 'read', 'atomics', 'write with immediate']) t.match(priv, new RegExp(`^ok ${k}`, 'm'), `integrity without views: ${k}`);
   t.equal((await rdmaStats(tb, 'h1')).mapped, mapped1, 'without views nothing went through them');

@@ -98,6 +98,7 @@ Napi::Value Stats(const Napi::CallbackInfo& i) {
   o.Set("mrs", double(s.mrs));
   o.Set("cqs", double(s.cqs));
   o.Set("mapped", double(s.mapped));
+  o.Set("placed", double(s.placed));
   return o;
 }
 

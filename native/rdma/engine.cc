@@ -144,8 +144,14 @@ int cm_eventfd = -1;            // readable while cm_inbox has messages (JS watc
 bool running = false;
 std::vector<uint8_t> bounce;
 std::atomic<uint64_t> st_ops{0}, st_bytes{0}, st_errors{0}, st_served{0};
+std::atomic<uint64_t> st_placed{0};
 std::atomic<uint64_t> st_mapped{0};  // bytes read from or written to shared-memory views
 std::vector<View> views;
+// Views a transport reader is reading a payload into right now (outside the engine lock), and
+// views deregistered meanwhile, unmapped once the read is over. Guarded by pin_mu alone.
+std::mutex pin_mu;
+std::vector<uint8_t*> pinned;
+std::vector<std::pair<uint8_t*, uint64_t>> retired;
 constexpr size_t kMaxViews = 16384;  // each is one mapping of the router process
 uint64_t rate_bps = 0;
 struct Bucket {
@@ -277,11 +283,24 @@ bool LocalIov(const Qp& q, const ff_sge* sge, uint32_t n, uint32_t need, uint64_
   return true;
 }
 
+// The view of process pid that covers all of [addr, addr+len), if any.
+const View* ViewCovering(int pid, uint64_t addr, uint64_t len) {
+  for (const View& v : views)
+    if (v.pid == pid && addr >= v.addr && len <= v.len && addr - v.addr <= v.len - len) return &v;
+  return nullptr;
+}
+
 // The engine's own pointer to [addr, addr+len) of process pid, if a view covers all of it.
 uint8_t* ViewOf(int pid, uint64_t addr, uint64_t len) {
-  for (const View& v : views)
-    if (v.pid == pid && addr >= v.addr && len <= v.len && addr - v.addr <= v.len - len) return v.ptr + (addr - v.addr);
-  return nullptr;
+  const View* v = ViewCovering(pid, addr, len);
+  return v ? v->ptr + (addr - v->addr) : nullptr;
+}
+
+// Unmaps a deregistered view, or leaves that to PlaceDone if a reader is writing into it.
+void UnmapView(uint8_t* v, uint64_t len) {
+  std::lock_guard<std::mutex> g(pin_mu);
+  if (std::find(pinned.begin(), pinned.end(), v) != pinned.end()) retired.emplace_back(v, len);
+  else munmap(v, len);
 }
 
 // Moves len bytes between buf and a process: segments inside a shared view by memmove, the
@@ -764,7 +783,7 @@ bool Respond(Inbound& in) {
     Answer(in, WC_RETRY_EXC_ERR, nullptr, 0, 0);
     return true;
   }
-  uint64_t len = in.payload.size();
+  uint64_t len = in.placed ? m.len : in.payload.size();
   switch (m.opcode) {
     case FF_WR_SEND:
     case FF_WR_SEND_WITH_IMM:
@@ -791,7 +810,8 @@ bool Respond(Inbound& in) {
         }
         if (len) dst.push_back({reinterpret_cast<void*>(a), size_t(len)});
       }
-      if (len && !Xfer(d->pid, dst, in.payload.data(), len, true)) {
+      if (in.placed) st_placed += len;
+      if (len && !in.placed && !Xfer(d->pid, dst, in.payload.data(), len, true)) {
         Answer(in, WC_REM_OP_ERR, nullptr, 0, 0);
         return true;
       }
@@ -1189,7 +1209,7 @@ int DelMr(uint32_t key) {
   if (it == mrs.end()) return -ENOENT;
   if (uint8_t* v = it->second.view) {
     views.erase(std::remove_if(views.begin(), views.end(), [v](const View& x) { return x.ptr == v; }), views.end());
-    munmap(v, it->second.view_len);
+    UnmapView(v, it->second.view_len);
   }
   mrs.erase(it);
   return 0;
@@ -1329,6 +1349,50 @@ int DelQp(uint32_t qpn) {
   return 0;
 }
 
+// The transport's reader asks where a large incoming RDMA WRITE may go (see Placement): straight
+// into the destination's view if everything received before it has been handled (RC order:
+// an earlier SEND still waiting for a receive must not be overtaken), the QP accepts it and
+// the rkey grants remote write on the whole range. Anything else takes the ordinary path,
+// whose Respond gives the error completion. Never waits for the engine: a reader that blocked
+// here while the engine blocked sending to the peer could deadlock the two routers.
+uint8_t* PlaceTarget(const NetHdr& m) {
+  if (m.opcode != FF_WR_RDMA_WRITE && m.opcode != FF_WR_RDMA_WRITE_WITH_IMM) return nullptr;
+  std::unique_lock<std::mutex> g(mu, std::try_to_lock);
+  if (!g.owns_lock() || !running || !transport) return nullptr;
+  ServeNetwork();
+  for (const Inbound& p : pending)
+    if (p.h.type == NET_OP && p.h.dst_qpn == m.dst_qpn) return nullptr;
+  auto it = qps.find(m.dst_qpn);
+  Qp* d = it == qps.end() ? nullptr : it->second;
+  if (!d || memcmp(d->gid, m.gid, 16) || (d->state != FF_QPS_RTR && d->state != FF_QPS_RTS) || d->dest_qpn != m.src_qpn ||
+      (memcmp(d->dgid, kZeroGid, 16) && memcmp(d->dgid, m.src_gid, 16)))
+    return nullptr;
+  uint64_t a;
+  if (!Resolve(m.rkey, d->pd, d->pid, m.remote_addr, m.len, ACC_REMOTE_WRITE, &a)) return nullptr;
+  const View* v = ViewCovering(d->pid, a, m.len);
+  if (!v) return nullptr;
+  std::lock_guard<std::mutex> p(pin_mu);
+  pinned.push_back(v->ptr);
+  return v->ptr + (a - v->addr);
+}
+
+void PlaceDone(uint8_t* dst) {
+  std::lock_guard<std::mutex> g(pin_mu);
+  uint8_t* base = nullptr;
+  for (uint8_t* p : pinned)
+    if (p <= dst && (!base || p > base)) base = p;  // the pinned view dst lies in
+  auto at = std::find(pinned.begin(), pinned.end(), base);
+  if (at == pinned.end()) return;
+  pinned.erase(at);
+  if (std::find(pinned.begin(), pinned.end(), base) != pinned.end()) return;
+  for (auto r = retired.begin(); r != retired.end(); ++r) {
+    if (r->first != base) continue;
+    munmap(r->first, r->second);
+    retired.erase(r);
+    break;
+  }
+}
+
 // Called by the transport's reader thread after it queued a message. Waking a sleeping
 // engine costs a context switch (several us in a VM) on each hop of a cross-host round trip,
 // only to copy a payload or complete a request; the reader does that itself under the engine's
@@ -1349,7 +1413,7 @@ int StartTransport(const std::string& host_ip, int port, const std::vector<std::
   std::lock_guard<std::mutex> g(mu);
   if (transport) return cm_eventfd;
   cm_eventfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-  transport = StartTcpTransport(host_ip, port, peers, OnNetworkMessage);
+  transport = StartTcpTransport(host_ip, port, peers, OnNetworkMessage, Placement{PlaceTarget, PlaceDone});
   EnsureThread();
   return cm_eventfd;
 }
@@ -1390,7 +1454,7 @@ void SetRateLimit(uint64_t bps) {
 
 Stats GetStats() {
   std::lock_guard<std::mutex> g(mu);
-  return Stats{st_ops.load(), st_bytes.load(), st_errors.load(), st_served.load(), qps.size(), mrs.size(), cqs.size(), st_mapped.load()};
+  return Stats{st_ops.load(), st_bytes.load(), st_errors.load(), st_served.load(), qps.size(), mrs.size(), cqs.size(), st_mapped.load(), st_placed.load()};
 }
 
 }  // namespace ffrdma

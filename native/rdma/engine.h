@@ -43,6 +43,7 @@ void SetRateLimit(uint64_t bytes_per_sec);
 struct Stats {
   uint64_t ops, bytes, errors, served, qps, mrs, cqs;  // served: requests from other hosts
   uint64_t mapped;  // bytes copied through MRs' shared-memory views
+  uint64_t placed;  // bytes read from another host straight into a view (no copy in the engine)
 };
 Stats GetStats();
 

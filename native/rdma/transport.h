@@ -51,6 +51,17 @@ struct Inbound {
   int conn;
   NetHdr h;
   Bytes payload;
+  bool placed = false;  // the payload (h.len bytes) was read straight into its destination
+};
+
+// Receiving side of a large RDMA WRITE: where its payload may be read straight into (the
+// destination's shared-memory view), so that the bytes go from the socket to registered memory
+// with one copy, as a NIC's DMA would, instead of through the message buffer. Decided by the
+// engine; nullptr means "read it into the message's buffer". The engine keeps the target
+// mapped until the matching PlaceDone.
+struct Placement {
+  std::function<uint8_t*(const NetHdr&)> target;
+  std::function<void(uint8_t*)> done;
 };
 
 class Transport {
@@ -72,6 +83,7 @@ class Transport {
 
 // Listens on host_ip:port (accepting only the listed peers) and keeps a connection to each peer.
 // kick() is called after a message was queued (wakes a sleeping engine).
-Transport* StartTcpTransport(const std::string& host_ip, int port, const std::vector<std::string>& peers, std::function<void()> kick);
+Transport* StartTcpTransport(const std::string& host_ip, int port, const std::vector<std::string>& peers, std::function<void()> kick,
+                             Placement placement);
 
 }  // namespace ffrdma

@@ -8,7 +8,7 @@ import { ROOT, type RunResult, type Started, type Testbed } from '../lib/testbed
 export const VERBS_ENV = { LD_LIBRARY_PATH: join(ROOT, 'build/verbs') };
 export const RDMA_CHECK = join(ROOT, 'build/test-apps/rdma_check');
 
-export interface RdmaStats { sessions: number; qps: number; mrs: number; cqs: number; ops: number; bytes: number; errors: number; served: number; mapped: number; cmListeners: string[] }
+export interface RdmaStats { sessions: number; qps: number; mrs: number; cqs: number; ops: number; bytes: number; errors: number; served: number; mapped: number; placed: number; cmListeners: string[] }
 
 export function rdmaStats(tb: Testbed, host: string, timeoutMs = 2000): Promise<RdmaStats> {
   const fd = native.seqpacketConnect(join(tb.socketDir(host), 'ffrouter.sock'));

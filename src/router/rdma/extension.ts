@@ -30,7 +30,7 @@ interface RdmaNative {
   rdmaCmSend(conn: number, data: Buffer): boolean;
   rdmaCmPeers(): number[];
   rdmaCmTake(): { conn: number; data: Buffer }[];
-  rdmaStats(): { ops: number; bytes: number; errors: number; served: number; qps: number; mrs: number; cqs: number; mapped: number };
+  rdmaStats(): { ops: number; bytes: number; errors: number; served: number; qps: number; mrs: number; cqs: number; mapped: number; placed: number };
 }
 const rdma = native as unknown as RdmaNative;
 
