@@ -89,7 +89,7 @@ static int take_from_channel(int fd, struct ff_fd *e, struct sockaddr *addr, soc
     }
     struct ff_msg m;
     int afd = -1, nfds;
-    int got = ff_recv_msg(chan, &m, &afd, 1, &nfds, flags & SOCK_CLOEXEC);
+    int got = ff_recv_msg(chan, &m, &afd, NULL, 1, &nfds, flags & SOCK_CLOEXEC);
     if (got > 0 && nfds == 0) afd = -1;
     if (got == 0 || (got < 0 && errno != EAGAIN && errno != EINTR && errno != EPROTO)) {
       ff_listener_drop_channel(fd, e);

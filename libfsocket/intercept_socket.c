@@ -126,12 +126,15 @@ static bool accelerated_connect(int fd, struct ff_fd *e, const struct ff_endpoin
       ff_router_prefetch(&req, dst);
     }
     FF_DEBUG("connect fd %d: host path (prefetched socket)", fd);
-    return adopt(fd, e, pooled.fd, &src, host_port_of(pooled.fd), dst, &pooled.host, result);
+    /* The router sent each socket's port with it; asking the kernel costs a system call. */
+    uint16_t port = pooled.port ? pooled.port : host_port_of(pooled.fd);
+    return adopt(fd, e, pooled.fd, &src, port, dst, &pooled.host, result);
   }
 
   req.flags = poolable ? (uint32_t)ff_pool_batch_size(dst) : 1; /* sockets wanted */
   int fds[FF_MAX_REPLY_FDS];
-  int n = ff_router_call(&req, &rep, fds, FF_MAX_REPLY_FDS);
+  uint16_t ports[FF_MAX_REPLY_FDS];
+  int n = ff_router_call(&req, &rep, fds, ports, FF_MAX_REPLY_FDS);
   if (n < 0) return false;
   if (rep.status != FF_REPLY_ACCEL || n == 0) {
     FF_DEBUG("connect fd %d: overlay path (router reply %d, reason %u)", fd, rep.status, rep.flags);
@@ -140,7 +143,7 @@ static bool accelerated_connect(int fd, struct ff_fd *e, const struct ff_endpoin
   }
   struct ff_endpoint host = {.port = rep.host_port};
   memcpy(&host.addr, rep.host_addr, 16);
-  if (n > 1) ff_pool_put(dst, fds + 1, n - 1, &host);
+  if (n > 1) ff_pool_put(dst, fds + 1, ports + 1, n - 1, &host);
   FF_DEBUG("connect fd %d: host path via router (%d sockets fetched)", fd, n);
   return adopt(fd, e, fds[0], &src, rep.local_port, dst, &host, result);
 }
@@ -230,7 +233,7 @@ int listen(int fd, int backlog) {
   req.flags = backlog > 0 ? (uint32_t)backlog : 0;
   /* Reply fds: accept channel, host listener, admission table. */
   int got[3] = {-1, -1, -1};
-  int n = ff_router_call(&req, &rep, got, 3);
+  int n = ff_router_call(&req, &rep, got, NULL, 3);
   struct ff_admit_table *admit = NULL;
   if (n == 3 && rep.status == FF_REPLY_ACCEL) admit = map_admission_table(got[2]);
   for (int i = 2; i < n; i++) ff_real.close(got[i]);

@@ -15,6 +15,7 @@ struct dest_pool {
   struct ff_endpoint host;
   int nfds;
   int fds[FF_POOL_MAX_BATCH * 2]; /* a batch plus the refill that arrives before it runs out */
+  uint16_t ports[FF_POOL_MAX_BATCH * 2];
   long long born_ns[FF_POOL_MAX_BATCH * 2];
   long long last_use_ns;
   long long last_refill_ns;
@@ -66,6 +67,14 @@ static void grow_if_busy(struct dest_pool *p, long long now) {
   p->last_refill_ns = now;
 }
 
+/* Removes the oldest socket (FIFO) from the pool. */
+static void pop_front(struct dest_pool *p) {
+  p->nfds--;
+  memmove(p->fds, p->fds + 1, p->nfds * sizeof p->fds[0]);
+  memmove(p->ports, p->ports + 1, p->nfds * sizeof p->ports[0]);
+  memmove(p->born_ns, p->born_ns + 1, p->nfds * sizeof p->born_ns[0]);
+}
+
 bool ff_pool_take(const struct ff_endpoint *dst, struct ff_pooled *out, bool *low) {
   bool ok = false;
   *low = false;
@@ -75,14 +84,13 @@ bool ff_pool_take(const struct ff_endpoint *dst, struct ff_pooled *out, bool *lo
   /* Oldest first (FIFO), dropping what is too old to be announced still. */
   while (p && p->nfds > 0 && now - p->born_ns[0] > FF_POOL_FRESH_NS) {
     ff_real.close(p->fds[0]);
-    memmove(p->fds, p->fds + 1, --p->nfds * sizeof p->fds[0]);
-    memmove(p->born_ns, p->born_ns + 1, p->nfds * sizeof p->born_ns[0]);
+    pop_front(p);
   }
   if (p && p->nfds > 0) {
     out->fd = p->fds[0];
+    out->port = p->ports[0];
     out->host = p->host;
-    memmove(p->fds, p->fds + 1, --p->nfds * sizeof p->fds[0]);
-    memmove(p->born_ns, p->born_ns + 1, p->nfds * sizeof p->born_ns[0]);
+    pop_front(p);
     p->last_use_ns = now;
     *low = p->batch > 1 && p->nfds <= p->batch / 2;
     if (*low) grow_if_busy(p, now);
@@ -92,7 +100,7 @@ bool ff_pool_take(const struct ff_endpoint *dst, struct ff_pooled *out, bool *lo
   return ok;
 }
 
-void ff_pool_put(const struct ff_endpoint *dst, const int *fds, int n, const struct ff_endpoint *host) {
+void ff_pool_put(const struct ff_endpoint *dst, const int *fds, const uint16_t *ports, int n, const struct ff_endpoint *host) {
   pthread_mutex_lock(&pool_lock);
   struct dest_pool *p = find(dst, true);
   if (p->nfds && !same(&p->host, host)) drain(p); /* the listener moved: older sockets point at its old endpoint */
@@ -100,6 +108,7 @@ void ff_pool_put(const struct ff_endpoint *dst, const int *fds, int n, const str
   for (int i = 0; i < n; i++) {
     if (p->nfds < FF_POOL_MAX_BATCH * 2) {
       p->born_ns[p->nfds] = now;
+      p->ports[p->nfds] = ports ? ports[i] : 0;
       p->fds[p->nfds++] = fds[i];
     } else {
       ff_real.close(fds[i]);

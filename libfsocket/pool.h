@@ -13,14 +13,16 @@
 
 struct ff_pooled {
   int fd;
+  uint16_t port;           /* its host port (the connection's overlay source port); 0: unknown */
   struct ff_endpoint host; /* where to connect (the listener's host endpoint) */
 };
 
 /* Takes a fresh pooled socket for dst, if any. *low is set when the pool for dst is running
  * low and a refill should be requested (in advance, so the next connects never wait). */
 bool ff_pool_take(const struct ff_endpoint *dst, struct ff_pooled *out, bool *low);
-/* Keeps fds[0..n) (already bound, announced by the router) for later connects to dst. */
-void ff_pool_put(const struct ff_endpoint *dst, const int *fds, int n, const struct ff_endpoint *host);
+/* Keeps fds[0..n) (already bound, announced by the router; ports[i] the host port of fds[i], or
+ * ports NULL) for later connects to dst. */
+void ff_pool_put(const struct ff_endpoint *dst, const int *fds, const uint16_t *ports, int n, const struct ff_endpoint *host);
 /* The size of the batch to ask for when refilling in advance. */
 int ff_pool_refill_size(const struct ff_endpoint *dst);
 /* How many sockets to ask for on the next router call for dst: 1 for a destination seen for

@@ -106,13 +106,14 @@ static int open_connection(void) {
   return 0;
 }
 
-int ff_recv_msg(int chan, struct ff_msg *msg, int *fds, int max, int *nfds, int cloexec) {
-  struct iovec iov = {msg, sizeof *msg};
+int ff_recv_msg(int chan, struct ff_msg *msg, int *fds, uint16_t *ports, int max, int *nfds, int cloexec) {
+  if (ports) memset(ports, 0, sizeof *ports * (size_t)max);
+  struct iovec iov[2] = {{msg, sizeof *msg}, {ports, ports ? sizeof *ports * (size_t)max : 0}};
   union {
     struct cmsghdr hdr;
     char buf[CMSG_SPACE(sizeof(int) * FF_MAX_REPLY_FDS)];
   } ctl;
-  struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.buf, .msg_controllen = sizeof ctl.buf};
+  struct msghdr mh = {.msg_iov = iov, .msg_iovlen = ports ? 2 : 1, .msg_control = ctl.buf, .msg_controllen = sizeof ctl.buf};
   *nfds = 0;
   ssize_t n = recvmsg(chan, &mh, MSG_DONTWAIT | (cloexec ? MSG_CMSG_CLOEXEC : 0));
   if (n < 0) return -1;
@@ -126,7 +127,9 @@ int ff_recv_msg(int chan, struct ff_msg *msg, int *fds, int max, int *nfds, int 
     }
   }
   if (n == 0 && *nfds == 0) return 0;
-  if (n != (ssize_t)sizeof *msg || msg->magic != FF_WIRE_MAGIC || msg->version != FF_WIRE_VERSION) {
+  size_t payload = (size_t)n > sizeof *msg ? (size_t)n - sizeof *msg : 0;
+  if (n < (ssize_t)sizeof *msg || msg->magic != FF_WIRE_MAGIC || msg->version != FF_WIRE_VERSION ||
+      (ports && payload != msg->payload_len) || (!ports && payload)) {
     for (int i = 0; i < *nfds; i++) ff_real.close(fds[i]);
     *nfds = 0;
     errno = EPROTO;
@@ -136,7 +139,7 @@ int ff_recv_msg(int chan, struct ff_msg *msg, int *fds, int max, int *nfds, int 
 }
 
 /* A prefetch reply: its sockets go to the pool for the destination it was asked for. */
-static void deliver_prefetch(const struct ff_msg *rep, int *fds, int nfds) {
+static void deliver_prefetch(const struct ff_msg *rep, int *fds, const uint16_t *ports, int nfds) {
   prefetch_seq = 0;
   if (rep->status != FF_REPLY_ACCEL) {
     for (int i = 0; i < nfds; i++) ff_real.close(fds[i]);
@@ -144,11 +147,15 @@ static void deliver_prefetch(const struct ff_msg *rep, int *fds, int nfds) {
   }
   struct ff_endpoint host = {.port = rep->host_port};
   memcpy(&host.addr, rep->host_addr, 16);
-  ff_pool_put(&prefetch_dst, fds, nfds, &host);
+  ff_pool_put(&prefetch_dst, fds, ports, nfds, &host);
 }
 
-static int wait_reply(uint32_t seq, struct ff_msg *rep, int *fds, int max) {
+/* Any reply may be the outstanding prefetch (a full batch with its ports), so every reply is
+ * received at full capacity and then handed to the caller within its max. */
+static int wait_reply(uint32_t seq, struct ff_msg *rep, int *fds, uint16_t *ports, int max) {
   long long deadline = now_ns() + FF_REPLY_TIMEOUT_MS * 1000000LL;
+  int all[FF_MAX_REPLY_FDS];
+  uint16_t all_ports[FF_MAX_REPLY_FDS];
   for (;;) {
     int left = (int)((deadline - now_ns()) / 1000000);
     if (left <= 0) return -1;
@@ -157,17 +164,23 @@ static int wait_reply(uint32_t seq, struct ff_msg *rep, int *fds, int max) {
     if (r < 0 && errno == EINTR) continue;
     if (r <= 0) return -1;
     int nfds;
-    int got = ff_recv_msg(router_fd, rep, fds, max, &nfds, 1);
+    int got = ff_recv_msg(router_fd, rep, all, all_ports, FF_MAX_REPLY_FDS, &nfds, 1);
     if (got < 0 && (errno == EAGAIN || errno == EINTR)) continue;
     if (got <= 0) return -1;
     if (prefetch_seq && rep->type == FF_T_REPLY && rep->seq == prefetch_seq) {
       bool awaited = seq == prefetch_seq; /* ff_router_collect waits for exactly this */
-      deliver_prefetch(rep, fds, nfds);
+      deliver_prefetch(rep, all, all_ports, nfds);
       if (awaited) return 0;
       continue;
     }
-    if (rep->type == FF_T_REPLY && rep->seq == seq) return nfds;
-    for (int i = 0; i < nfds; i++) ff_real.close(fds[i]); /* a stale reply to a timed-out request */
+    if (rep->type == FF_T_REPLY && rep->seq == seq) {
+      for (int i = max; i < nfds; i++) ff_real.close(all[i]);
+      if (nfds > max) nfds = max;
+      memcpy(fds, all, sizeof *all * (size_t)nfds);
+      if (ports) memcpy(ports, all_ports, sizeof *ports * (size_t)nfds);
+      return nfds;
+    }
+    for (int i = 0; i < nfds; i++) ff_real.close(all[i]); /* a stale reply to a timed-out request */
   }
 }
 
@@ -196,7 +209,7 @@ bool ff_router_collect(const struct ff_endpoint *dst) {
       memcmp(&prefetch_dst.addr, &dst->addr, sizeof dst->addr) == 0) {
     struct ff_msg rep;
     int fds[FF_MAX_REPLY_FDS];
-    got = wait_reply(prefetch_seq, &rep, fds, FF_MAX_REPLY_FDS) >= 0;
+    got = wait_reply(prefetch_seq, &rep, fds, NULL, FF_MAX_REPLY_FDS) >= 0;
     if (!got) drop_connection(true);
   }
   pthread_mutex_unlock(&call_lock);
@@ -204,14 +217,14 @@ bool ff_router_collect(const struct ff_endpoint *dst) {
   return got;
 }
 
-int ff_router_call(struct ff_msg *req, struct ff_msg *rep, int *fds, int max) {
+int ff_router_call(struct ff_msg *req, struct ff_msg *rep, int *fds, uint16_t *ports, int max) {
   int saved_errno = errno; /* the application must never see our errno */
   pthread_mutex_lock(&call_lock);
   int rc = -1;
   if (open_connection() == 0) {
     req->seq = ++next_seq;
     ssize_t n = send(router_fd, req, sizeof *req, MSG_NOSIGNAL);
-    if (n == (ssize_t)sizeof *req) rc = wait_reply(req->seq, rep, fds, max);
+    if (n == (ssize_t)sizeof *req) rc = wait_reply(req->seq, rep, fds, ports, max);
     if (rc < 0) {
       FF_DEBUG("router did not answer: plain overlay for a while");
       drop_connection(true);

@@ -34,7 +34,8 @@ export const FIELDS = [
 export const TYPES = {
   // container library -> router
   // The router checks every overlay address against the caller's netns (SO_PEERCRED pid).
-  CONNECT: 2, // remote_* = overlay destination; local_* = overlay source (port 0 if unbound)
+  CONNECT: 2, // remote_* = overlay destination; local_* = overlay source (port 0 if unbound);
+  //             flags = sockets wanted; reply payload = uint16 LE host port of each fd, in order
   LISTEN: 3, // local_* = overlay address/port the application listens on; reply fds: accept
   //            channel, host listener, admission table (sealed memfd, struct ff_admit_table)
   STATUS: 4, // CLI asks for the router's state; reply carries JSON payload

@@ -106,7 +106,10 @@ export class RequestDispatcher implements RequestHandler {
     reply.host_addr = ipv4ToWire(rec.hostIp);
     reply.host_port = rec.hostPort;
     reply.local_port = anns[0].srcPort;
-    return { reply, fds };
+    // Each socket's host port, so that the library need not ask the kernel for it.
+    const ports = Buffer.alloc(2 * socks.length);
+    socks.forEach((sock, i) => ports.writeUInt16LE(sock.port, 2 * i));
+    return { reply, fds, payload: ports };
   }
 
   private listen(session: ClientSession, msg: WireMsg): Answer {
