@@ -50,6 +50,7 @@ struct ff_sock {
   int host_fd;              /* FF_LISTENER: the router's host-network listener, or -1 */
   struct ff_admit_table *admit; /* FF_LISTENER: its admission table (shared with the router) */
   unsigned accept_turn;     /* FF_LISTENER: rotates which source accept() tries first */
+  bool bound;               /* FF_CANDIDATE: bind() succeeded (else connect() need not ask the kernel) */
 };
 
 struct ff_fd {

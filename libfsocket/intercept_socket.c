@@ -29,6 +29,16 @@ int socket(int domain, int type, int protocol) {
   return fd;
 }
 
+/* Only to remember that the socket has a local address of the application's choosing: a
+ * connect() of an unbound socket then needs no getsockname() to find out. */
+int bind(int fd, const struct sockaddr *addr, socklen_t len) {
+  FF_INIT();
+  int r = ff_real.bind(fd, addr, len);
+  struct ff_fd *e = ff_fd_get(fd);
+  if (r == 0 && e && e->sock->kind == FF_CANDIDATE) e->sock->bound = true;
+  return r;
+}
+
 /* The overlay address the kernel would use as our source towards dst: a connected UDP socket
  * reveals it without sending anything. Cached: a container normally has one overlay address. */
 static bool overlay_source_for(const struct ff_endpoint *dst, struct in6_addr *out) {
@@ -102,7 +112,8 @@ static bool accelerated_connect(int fd, struct ff_fd *e, const struct ff_endpoin
   struct ff_endpoint src = {0};
   struct sockaddr_storage ss;
   socklen_t len = sizeof ss;
-  if (ff_real.getsockname(fd, (struct sockaddr *)&ss, &len) == 0) ff_endpoint_from_sockaddr((struct sockaddr *)&ss, len, &src);
+  if (e->sock->bound && ff_real.getsockname(fd, (struct sockaddr *)&ss, &len) == 0)
+    ff_endpoint_from_sockaddr((struct sockaddr *)&ss, len, &src);
   if (ff_addr_is_any(&src.addr) && !overlay_source_for(dst, &src.addr)) return false;
   if (!ff_addr_is_v4mapped(&src.addr)) return false;
 

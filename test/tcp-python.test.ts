@@ -84,9 +84,10 @@ async def aio_server(port):
     async with srv:
         await srv.serve_forever()
 
-def client(host, port, path):
+def client(host, port, path, source_port=0):
     data = open(path, "rb").read()
-    s = socket.create_connection((host, port), timeout=20)
+    s = socket.create_connection((host, port), timeout=20,
+                                 source_address=("0.0.0.0", source_port) if source_port else None)
     s.sendall(struct.pack("!Q", len(data)))
     for i in range(0, len(data), CHUNK):
         s.sendall(data[i:i + CHUNK])
@@ -134,6 +135,8 @@ elif mode == "aio-server":
     asyncio.run(aio_server(int(sys.argv[2])))
 elif mode == "client":
     print(json.dumps([client(sys.argv[2], int(sys.argv[3]), sys.argv[4])]))
+elif mode == "bound-client":
+    print(json.dumps([client(sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5]))]))
 elif mode == "aio-client":
     print(json.dumps(asyncio.run(aio_clients(sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5])))))
 `,
@@ -194,6 +197,12 @@ async function check(t: Test, r: Awaited<ReturnType<typeof pyPair>>, n: number, 
 
 t.test('ThreadingTCPServer + blocking client: 5 MB, sha256, names', async (t) => {
   await check(t, await pyPair('server', ['client'], 9001), 1, 9001);
+});
+
+t.test('client bound to a port of its choosing before connect(): the server sees exactly that port', async (t) => {
+  const r = await pyPair('server', ['bound-client', '40123'], 9004);
+  t.equal(r.reports[0]?.sockname?.[1], 40123, "client's getsockname() keeps the port it bound");
+  await check(t, r, 1, 9004);
 });
 
 t.test('ThreadingTCPServer + asyncio client (non-blocking connect in the event loop)', async (t) => {
