@@ -21,6 +21,7 @@
 #include <unordered_map>
 #include <vector>
 #include "addon.h"
+#include "fdpass.h"
 extern "C" {
 #include "ff_admit.h"
 #include "ff_shm.h"
@@ -54,6 +55,12 @@ Identity IdentityOf(const ff_msg& ann) {  // ANNOUNCE: local_* is the client, re
   id.peer_port = ann.local_port;
   id.local_port = ann.remote_port;
   return id;
+}
+
+// The wire's form of an IPv4 address: IPv4-mapped IPv6 (the rest of the field is zero).
+void PutV4Mapped(uint8_t* a16, uint32_t ip) {
+  a16[10] = a16[11] = 0xff;
+  memcpy(a16 + 12, &ip, 4);
 }
 
 struct Parked {
@@ -119,8 +126,10 @@ void Remember(const Identity& id, uint64_t admit_key) {
   recent_next = (recent_next + 1) % kRecent;
 }
 
+Identity IdentityOf(const ff_admit_slot& s) { return Identity{s.peer_ip, s.local_ip, s.peer_port, s.local_port}; }
+
 void CountAdmitted(const ff_admit_slot* s, uint64_t tag) {
-  Remember(Identity{s->peer_ip, s->local_ip, s->peer_port, s->local_port}, tag & ~0xffffull);
+  Remember(IdentityOf(*s), tag & ~0xffffull);
   delivered++;
   admitted++;
 }
@@ -202,19 +211,7 @@ void WatchChannel(Listener* l, bool writable) {
 bool Flush(Listener* l) {
   while (!l->queue.empty()) {
     Queued& q = l->queue.front();
-    iovec iov{&q.msg, sizeof q.msg};
-    alignas(cmsghdr) char cbuf[CMSG_SPACE(sizeof(int))];
-    msghdr mh{};
-    mh.msg_iov = &iov;
-    mh.msg_iovlen = 1;
-    mh.msg_control = cbuf;
-    mh.msg_controllen = sizeof cbuf;
-    cmsghdr* c = CMSG_FIRSTHDR(&mh);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(sizeof(int));
-    memcpy(CMSG_DATA(c), &q.fd, sizeof(int));
-    ssize_t n = sendmsg(l->chan_fd, &mh, MSG_DONTWAIT | MSG_NOSIGNAL);
+    ssize_t n = SendWithFds(l->chan_fd, &q.msg, sizeof q.msg, &q.fd, 1);
     if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
       WatchChannel(l, true);  // the application is not accepting fast enough: wait for room
       return true;
@@ -240,11 +237,9 @@ void Deliver(Listener* l, int fd, const Identity& id, uint64_t admit_key) {
   q.msg.magic = FF_WIRE_MAGIC;
   q.msg.version = FF_WIRE_VERSION;
   q.msg.type = FF_T_ACCEPTED;
-  q.msg.local_addr[10] = q.msg.local_addr[11] = 0xff;  // IPv4-mapped, as on the wire
-  memcpy(q.msg.local_addr + 12, &id.local_ip, 4);
+  PutV4Mapped(q.msg.local_addr, id.local_ip);
   q.msg.local_port = id.local_port;
-  q.msg.remote_addr[10] = q.msg.remote_addr[11] = 0xff;
-  memcpy(q.msg.remote_addr + 12, &id.peer_ip, 4);
+  PutV4Mapped(q.msg.remote_addr, id.peer_ip);
   q.msg.remote_port = id.peer_port;
   q.fd = fd;
   l->queue.push_back(q);
@@ -265,7 +260,7 @@ void TakeMiss(Listener* l, int fd) {
   uint64_t key = ff_admit_key(peer.sin_addr.s_addr, ntohs(peer.sin_port));
   ff_admit_slot got;
   if (ff_admit_claim(l->table, key, &got)) {
-    Deliver(l, fd, Identity{got.peer_ip, got.local_ip, got.peer_port, got.local_port}, key);
+    Deliver(l, fd, IdentityOf(got), key);
     return;
   }
   auto o = overflow.find(PortKey(key, l->port));
@@ -293,26 +288,10 @@ void TakeMiss(Listener* l, int fd) {
 bool ReadChannel(Listener* l) {
   for (;;) {
     ff_msg m;
-    iovec iov{&m, sizeof m};
-    alignas(cmsghdr) char cbuf[CMSG_SPACE(sizeof(int) * 4)];
-    msghdr mh{};
-    mh.msg_iov = &iov;
-    mh.msg_iovlen = 1;
-    mh.msg_control = cbuf;
-    mh.msg_controllen = sizeof cbuf;
-    ssize_t n = recvmsg(l->chan_fd, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
-    if (n == 0) return false;
-    if (n < 0) return errno == EAGAIN || errno == EINTR;
     std::vector<int> fds;
-    for (cmsghdr* c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c)) {
-      if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
-      size_t k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-      for (size_t i = 0; i < k; i++) {
-        int fd;
-        memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
-        fds.push_back(fd);
-      }
-    }
+    ssize_t n = RecvWithFds(l->chan_fd, &m, sizeof m, fds, nullptr);
+    if (n == 0 && fds.empty()) return false;
+    if (n < 0) return errno == EAGAIN || errno == EINTR;
     bool valid = size_t(n) == sizeof m && m.magic == FF_WIRE_MAGIC && m.version == FF_WIRE_VERSION &&
                  m.type == FF_T_ADMIT_MISS && fds.size() == 1;
     if (valid) {

@@ -14,10 +14,10 @@
 #include <string>
 #include <vector>
 #include "addon.h"
+#include "fdpass.h"
 
 namespace {
 
-constexpr int kMaxFds = 64;  // a CONNECT reply may carry a batch of prefetched sockets
 
 Napi::Value Err(Napi::Env env, int e) { return Napi::Number::New(env, -e); }
 
@@ -109,28 +109,17 @@ Napi::Value RecvMsg(const Napi::CallbackInfo& info) {
   // allocation of the maximum message size each time showed up in connection set-up cost.
   static std::vector<char> buf;
   if (buf.size() < max) buf.resize(max);
-  iovec iov{buf.data(), max};
-  alignas(cmsghdr) char cbuf[CMSG_SPACE(sizeof(int) * kMaxFds)];
-  msghdr msg{};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  msg.msg_control = cbuf;
-  msg.msg_controllen = sizeof cbuf;
-  ssize_t n = recvmsg(fd, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+  std::vector<int> got;
+  int flags = 0;
+  ssize_t n = RecvWithFds(fd, buf.data(), max, got, &flags);
   if (n < 0) return Err(env, errno);
-  Napi::Array fds = Napi::Array::New(env);
-  uint32_t nf = 0;
-  for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
-    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
-    size_t cnt = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-    int* p = reinterpret_cast<int*>(CMSG_DATA(c));
-    for (size_t i = 0; i < cnt; i++) fds.Set(nf++, p[i]);
-  }
-  if (n == 0 && nf == 0) return Napi::Number::New(env, 0);
+  if (n == 0 && got.empty()) return Napi::Number::New(env, 0);
+  Napi::Array fds = Napi::Array::New(env, got.size());
+  for (size_t i = 0; i < got.size(); i++) fds.Set(uint32_t(i), got[i]);
   Napi::Object o = Napi::Object::New(env);
   o.Set("data", Napi::Buffer<char>::Copy(env, buf.data(), n));
   o.Set("fds", fds);
-  o.Set("truncated", (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) != 0);
+  o.Set("truncated", (flags & (MSG_TRUNC | MSG_CTRUNC)) != 0);
   return o;
 }
 
@@ -141,23 +130,10 @@ Napi::Value SendMsg(const Napi::CallbackInfo& info) {
   Napi::Buffer<char> data = info[1].As<Napi::Buffer<char>>();
   Napi::Array fdsArr = info.Length() > 2 && info[2].IsArray() ? info[2].As<Napi::Array>() : Napi::Array::New(env);
   uint32_t nf = fdsArr.Length();
-  if (nf > kMaxFds) return Err(env, EINVAL);
-  iovec iov{data.Data(), data.Length()};
-  alignas(cmsghdr) char cbuf[CMSG_SPACE(sizeof(int) * kMaxFds)];
-  msghdr msg{};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  if (nf > 0) {
-    msg.msg_control = cbuf;
-    msg.msg_controllen = CMSG_SPACE(sizeof(int) * nf);
-    cmsghdr* c = CMSG_FIRSTHDR(&msg);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(sizeof(int) * nf);
-    int* p = reinterpret_cast<int*>(CMSG_DATA(c));
-    for (uint32_t i = 0; i < nf; i++) p[i] = fdsArr.Get(i).As<Napi::Number>().Int32Value();
-  }
-  ssize_t n = sendmsg(fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
+  if (nf > kMaxPassedFds) return Err(env, EINVAL);
+  int fds[kMaxPassedFds];
+  for (uint32_t i = 0; i < nf; i++) fds[i] = fdsArr.Get(i).As<Napi::Number>().Int32Value();
+  ssize_t n = SendWithFds(fd, data.Data(), data.Length(), fds, nf);
   if (n < 0) return Err(env, errno);
   return Napi::Number::New(env, n);
 }
