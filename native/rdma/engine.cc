@@ -149,8 +149,12 @@ std::atomic<uint64_t> st_mapped{0};  // bytes read from or written to shared-mem
 std::vector<View> views;
 // Views a transport reader is reading a payload into right now (outside the engine lock), and
 // views deregistered meanwhile, unmapped once the read is over. Guarded by pin_mu alone.
+struct Pin {
+  uint8_t* dst;   // where the reader writes (what PlaceTarget returned)
+  uint8_t* view;  // the view it lies in
+};
 std::mutex pin_mu;
-std::vector<uint8_t*> pinned;
+std::vector<Pin> pinned;
 std::vector<std::pair<uint8_t*, uint64_t>> retired;
 constexpr size_t kMaxViews = 16384;  // each is one mapping of the router process
 uint64_t rate_bps = 0;
@@ -299,7 +303,7 @@ uint8_t* ViewOf(int pid, uint64_t addr, uint64_t len) {
 // Unmaps a deregistered view, or leaves that to PlaceDone if a reader is writing into it.
 void UnmapView(uint8_t* v, uint64_t len) {
   std::lock_guard<std::mutex> g(pin_mu);
-  if (std::find(pinned.begin(), pinned.end(), v) != pinned.end()) retired.emplace_back(v, len);
+  if (std::any_of(pinned.begin(), pinned.end(), [v](const Pin& p) { return p.view == v; })) retired.emplace_back(v, len);
   else munmap(v, len);
 }
 
@@ -1371,26 +1375,23 @@ uint8_t* PlaceTarget(const NetHdr& m) {
   if (!Resolve(m.rkey, d->pd, d->pid, m.remote_addr, m.len, ACC_REMOTE_WRITE, &a)) return nullptr;
   const View* v = ViewCovering(d->pid, a, m.len);
   if (!v) return nullptr;
+  uint8_t* dst = v->ptr + (a - v->addr);
   std::lock_guard<std::mutex> p(pin_mu);
-  pinned.push_back(v->ptr);
-  return v->ptr + (a - v->addr);
+  pinned.push_back(Pin{dst, v->ptr});
+  return dst;
 }
 
 void PlaceDone(uint8_t* dst) {
   std::lock_guard<std::mutex> g(pin_mu);
-  uint8_t* base = nullptr;
-  for (uint8_t* p : pinned)
-    if (p <= dst && (!base || p > base)) base = p;  // the pinned view dst lies in
-  auto at = std::find(pinned.begin(), pinned.end(), base);
-  if (at == pinned.end()) return;
-  pinned.erase(at);
-  if (std::find(pinned.begin(), pinned.end(), base) != pinned.end()) return;
-  for (auto r = retired.begin(); r != retired.end(); ++r) {
-    if (r->first != base) continue;
-    munmap(r->first, r->second);
-    retired.erase(r);
-    break;
-  }
+  auto pin = std::find_if(pinned.begin(), pinned.end(), [dst](const Pin& p) { return p.dst == dst; });
+  if (pin == pinned.end()) return;
+  uint8_t* view = pin->view;
+  pinned.erase(pin);
+  if (std::any_of(pinned.begin(), pinned.end(), [view](const Pin& p) { return p.view == view; })) return;
+  auto r = std::find_if(retired.begin(), retired.end(), [view](const auto& x) { return x.first == view; });
+  if (r == retired.end()) return;
+  munmap(r->first, r->second);  // deregistered while the reader wrote into it
+  retired.erase(r);
 }
 
 // Called by the transport's reader thread after it queued a message. Waking a sleeping
