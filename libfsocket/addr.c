@@ -17,14 +17,19 @@ void ff_addr_v4_any(struct in6_addr *a) {
   a->s6_addr[10] = a->s6_addr[11] = 0xff;
 }
 
+struct ff_endpoint ff_endpoint_v4(uint32_t ip, uint16_t port) {
+  struct ff_endpoint ep = {.port = port};
+  ff_addr_v4_any(&ep.addr);
+  memcpy(&ep.addr.s6_addr[12], &ip, 4);
+  return ep;
+}
+
 bool ff_endpoint_from_sockaddr(const struct sockaddr *sa, socklen_t len, struct ff_endpoint *out) {
   if (!sa) return false;
   memset(out, 0, sizeof *out);
   if (sa->sa_family == AF_INET && len >= (socklen_t)sizeof(struct sockaddr_in)) {
     const struct sockaddr_in *sin = (const struct sockaddr_in *)sa;
-    out->addr.s6_addr[10] = out->addr.s6_addr[11] = 0xff;
-    memcpy(&out->addr.s6_addr[12], &sin->sin_addr, 4);
-    out->port = ntohs(sin->sin_port);
+    *out = ff_endpoint_v4(sin->sin_addr.s_addr, ntohs(sin->sin_port));
     return true;
   }
   if (sa->sa_family == AF_INET6 && len >= (socklen_t)sizeof(struct sockaddr_in6)) {

@@ -21,5 +21,7 @@ bool ff_addr_is_v4mapped(const struct in6_addr *a);
 bool ff_addr_is_any(const struct in6_addr *a); /* 0.0.0.0 or :: */
 /* 0.0.0.0 as an IPv4-mapped address */
 void ff_addr_v4_any(struct in6_addr *a);
+/* An IPv4 endpoint (address in network order, port in host order) in the library's form. */
+struct ff_endpoint ff_endpoint_v4(uint32_t ip, uint16_t port);
 
 #endif

@@ -1,5 +1,6 @@
 #define _GNU_SOURCE
 #include "config.h"
+#include "addr.h"
 #include <arpa/inet.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -22,8 +23,7 @@ bool ff_parse_prefix(const char *text, struct ff_prefix *out) {
   memset(out, 0, sizeof *out);
   if (inet_pton(AF_INET, buf, &v4) == 1) {
     if (bits < 0 || bits > 32) return false;
-    out->addr.s6_addr[10] = out->addr.s6_addr[11] = 0xff;
-    memcpy(&out->addr.s6_addr[12], &v4, 4);
+    out->addr = ff_endpoint_v4(v4.s_addr, 0).addr;
     out->bits = 96 + (int)bits;
   } else if (inet_pton(AF_INET6, buf, &out->addr) == 1) {
     if (bits < 0 || bits > 128) return false;

@@ -11,6 +11,7 @@
 #include <string.h>
 #include "config.h"
 #include "fdtable.h"
+#include "ff_fdpass.h"
 #include "init.h"
 #include "router.h"
 
@@ -31,30 +32,12 @@ static int hand_to_application(struct ff_fd *e, int afd, const struct ff_endpoin
   return afd;
 }
 
-static struct ff_endpoint endpoint_v4(uint32_t ip, uint16_t port) {
-  struct ff_endpoint ep = {.port = port};
-  ep.addr.s6_addr[10] = ep.addr.s6_addr[11] = 0xff;
-  memcpy(&ep.addr.s6_addr[12], &ip, 4);
-  return ep;
-}
-
 /* A connection with no admission entry goes to the router, which delivers it on the channel
  * once its announcement arrives, or refuses it (a host process dialling in directly). */
 static void hand_back(int chan, int afd) {
   struct ff_msg m;
   ff_msg_init(&m, FF_T_ADMIT_MISS);
-  struct iovec iov = {&m, sizeof m};
-  union {
-    struct cmsghdr hdr;
-    char buf[CMSG_SPACE(sizeof(int))];
-  } ctl;
-  struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.buf, .msg_controllen = sizeof ctl.buf};
-  struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
-  c->cmsg_level = SOL_SOCKET;
-  c->cmsg_type = SCM_RIGHTS;
-  c->cmsg_len = CMSG_LEN(sizeof(int));
-  memcpy(CMSG_DATA(c), &afd, sizeof afd);
-  (void)sendmsg(chan, &mh, MSG_DONTWAIT | MSG_NOSIGNAL); /* if it fails, closing refuses the connection */
+  (void)ff_send_with_fd(chan, &m, sizeof m, afd, MSG_DONTWAIT); /* if it fails, closing refuses the connection */
   ff_real.close(afd);
 }
 
@@ -72,7 +55,7 @@ static int take_from_host(struct ff_fd *e, struct sockaddr *addr, socklen_t *len
     if (afd < 0) return -1;
     struct ff_admit_slot id;
     if (from.sin_family == AF_INET && ff_admit_claim(e->sock->admit, ff_admit_key(from.sin_addr.s_addr, ntohs(from.sin_port)), &id)) {
-      struct ff_endpoint local = endpoint_v4(id.local_ip, id.local_port), peer = endpoint_v4(id.peer_ip, id.peer_port);
+      struct ff_endpoint local = ff_endpoint_v4(id.local_ip, id.local_port), peer = ff_endpoint_v4(id.peer_ip, id.peer_port);
       return hand_to_application(e, afd, &local, &peer, addr, len);
     }
     hand_back(chan, afd);

@@ -56,14 +56,18 @@ static struct dest_pool *find(const struct ff_endpoint *dst, bool create) {
   return lru;
 }
 
+/* Next batch: 4 times bigger, up to FF_POOL_MAX_BATCH (1, 4, 16, 32). */
+static void grow(struct dest_pool *p) {
+  p->batch = p->batch * 4 > FF_POOL_MAX_BATCH ? FF_POOL_MAX_BATCH : p->batch * 4;
+}
+
 /* Refills that keep pace never empty the pool, so the batch would stay at the size it had when
  * it last ran dry (often 4): a client that needs refills this often gets bigger batches, so the
  * routers' per-request work (a wake-up, the reply, one announcement frame) is shared by more
  * connections. Measured with wrk Connection: close: 4 sockets per request cost the two routers
  * ~80 CPU-us per connection. */
 static void grow_if_busy(struct dest_pool *p, long long now) {
-  if (p->last_refill_ns && now - p->last_refill_ns < FF_POOL_BUSY_NS)
-    p->batch = p->batch * 4 > FF_POOL_MAX_BATCH ? FF_POOL_MAX_BATCH : p->batch * 4;
+  if (p->last_refill_ns && now - p->last_refill_ns < FF_POOL_BUSY_NS) grow(p);
   p->last_refill_ns = now;
 }
 
@@ -132,7 +136,7 @@ int ff_pool_batch_size(const struct ff_endpoint *dst) {
   struct dest_pool *p = find(dst, true);
   long long now = now_ns();
   /* Used again within a second: fetch more next time; idle for long: start small again. */
-  if (p->last_use_ns && now - p->last_use_ns < 1000000000LL) p->batch = p->batch * 4 > FF_POOL_MAX_BATCH ? FF_POOL_MAX_BATCH : p->batch * 4;
+  if (p->last_use_ns && now - p->last_use_ns < 1000000000LL) grow(p);
   else if (p->last_use_ns) p->batch = 1;
   p->last_use_ns = now;
   int n = p->batch;

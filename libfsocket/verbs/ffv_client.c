@@ -2,6 +2,7 @@
  * time; every RDMA message is struct ff_msg + struct ff_rdma_args, optionally with one fd. */
 #define _GNU_SOURCE
 #include "ffv.h"
+#include "../ff_fdpass.h"
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -71,23 +72,7 @@ int ffv_call_ex(int type, const struct ff_msg *hdr, const struct ff_rdma_args *a
   int rc = open_conn();
   if (rc < 0) goto done;
   req.m.seq = ++seq;
-  struct iovec iov = {&req, req_len};
-  union {
-    struct cmsghdr h;
-    char b[CMSG_SPACE(sizeof(int))];
-  } ctl;
-  struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
-  if (fd_in >= 0) {
-    memset(&ctl, 0, sizeof ctl);
-    mh.msg_control = ctl.b;
-    mh.msg_controllen = sizeof ctl.b;
-    struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(sizeof(int));
-    memcpy(CMSG_DATA(c), &fd_in, sizeof(int));
-  }
-  if (sendmsg(conn, &mh, MSG_NOSIGNAL) != (ssize_t)req_len) {
+  if (ff_send_with_fd(conn, &req, req_len, fd_in, 0) != (ssize_t)req_len) {
     rc = -EIO;
     goto fail;
   }
