@@ -11,6 +11,7 @@
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
+#include <algorithm>
 #include <string>
 #include <vector>
 #include "addon.h"
@@ -156,29 +157,35 @@ int BoundTcpSocket(sockaddr_in* sa) {
   return fd;
 }
 
-Napi::Object FdPort(Napi::Env env, int fd, const sockaddr_in& sa) {
-  Napi::Object o = Napi::Object::New(env);
-  o.Set("fd", fd);
-  o.Set("port", ntohs(sa.sin_port));
-  return o;
-}
-
-// tcpSockets(ip, count) -> [{fd, port}...] | -errno: a batch for prefetching clients.
+// tcpSockets(ip, count) -> {fds: [fd...], ports: Buffer of uint16 LE} | -errno: a batch for
+// prefetching clients. Flat on purpose: this runs for every connection a busy client makes,
+// and an object per socket was a measurable share of the router's CPU (docs/performance.md).
 Napi::Value TcpSockets(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   std::string ip = info[0].As<Napi::String>();
-  uint32_t count = info[1].As<Napi::Number>().Uint32Value();
-  Napi::Array out = Napi::Array::New(env);
-  for (uint32_t i = 0; i < count; i++) {
-    sockaddr_in sa;
-    if (!ParseIPv4(ip, 0, &sa)) return Err(env, EINVAL);
-    int fd = BoundTcpSocket(&sa);
+  uint32_t count = std::min<uint32_t>(info[1].As<Napi::Number>().Uint32Value(), kMaxPassedFds);
+  sockaddr_in sa;
+  if (!ParseIPv4(ip, 0, &sa)) return Err(env, EINVAL);
+  int fds[kMaxPassedFds];
+  uint8_t ports[2 * kMaxPassedFds];
+  uint32_t n = 0;
+  for (; n < count; n++) {
+    sockaddr_in bound = sa;
+    int fd = BoundTcpSocket(&bound);
     if (fd < 0) {
-      if (i == 0) return Err(env, -fd);
+      if (n == 0) return Err(env, -fd);
       break;
     }
-    out.Set(i, FdPort(env, fd, sa));
+    fds[n] = fd;
+    uint16_t port = ntohs(bound.sin_port);
+    ports[2 * n] = uint8_t(port & 0xff);
+    ports[2 * n + 1] = uint8_t(port >> 8);
   }
+  Napi::Array fdArr = Napi::Array::New(env, n);
+  for (uint32_t i = 0; i < n; i++) fdArr.Set(i, Napi::Number::New(env, fds[i]));
+  Napi::Object out = Napi::Object::New(env);
+  out.Set("fds", fdArr);
+  out.Set("ports", Napi::Buffer<uint8_t>::Copy(env, ports, 2 * n));
   return out;
 }
 
@@ -213,6 +220,16 @@ Napi::Value Close(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), close(fd) < 0 ? -errno : 0);
 }
 
+// closeAll([fd...]): the descriptors a reply passed on, in one call.
+Napi::Value CloseAll(const Napi::CallbackInfo& info) {
+  Napi::Array arr = info[0].As<Napi::Array>();
+  for (uint32_t i = 0, n = arr.Length(); i < n; i++) {
+    int fd = arr.Get(i).As<Napi::Number>().Int32Value();
+    if (fd >= 0) close(fd);
+  }
+  return info.Env().Undefined();
+}
+
 Napi::Value StrError(const Napi::CallbackInfo& info) {
   return Napi::String::New(info.Env(), strerror(info[0].As<Napi::Number>().Int32Value()));
 }
@@ -229,5 +246,6 @@ void InitSyscalls(Napi::Env env, Napi::Object exports) {
   exports.Set("tcpSockets", Napi::Function::New(env, TcpSockets));
   exports.Set("tcpListen", Napi::Function::New(env, TcpListen));
   exports.Set("close", Napi::Function::New(env, Close));
+  exports.Set("closeAll", Napi::Function::New(env, CloseAll));
   exports.Set("strerror", Napi::Function::New(env, StrError));
 }

@@ -12,10 +12,12 @@ export interface NativeApi {
   seqpacketPair(): [number, number] | number;
   recvMsg(fd: number, max: number): RecvResult | number;
   sendMsg(fd: number, data: Buffer, fds?: number[]): number;
-  /** count sockets bound to ip:0 in one call (fewer than asked if the host runs out; -errno if none). */
-  tcpSockets(ip: string, count: number): { fd: number; port: number }[] | number;
+  /** count sockets bound to ip:0 in one call (fewer than asked if the host runs out; -errno if
+   * none): their fds, and their ports as uint16 LE back to back (the CONNECT reply's payload). */
+  tcpSockets(ip: string, count: number): { fds: number[]; ports: Buffer } | number;
   tcpListen(ip: string, port: number, backlog: number): { fd: number; port: number } | number;
   close(fd: number): number;
+  closeAll(fds: number[]): void;
   strerror(errno: number): string;
   acceptor: {
     start(onClosed: () => void): void;

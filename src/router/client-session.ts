@@ -77,7 +77,7 @@ export class ClientSession {
       if (data.length !== MSG_SIZE + msg.payload_len) throw new WireError(`message of ${data.length} bytes, header says ${MSG_SIZE}+${msg.payload_len}`);
       answer = this.handler.handle(this, msg, data.subarray(MSG_SIZE), fds);
     } catch (err) {
-      for (const fd of fds) native.close(fd);
+      native.closeAll(fds);
       answer = this.failed(err);
     }
     if (answer instanceof Promise) answer.catch((err) => this.failed(err)).then((a) => this.send(seq, a));
@@ -93,12 +93,12 @@ export class ClientSession {
   private send(seq: number, answer: Answer): void {
     const fds = answer.fds ?? (answer.fd !== undefined ? [answer.fd] : []);
     if (this.closed) {
-      for (const fd of fds) native.close(fd);
+      native.closeAll(fds);
       return;
     }
     answer.reply.seq = seq;
     const n = native.sendMsg(this.fd, encode(answer.reply, answer.payload), fds);
-    for (const fd of fds) native.close(fd);
+    native.closeAll(fds);
     if (n < 0) {
       this.log.warn({ pid: this.pid, error: errnoText(n) }, 'cannot reply; dropping client');
       this.close();

@@ -11,9 +11,11 @@ export interface ListenerRecord {
 }
 
 /** Tells the listener's router which overlay peer a host connection comes from. */
-export interface Announcement {
+/** What the connections of one CONNECT batch have in common. Each host socket adds its own
+ * host port, which is also the connection's overlay source port unless the application bound
+ * one (srcPort 0 = "the host port"). */
+export interface AnnouncementBatch {
   clientHostIp: string;
-  clientHostPort: number;
   listenerHostPort: number;
   srcIp: string; // overlay source of the connecting application
   srcPort: number;
@@ -31,8 +33,9 @@ export interface Directory {
 }
 
 export interface AnnouncementChannel {
-  /** Sends to the router at hostIp, as one write; false if that router is not reachable. */
-  announce(hostIp: string, anns: Announcement[]): boolean;
+  /** Sends ANNOUNCE wire records (announcementRecords()) to the router at hostIp, as one write;
+   * false if that router is not reachable. */
+  announce(hostIp: string, records: Buffer): boolean;
   /** Announcements for this router's listeners, as wire records back to back (they go to the
    * native acceptor as they are, in batches). */
   onAnnouncements(handler: (records: Buffer) => void): void;

@@ -5,8 +5,7 @@
 // with it, feeds it announcements and keeps the directory in step.
 import type { Logger } from '../log.js';
 import { native } from '../native.js';
-import type { Announcement, Directory, ListenerRecord } from './directory.js';
-import { announcementsToWire } from './peer-mesh.js';
+import type { Directory, ListenerRecord } from './directory.js';
 
 export interface EndpointInfo {
   hostPort: number;
@@ -39,13 +38,9 @@ export class HostEndpoints {
     return table;
   }
 
-  /** Announcements made by this router (same-host connections). */
-  expect(anns: Announcement[]): void {
-    native.acceptor.announce(announcementsToWire(anns));
-  }
-
-  /** Announcement records as received from a peer router (wire format, back to back). */
-  expectWire(records: Buffer): void {
+  /** Announcement records (wire format, back to back): made by this router for same-host
+   * connections, or received from a peer router. */
+  expect(records: Buffer): void {
     native.acceptor.announce(records);
   }
 

@@ -6,7 +6,7 @@
 import net from 'node:net';
 import type { Logger } from '../log.js';
 import { decode, emptyMsg, encode, FIELD_LAYOUT, ipv4ToWire, MSG_SIZE, MsgType, OFFSET, wireToIpv4, type WireMsg } from '../protocol/codec.js';
-import { listenerKey, type Announcement, type AnnouncementChannel, type Directory, type ListenerRecord } from './directory.js';
+import { listenerKey, type AnnouncementBatch, type AnnouncementChannel, type Directory, type ListenerRecord } from './directory.js';
 
 const RECONNECT_MS = 500;
 const MAX_FRAME = MSG_SIZE + 65536;
@@ -43,46 +43,29 @@ export function msgToRecord(m: WireMsg): ListenerRecord | undefined {
   return { overlayIp, port: m.local_port, hostIp, hostPort: m.host_port };
 }
 
-export function announcementToMsg(a: Announcement): WireMsg {
+/** The ANNOUNCE records of one CONNECT batch, back to back: one per host socket, whose port
+ * (uint16 LE in `ports`, as the router's native tcpSockets returns them) is the record's client
+ * host port and, for an unbound source (batch.srcPort 0), its overlay source port too. The
+ * shared fields are encoded once: this is on the connect path of every prefetched socket. */
+export function announcementRecords(batch: AnnouncementBatch, ports: Buffer): Buffer {
   const m = emptyMsg(MsgType.ANNOUNCE);
-  m.host_addr = ipv4ToWire(a.clientHostIp);
-  m.host_port = a.clientHostPort;
-  m.aux_port = a.listenerHostPort;
-  m.local_addr = ipv4ToWire(a.srcIp);
-  m.local_port = a.srcPort;
-  m.remote_addr = ipv4ToWire(a.dstIp);
-  m.remote_port = a.dstPort;
-  return m;
-}
-
-/** The same records as encode(announcementToMsg(a)), written straight into one buffer: a
- * batch of prefetched sockets is announced at once, and this is on the connect path. */
-export function announcementsToWire(anns: Announcement[]): Buffer {
-  const buf = Buffer.alloc(MSG_SIZE * anns.length);
-  const head = encode(emptyMsg(MsgType.ANNOUNCE)).subarray(0, OFFSET.seq);
-  anns.forEach((a, i) => {
+  m.host_addr = ipv4ToWire(batch.clientHostIp);
+  m.aux_port = batch.listenerHostPort;
+  m.local_addr = ipv4ToWire(batch.srcIp);
+  m.local_port = batch.srcPort;
+  m.remote_addr = ipv4ToWire(batch.dstIp);
+  m.remote_port = batch.dstPort;
+  const template = encode(m);
+  const n = ports.length >> 1;
+  const out = Buffer.allocUnsafe(MSG_SIZE * n);
+  for (let i = 0; i < n; i++) {
     const base = i * MSG_SIZE;
-    head.copy(buf, base);
-    putIpv4(buf, base + OFFSET.host_addr, a.clientHostIp);
-    buf.writeUInt16LE(a.clientHostPort, base + OFFSET.host_port);
-    buf.writeUInt16LE(a.listenerHostPort, base + OFFSET.aux_port);
-    putIpv4(buf, base + OFFSET.local_addr, a.srcIp);
-    buf.writeUInt16LE(a.srcPort, base + OFFSET.local_port);
-    putIpv4(buf, base + OFFSET.remote_addr, a.dstIp);
-    buf.writeUInt16LE(a.dstPort, base + OFFSET.remote_port);
-  });
-  return buf;
-}
-
-const parsedIpv4 = new Map<string, Buffer>();
-
-function putIpv4(buf: Buffer, at: number, ip: string): void {
-  let w = parsedIpv4.get(ip);
-  if (!w) {
-    w = ipv4ToWire(ip);
-    if (parsedIpv4.size < 1024) parsedIpv4.set(ip, w);
+    template.copy(out, base);
+    const port = ports.readUInt16LE(2 * i);
+    out.writeUInt16LE(port, base + OFFSET.host_port);
+    if (!batch.srcPort) out.writeUInt16LE(port, base + OFFSET.local_port);
   }
-  w.copy(buf, at);
+  return out;
 }
 
 const TYPE_OFFSET = FIELD_LAYOUT.find((f) => f.name === 'type')!.offset;
@@ -177,10 +160,10 @@ export class PeerMesh implements Directory, AnnouncementChannel {
     return [...this.outbound.values()].map((o) => ({ ip: o.ip, connected: o.connected }));
   }
 
-  announce(hostIp: string, anns: Announcement[]): boolean {
+  announce(hostIp: string, records: Buffer): boolean {
     const o = this.outbound.get(hostIp);
     if (!o?.connected || !o.socket) return false;
-    o.socket.write(announcementsToWire(anns));
+    o.socket.write(records);
     return true;
   }
 

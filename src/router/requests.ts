@@ -5,7 +5,8 @@ import type { Logger } from '../log.js';
 import { native, errnoText } from '../native.js';
 import { emptyMsg, Fallback, ipv4ToWire, MsgType, Reply, wireToIpv4, type WireMsg } from '../protocol/codec.js';
 import { fallback, type Answer, type ClientSession, type RequestHandler } from './client-session.js';
-import type { Announcement, AnnouncementChannel, Directory, ListenerRecord } from './directory.js';
+import type { AnnouncementChannel, Directory, ListenerRecord } from './directory.js';
+import { announcementRecords } from './peer-mesh.js';
 import type { HostEndpoints } from './host-endpoints.js';
 import type { ConnectionLog } from './status.js';
 
@@ -44,7 +45,7 @@ export class RequestDispatcher implements RequestHandler {
   handle(session: ClientSession, msg: WireMsg, payload: Buffer, fds: number[]): Answer | Promise<Answer> {
     const ext = this.extensions.find((e) => e.handles(msg.type));
     if (ext) return ext.handle(session, msg, payload, fds);
-    for (const fd of fds) native.close(fd); // TCP mode takes no descriptors from clients
+    native.closeAll(fds); // TCP mode takes no descriptors from clients
     switch (msg.type) {
       case MsgType.CONNECT:
         return this.connect(session, msg);
@@ -77,39 +78,32 @@ export class RequestDispatcher implements RequestHandler {
     const count = msg.local_port ? 1 : Math.min(Math.max(msg.flags, 1), MAX_BATCH);
     const socks = native.tcpSockets(this.ctx.hostIp, count);
     if (typeof socks === 'number') return fall(Fallback.INTERNAL, `host socket: ${errnoText(socks)}`);
-    const fds = socks.map((s) => s.fd);
-    const anns: Announcement[] = socks.map((s) => ({
-      clientHostIp: this.ctx.hostIp,
-      clientHostPort: s.port,
-      listenerHostPort: rec.hostPort,
-      srcIp,
-      srcPort: msg.local_port || s.port,
-      dstIp,
-      dstPort: msg.remote_port,
-    }));
+    const records = announcementRecords(
+      { clientHostIp: this.ctx.hostIp, listenerHostPort: rec.hostPort, srcIp, srcPort: msg.local_port, dstIp, dstPort: msg.remote_port },
+      socks.ports,
+    );
     const sameHost = rec.hostIp === this.ctx.hostIp;
-    if (sameHost) this.ctx.endpoints.expect(anns);
-    else if (!this.ctx.announcer.announce(rec.hostIp, anns)) {
-      for (const fd of fds) native.close(fd);
+    if (sameHost) this.ctx.endpoints.expect(records);
+    else if (!this.ctx.announcer.announce(rec.hostIp, records)) {
+      native.closeAll(socks.fds);
       return fall(Fallback.NO_LISTENER, `router at ${rec.hostIp} unreachable`);
     }
+    const firstPort = socks.ports.readUInt16LE(0);
     this.ctx.connections.add({
       role: 'connect',
       path: sameHost ? 'same-host' : 'host-network',
-      src: `${srcIp}:${anns[0].srcPort}`,
+      src: `${srcIp}:${msg.local_port || firstPort}`,
       dst,
       host: `${rec.hostIp}:${rec.hostPort}`,
       pid: session.pid,
-      sockets: anns.length,
+      sockets: socks.fds.length,
     });
     const reply = ok();
     reply.host_addr = ipv4ToWire(rec.hostIp);
     reply.host_port = rec.hostPort;
-    reply.local_port = anns[0].srcPort;
+    reply.local_port = msg.local_port || firstPort;
     // Each socket's host port, so that the library need not ask the kernel for it.
-    const ports = Buffer.alloc(2 * socks.length);
-    socks.forEach((sock, i) => ports.writeUInt16LE(sock.port, 2 * i));
-    return { reply, fds, payload: ports };
+    return { reply, fds: socks.fds, payload: socks.ports };
   }
 
   private listen(session: ClientSession, msg: WireMsg): Answer {

@@ -38,7 +38,7 @@ export class Router {
     this.path = socketPath(opts.socketDir, opts.name);
     this.mesh = new PeerMesh({ hostIp: opts.hostIp, port: opts.peerPort, peers: opts.peers, isTrustedPeer: opts.isTrustedPeer, log: opts.log });
     this.endpoints = new HostEndpoints(this.mesh, opts.log);
-    this.mesh.onAnnouncements((records) => this.endpoints.expectWire(records));
+    this.mesh.onAnnouncements((records) => this.endpoints.expect(records));
     this.dispatcher = new RequestDispatcher({
       hostIp: opts.hostIp,
       directory: this.mesh,
