@@ -71,7 +71,9 @@ static bool swap_in(int fd, struct ff_fd *e, int host_fd) {
   int fl = ff_real.fcntl(fd, F_GETFL);
   int fdfl = ff_real.fcntl(fd, F_GETFD);
   if (fl < 0 || fdfl < 0) return false;
-  if (fl & O_NONBLOCK) ff_real.fcntl(host_fd, F_SETFL, ff_real.fcntl(host_fd, F_GETFL) | O_NONBLOCK);
+  /* The router's socket has no status flags of its own (made without SOCK_NONBLOCK): setting
+   * O_NONBLOCK needs no F_GETFL of it first. */
+  if (fl & O_NONBLOCK) ff_real.fcntl(host_fd, F_SETFL, O_NONBLOCK);
   ff_sock_replay_opts(e->sock, host_fd);
   if (ff_real.dup3(host_fd, fd, (fdfl & FD_CLOEXEC) ? O_CLOEXEC : 0) < 0) return false;
   for (int i = 0; i < e->nregs; i++) ff_real.epoll_ctl(e->regs[i].epfd, EPOLL_CTL_ADD, fd, &e->regs[i].ev);
