@@ -1,7 +1,7 @@
 // Socket semantics through libfsocket, with the edge-case program (test/apps/edge.c) in
 // containers of the testbed: non-blocking connect with epoll registered before connect,
-// accept4 flags, overlay names, half-close, 200 concurrent connections with per-connection
-// checksums, fork after connect. Each run also checks which path the bytes took.
+// accept4 flags, socket options carried over, overlay names, half-close, 200 concurrent
+// connections with per-connection checksums, fork after connect. Each run also checks which path the bytes took.
 import t, { type Test } from 'tap';
 import { EDGE, Testbed, overlayIp, vxlanBytesDuring } from './lib/testbed.js';
 
@@ -26,7 +26,9 @@ function checkEdge(t: Test, r: { result: { code: number | null; stdout: string; 
   const out = r.result.stdout;
   t.equal(r.result.code, 0, 'edge client: all checks pass', { output: out + r.result.stderr });
   t.notMatch(out, /^FAIL/m, 'no failed check');
-  for (const check of ['nbconnect-inprogress', 'nbconnect-epollout', 'nbconnect-soerror', 'nbconnect-echo', 'accept4', 'halfclose', 'fork-child-echo'])
+  // accept4 also checks the options an accepted socket inherits from its listener; options
+  // checks those set before connect() on the connected socket.
+  for (const check of ['nbconnect-inprogress', 'nbconnect-epollout', 'nbconnect-soerror', 'nbconnect-echo', 'accept4', 'options', 'halfclose', 'fork-child-echo'])
     t.match(out, new RegExp(`^ok ${check}\\b`, 'm'), `check ${check}`);
   t.match(out, /^ok concurrent 200\/200/m, '200 concurrent connections each paired with its own peer');
   // Names are the overlay's, on both sides, whatever path the bytes took.

@@ -7,7 +7,7 @@
  *   edge server <bind_ip> <port> [--workers N] [--v6] [--epoll-before-listen]
  *   edge client <server_ip> <port> <test>
  *
- * tests: nbconnect blocking names accept4 halfclose concurrent fork all
+ * tests: nbconnect blocking names accept4 halfclose concurrent fork options all
  *
  * Client output: one line per check, "ok <name> <details>" or
  * "FAIL <name> <details>".  Exit status: 0 all checks passed, 1 some check
@@ -19,7 +19,8 @@
  *            nonblock=N cloexec=N\n" (prefixed with "FAIL ..." if the address
  *            returned by accept4() differs from getpeername()), then
  *            shuts down its write side and closes at client EOF.
- *   FLAGS\n  server replies "nonblock=N cloexec=N\n" (flags of the accepted fd).
+ *   FLAGS\n  server replies "nonblock=N cloexec=N keepalive=N nodelay=N\n" (flags of
+ *            the accepted fd, and two options it inherits from the listener, which sets both).
  *   HALF\n / SUM\n  server reads until EOF and replies
  *            "count=N fnv=HEX16\n" (FNV-1a 64 of the bytes after the
  *            command line), then closes.
@@ -29,6 +30,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -450,7 +452,14 @@ static void server_accept(int ep, int lfd)
         int mismatch = al_bad || strcmp(acc, peer) != 0;
         snprintf(c->info, sizeof c->info, "%speer=%s local=%s accept=%s acceptlen=%u nonblock=%d cloexec=%d\n",
                  mismatch ? "FAIL accept-addr-mismatch " : "", peer, local, acc, (unsigned)al, nb, ce);
-        snprintf(c->flags, sizeof c->flags, "nonblock=%d cloexec=%d\n", nb, ce);
+        /* Accepted sockets inherit the listener's options (the kernel copies them); through
+         * FreeFlow the library replays them, as the socket comes from the router's listener. */
+        int ka = 0, nd = 0;
+        socklen_t ol = sizeof ka;
+        getsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &ka, &ol);
+        ol = sizeof nd;
+        getsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &nd, &ol);
+        snprintf(c->flags, sizeof c->flags, "nonblock=%d cloexec=%d keepalive=%d nodelay=%d\n", nb, ce, ka, nd);
         if (!nb && fl >= 0) /* keep the server itself working; client sees flags */
             fcntl(fd, F_SETFL, fl | O_NONBLOCK);
 
@@ -578,6 +587,8 @@ static int run_server(int argc, char **argv)
     }
     int one = 1, zero = 0;
     setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    setsockopt(lfd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one); /* reported by FLAGS */
+    setsockopt(lfd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     if (ss.ss_family == AF_INET6 && setsockopt(lfd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof zero) < 0)
         perror("setsockopt IPV6_V6ONLY=0");
     if (bind(lfd, (struct sockaddr *)&ss, sl) < 0) {
@@ -1230,12 +1241,55 @@ static void t_accept4(const struct target *t)
     if (r < 0)
         FAILX("accept4", "reading server reply failed (%s)",
               r == -2 ? "timeout" : r == -3 ? "EOF before newline" : strerror(errno));
-    else if (!strcmp(line, "nonblock=1 cloexec=1"))
+    else if (!strcmp(line, "nonblock=1 cloexec=1 keepalive=1 nodelay=1"))
         OK("accept4", "%s", line);
     else
-        FAILX("accept4", "server accepted fd flags: %s (want nonblock=1 cloexec=1)", line);
+        FAILX("accept4", "server accepted fd flags: %s (want nonblock=1 cloexec=1, and keepalive=1 nodelay=1 from the listener)", line);
     if (r >= 0)
         report_eof("accept4-eof", fd, extra);
+    close(fd);
+}
+
+/* Options set before connect() hold on the connected socket (FreeFlow swaps a host socket in
+ * at connect() and must carry them over). */
+static void t_options(const struct target *t)
+{
+    int fd = socket(t->ss.ss_family, SOCK_STREAM, 0);
+    if (fd < 0) {
+        FAILX("options", "socket errno=%d(%s)", ERRS);
+        return;
+    }
+    int one = 1, sndbuf = 96 * 1024;
+    const char cc[] = "reno";
+    if (setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one) < 0 ||
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) < 0 ||
+        setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof sndbuf) < 0 ||
+        setsockopt(fd, IPPROTO_TCP, TCP_CONGESTION, cc, sizeof cc - 1) < 0) {
+        FAILX("options", "setsockopt errno=%d(%s)", ERRS);
+        close(fd);
+        return;
+    }
+    if (connect(fd, (const struct sockaddr *)&t->ss, t->len) < 0) {
+        FAILX("options", "connect to %s errno=%d(%s)", t->str, ERRS);
+        close(fd);
+        return;
+    }
+    int ka = 0, nd = 0, sb = 0;
+    char got_cc[16] = "";
+    socklen_t l = sizeof ka;
+    getsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &ka, &l);
+    l = sizeof nd;
+    getsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &nd, &l);
+    l = sizeof sb;
+    getsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sb, &l);
+    l = sizeof got_cc - 1;
+    getsockopt(fd, IPPROTO_TCP, TCP_CONGESTION, got_cc, &l);
+    /* The kernel doubles SO_SNDBUF for its bookkeeping. */
+    if (ka == 1 && nd == 1 && sb == 2 * sndbuf && !strcmp(got_cc, cc))
+        OK("options", "keepalive=%d nodelay=%d sndbuf=%d congestion=%s after connect", ka, nd, sb, got_cc);
+    else
+        FAILX("options", "after connect: keepalive=%d nodelay=%d sndbuf=%d congestion=%s (want 1 1 %d %s)", ka, nd, sb,
+              got_cc, 2 * sndbuf, cc);
     close(fd);
 }
 
@@ -1557,7 +1611,7 @@ struct test {
 };
 static const struct test tests[] = {
     {"nbconnect", t_nbconnect}, {"blocking", t_blocking},     {"names", t_names}, {"accept4", t_accept4},
-    {"halfclose", t_halfclose}, {"concurrent", t_concurrent}, {"fork", t_fork},
+    {"halfclose", t_halfclose}, {"concurrent", t_concurrent}, {"fork", t_fork},     {"options", t_options},
 };
 #define NTESTS ((int)(sizeof tests / sizeof tests[0]))
 
@@ -1565,7 +1619,7 @@ static int run_client(int argc, char **argv)
 {
     if (argc != 3) {
         fprintf(stderr, "usage: edge client <server_ip> <port> <test>\n"
-                        "tests: nbconnect blocking names accept4 halfclose concurrent fork all\n");
+                        "tests: nbconnect blocking names accept4 halfclose concurrent fork options all\n");
         return 2;
     }
     struct target t;
@@ -1632,6 +1686,6 @@ int main(int argc, char **argv)
     fprintf(stderr, "usage:\n"
                     "  edge server <bind_ip> <port> [--workers N] [--v6] [--epoll-before-listen]\n"
                     "  edge client <server_ip> <port> <test>\n"
-                    "tests: nbconnect blocking names accept4 halfclose concurrent fork all\n");
+                    "tests: nbconnect blocking names accept4 halfclose concurrent fork options all\n");
     return 2;
 }
