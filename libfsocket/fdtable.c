@@ -1,5 +1,6 @@
 #define _GNU_SOURCE
 #include "fdtable.h"
+#include <netinet/in.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -102,11 +103,24 @@ bool ff_channel_at_eof(int chan) {
   return recv(chan, &b, 1, MSG_PEEK | MSG_DONTWAIT) == 0;
 }
 
+/* Options every host socket already has, or cannot take, need no replay (a system call per
+ * connection otherwise): the router makes its host sockets and listeners with SO_REUSEADDR on
+ * (accepted sockets inherit it), and host sockets are IPv4, so IPv6-level options fail there. */
+static bool replay_needed(int level, int name, const void *val, socklen_t len) {
+  if (level == IPPROTO_IPV6) return false;
+  if (level == SOL_SOCKET && name == SO_REUSEADDR && len >= (socklen_t)sizeof(int)) return *(const int *)val == 0;
+  return true;
+}
+
 void ff_sock_record_opt(struct ff_sock *s, int level, int name, const void *val, socklen_t len) {
   if (!val || len > FF_OPT_MAXLEN) return;
   int i;
   for (i = 0; i < s->nopts; i++)
     if (s->opts[i].level == level && s->opts[i].name == name) break;
+  if (!replay_needed(level, name, val, len)) {
+    if (i < s->nopts) s->opts[i] = s->opts[--s->nopts]; /* an earlier value is overridden */
+    return;
+  }
   if (i == s->nopts) {
     if (s->nopts == FF_MAX_OPTS) return;
     s->nopts++;

@@ -104,9 +104,18 @@ static unsigned first_source(struct ff_sock *s) {
   return (s->accept_turn++ & 3) == 3 ? SOURCE_CHANNEL : SOURCE_HOST;
 }
 
+/* Whether the application's listener is non-blocking; asked only when it matters (the
+ * overlay source, or nothing waiting anywhere), not on every accept(). */
+static bool listener_nonblocking(int fd, int *known) {
+  if (*known < 0) {
+    int fl = ff_real.fcntl(fd, F_GETFL);
+    *known = fl >= 0 && (fl & O_NONBLOCK);
+  }
+  return *known;
+}
+
 static int accept_all(int fd, struct ff_fd *e, struct sockaddr *addr, socklen_t *len, int flags) {
-  int fl = ff_real.fcntl(fd, F_GETFL);
-  bool nonblock = fl >= 0 && (fl & O_NONBLOCK);
+  int nonblock = -1; /* unknown yet */
   unsigned first = first_source(e->sock);
   for (;;) {
     for (unsigned i = 0; i < SOURCES; i++) {
@@ -116,11 +125,11 @@ static int accept_all(int fd, struct ff_fd *e, struct sockaddr *addr, socklen_t 
         case SOURCE_HOST: r = take_from_host(e, addr, len, flags); break;
         case SOURCE_CHANNEL: r = take_from_channel(fd, e, addr, len, flags); break;
         default:
-          if (nonblock) r = ff_real.accept4(fd, addr, len, flags);
+          if (listener_nonblocking(fd, &nonblock)) r = ff_real.accept4(fd, addr, len, flags);
       }
       if (r >= 0 || errno != EAGAIN) return r;
     }
-    if (nonblock) {
+    if (listener_nonblocking(fd, &nonblock)) {
       errno = EAGAIN;
       return -1;
     }
