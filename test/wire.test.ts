@@ -8,6 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { FIELD_LAYOUT, MSG_SIZE, MsgType, decode, emptyMsg, encode, ipv4ToWire, wireToIpv4 } from '../src/protocol/codec.js';
 import { ROOT } from './lib/testbed.js';
+import { announcementRecords } from '../src/router/peer-mesh.js';
 
 t.test('generated files are current', async (t) => {
   const r = spawnSync('node', [join(ROOT, 'scripts/gen-wire.mjs'), '--check'], { encoding: 'utf8' });
@@ -53,4 +54,26 @@ t.test('TS round trip', async (t) => {
   t.same(back, m);
   t.throws(() => decode(Buffer.alloc(10)), /short/);
   t.throws(() => ipv4ToWire('10.1.2'), /bad IPv4/);
+});
+
+// A CONNECT batch's announcements are copies of one encoded template with the ports patched
+// in: every record must decode to the fields of its own socket.
+t.test('announcement records of a batch', async (t) => {
+  const ports = Buffer.alloc(6);
+  [40001, 40002, 65535].forEach((p, i) => ports.writeUInt16LE(p, 2 * i));
+  const batch = { clientHostIp: '192.168.77.1', listenerHostPort: 33000, srcIp: '10.244.1.11', srcPort: 0, dstIp: '10.244.2.11', dstPort: 8088 };
+  const recs = announcementRecords(batch, ports);
+  t.equal(recs.length, 3 * MSG_SIZE, 'one record per socket');
+  for (let i = 0; i < 3; i++) {
+    const m = decode(recs.subarray(i * MSG_SIZE, (i + 1) * MSG_SIZE));
+    const port = ports.readUInt16LE(2 * i);
+    t.same(
+      [m.type, wireToIpv4(m.host_addr), m.host_port, m.aux_port, wireToIpv4(m.local_addr), m.local_port, wireToIpv4(m.remote_addr), m.remote_port, m.payload_len],
+      [MsgType.ANNOUNCE, '192.168.77.1', port, 33000, '10.244.1.11', port, '10.244.2.11', 8088, 0],
+      `record ${i}: unbound source, overlay port = host port ${port}`,
+    );
+  }
+  const bound = decode(announcementRecords({ ...batch, srcPort: 40123 }, ports.subarray(0, 2)));
+  t.same([bound.host_port, bound.local_port], [40001, 40123], 'an application-bound source keeps its own port');
+  t.equal(announcementRecords(batch, Buffer.alloc(0)).length, 0, 'an empty batch has no records');
 });
