@@ -84,7 +84,9 @@ static int take_from_channel(int fd, struct ff_fd *e, struct sockaddr *addr, soc
       if (afd >= 0) ff_real.close(afd);
       continue;
     }
-    if (flags & SOCK_NONBLOCK) ff_real.fcntl(afd, F_SETFL, ff_real.fcntl(afd, F_GETFL) | O_NONBLOCK);
+    /* The descriptor got its status flags from whichever accept4() took it off the host
+     * listener before it was handed back; give it exactly what this call asks for. */
+    ff_real.fcntl(afd, F_SETFL, (flags & SOCK_NONBLOCK) ? O_NONBLOCK : 0);
     struct ff_endpoint local, peer;
     memcpy(&local.addr, m.local_addr, 16);
     local.port = m.local_port;
