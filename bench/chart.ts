@@ -3,6 +3,7 @@
 import * as vega from 'vega';
 import * as vl from 'vega-lite';
 import type { BenchRecord, Output } from './report.js';
+import { RDMA_BW_VS_HOST_MIN, RDMA_LAT_OVER_HOST_MAX_US } from './rdma-vs-host.js';
 
 const SHORT: Record<string, string> = {
   freeflow_vs_host: 'vs host',
@@ -22,8 +23,8 @@ const LABEL: Record<string, string> = {
 function target(r: BenchRecord, key: string): number | null {
   if (key === 'freeflow_vs_overlay') return null; // 1.0 itself is the bar
   if (r.workload.startsWith('rdma-')) {
-    if (r.better === 'higher') return 0.8;
-    return /typical/.test(r.metric) && r.host ? (r.host + 5) / r.host : null;
+    if (r.better === 'higher') return RDMA_BW_VS_HOST_MIN;
+    return /typical/.test(r.metric) && r.host ? (r.host + RDMA_LAT_OVER_HOST_MAX_US) / r.host : null;
   }
   return r.better === 'higher' ? 0.95 : 1.05;
 }
