@@ -88,11 +88,12 @@ export class RequestDispatcher implements RequestHandler {
       native.closeAll(socks.fds);
       return fall(Fallback.NO_LISTENER, `router at ${rec.hostIp} unreachable`);
     }
-    const firstPort = socks.ports.readUInt16LE(0);
+    // The connection's overlay source port (for an unbound source, the first socket's host port).
+    const srcPort = msg.local_port || socks.ports.readUInt16LE(0);
     this.ctx.connections.add({
       role: 'connect',
       path: sameHost ? 'same-host' : 'host-network',
-      src: `${srcIp}:${msg.local_port || firstPort}`,
+      src: `${srcIp}:${srcPort}`,
       dst,
       host: `${rec.hostIp}:${rec.hostPort}`,
       pid: session.pid,
@@ -101,7 +102,7 @@ export class RequestDispatcher implements RequestHandler {
     const reply = ok();
     reply.host_addr = ipv4ToWire(rec.hostIp);
     reply.host_port = rec.hostPort;
-    reply.local_port = msg.local_port || firstPort;
+    reply.local_port = srcPort;
     // Each socket's host port, so that the library need not ask the kernel for it.
     return { reply, fds: socks.fds, payload: socks.ports };
   }
