@@ -67,6 +67,12 @@ void ff_config_load(void) {
   memset(&ff_config, 0, sizeof ff_config);
   const char *dbg = getenv("FFR_DEBUG");
   ff_config.debug = dbg && *dbg && strcmp(dbg, "0") != 0;
+  /* Same-host connections: an AF_UNIX pair with TCP's options emulated (default, "unix"), or
+   * loopback TCP in the host namespace ("tcp") for applications that need every TCP detail. */
+  const char *same = getenv("FFR_SAME_HOST");
+  ff_config.same_host_tcp = same && !strcmp(same, "tcp");
+  if (same && *same && strcmp(same, "tcp") && strcmp(same, "unix"))
+    dprintf(2, "libfsocket: FFR_SAME_HOST=\"%s\" is not \"unix\" or \"tcp\"; using \"unix\"\n", same);
   const char *dir = getenv("FFR_SOCKET_DIR");
   const char *name = getenv("FFR_NAME");
   if (!dir || !*dir) dir = "/freeflow";

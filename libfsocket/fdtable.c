@@ -112,29 +112,46 @@ static bool replay_needed(int level, int name, const void *val, socklen_t len) {
   return true;
 }
 
-void ff_sock_record_opt(struct ff_sock *s, int level, int name, const void *val, socklen_t len) {
-  if (!val || len > FF_OPT_MAXLEN) return;
+bool ff_sock_store_opt(struct ff_sock *s, int level, int name, const void *val, socklen_t len) {
+  if (!val || len > FF_OPT_MAXLEN) return false;
   int i;
   for (i = 0; i < s->nopts; i++)
     if (s->opts[i].level == level && s->opts[i].name == name) break;
-  if (!replay_needed(level, name, val, len)) {
-    if (i < s->nopts) s->opts[i] = s->opts[--s->nopts]; /* an earlier value is overridden */
-    return;
-  }
   if (i == s->nopts) {
-    if (s->nopts == FF_MAX_OPTS) return;
+    if (s->nopts == FF_MAX_OPTS) return false;
     s->nopts++;
   }
   s->opts[i].level = level;
   s->opts[i].name = name;
   s->opts[i].len = len;
   memcpy(s->opts[i].value, val, len);
+  return true;
 }
 
-void ff_sock_replay_opts(const struct ff_sock *s, int fd) {
+const struct ff_sockopt *ff_sock_find_opt(const struct ff_sock *s, int level, int name) {
+  for (int i = 0; i < s->nopts; i++)
+    if (s->opts[i].level == level && s->opts[i].name == name) return &s->opts[i];
+  return NULL;
+}
+
+void ff_sock_record_opt(struct ff_sock *s, int level, int name, const void *val, socklen_t len) {
+  if (!val || len > FF_OPT_MAXLEN) return;
+  if (replay_needed(level, name, val, len)) {
+    ff_sock_store_opt(s, level, name, val, len);
+    return;
+  }
+  for (int i = 0; i < s->nopts; i++)
+    if (s->opts[i].level == level && s->opts[i].name == name) {
+      s->opts[i] = s->opts[--s->nopts]; /* an earlier value is overridden */
+      return;
+    }
+}
+
+void ff_sock_replay_opts(const struct ff_sock *s, int fd, bool sol_socket_only) {
   /* Options that make no sense on an IPv4 host socket (IPV6_V6ONLY, ...) fail harmlessly. */
   for (int i = 0; i < s->nopts; i++)
-    ff_real.setsockopt(fd, s->opts[i].level, s->opts[i].name, s->opts[i].value, s->opts[i].len);
+    if (!sol_socket_only || s->opts[i].level == SOL_SOCKET)
+      ff_real.setsockopt(fd, s->opts[i].level, s->opts[i].name, s->opts[i].value, s->opts[i].len);
 }
 
 void ff_fd_record_epoll(struct ff_fd *e, int epfd, int op, const struct epoll_event *ev) {

@@ -19,7 +19,7 @@
 enum ff_kind {
   FF_CANDIDATE = 1, /* AF_INET/AF_INET6 stream socket, still on the overlay */
   FF_LISTENER,      /* overlay listener with a router host listener and accept channel beside it */
-  FF_ACCEL,         /* connection whose fd is now a host-network socket */
+  FF_ACCEL,         /* connection whose fd is now a host-network socket, or (pair) an AF_UNIX end */
 };
 
 /* A setsockopt() the application made before the socket was swapped or accepted from the
@@ -50,7 +50,10 @@ struct ff_sock {
   int host_fd;              /* FF_LISTENER: the router's host-network listener, or -1 */
   struct ff_admit_table *admit; /* FF_LISTENER: its admission table (shared with the router) */
   unsigned accept_turn;     /* FF_LISTENER: rotates which source accept() tries first */
+  bool prefer_channel;      /* FF_LISTENER: the last router connection came on the channel */
   bool bound;               /* FF_CANDIDATE: bind() succeeded (else connect() need not ask the kernel) */
+  bool pair;                /* FF_ACCEL: the fd is a same-host AF_UNIX stream end; TCP- and IP-level
+                             * options live in opts[] (tcp_emul.c), SOL_SOCKET ones in the kernel */
 };
 
 struct ff_fd {
@@ -81,7 +84,11 @@ void ff_listener_drop_channel(int fd, struct ff_fd *e);
 /* True if the channel's only news is that the router closed it (checked with MSG_PEEK). */
 bool ff_channel_at_eof(int chan);
 void ff_sock_record_opt(struct ff_sock *s, int level, int name, const void *val, socklen_t len);
-void ff_sock_replay_opts(const struct ff_sock *s, int fd);
+/* Stores an option's value as given (replacing an earlier one); false if the store is full. */
+bool ff_sock_store_opt(struct ff_sock *s, int level, int name, const void *val, socklen_t len);
+const struct ff_sockopt *ff_sock_find_opt(const struct ff_sock *s, int level, int name);
+/* Sets the recorded options on fd; on an AF_UNIX pair end only the SOL_SOCKET ones. */
+void ff_sock_replay_opts(const struct ff_sock *s, int fd, bool sol_socket_only);
 void ff_fd_record_epoll(struct ff_fd *e, int epfd, int op, const struct epoll_event *ev);
 /* The fds a listener's readiness also depends on (host listener, channel); returns how many. */
 int ff_listener_sources(const struct ff_sock *s, int out[2]);

@@ -18,14 +18,19 @@
 /* Gives an accepted host connection the application's view: its flags, the options set on
  * the listener (accepted sockets inherit the listener's options in the kernel; ours come from
  * the router's listener), and the overlay identity for getsockname/getpeername/accept. */
-static int hand_to_application(struct ff_fd *e, int afd, const struct ff_endpoint *local, const struct ff_endpoint *peer,
-                               struct sockaddr *addr, socklen_t *len) {
-  ff_sock_replay_opts(e->sock, afd);
+static int hand_to_application(struct ff_fd *e, int afd, bool pair, const struct ff_endpoint *local,
+                               const struct ff_endpoint *peer, struct sockaddr *addr, socklen_t *len) {
+  ff_sock_replay_opts(e->sock, afd, pair);
   pthread_mutex_lock(&ff_table_lock);
   struct ff_fd *a = ff_fd_track(afd, FF_ACCEL, e->sock->family);
   if (a) {
     a->sock->local = *local;
     a->sock->peer = *peer;
+    a->sock->pair = pair;
+    if (pair) { /* a pair end inherits the listener's TCP-level options through the table */
+      a->sock->nopts = e->sock->nopts;
+      memcpy(a->sock->opts, e->sock->opts, sizeof a->sock->opts);
+    }
   }
   pthread_mutex_unlock(&ff_table_lock);
   if (addr && len) ff_endpoint_to_sockaddr(peer, e->sock->family, addr, len);
@@ -56,7 +61,8 @@ static int take_from_host(struct ff_fd *e, struct sockaddr *addr, socklen_t *len
     struct ff_admit_slot id;
     if (from.sin_family == AF_INET && ff_admit_claim(e->sock->admit, ff_admit_key(from.sin_addr.s_addr, ntohs(from.sin_port)), &id)) {
       struct ff_endpoint local = ff_endpoint_v4(id.local_ip, id.local_port), peer = ff_endpoint_v4(id.peer_ip, id.peer_port);
-      return hand_to_application(e, afd, &local, &peer, addr, len);
+      e->sock->prefer_channel = false;
+      return hand_to_application(e, afd, false, &local, &peer, addr, len);
     }
     hand_back(chan, afd);
   }
@@ -92,18 +98,20 @@ static int take_from_channel(int fd, struct ff_fd *e, struct sockaddr *addr, soc
     local.port = m.local_port;
     memcpy(&peer.addr, m.remote_addr, 16);
     peer.port = m.remote_port;
-    return hand_to_application(e, afd, &local, &peer, addr, len);
+    e->sock->prefer_channel = m.flags & FF_CONNECT_PAIR; /* same-host pairs come this way */
+    return hand_to_application(e, afd, m.flags & FF_CONNECT_PAIR, &local, &peer, addr, len);
   }
 }
 
 enum { SOURCE_HOST, SOURCE_CHANNEL, SOURCE_OVERLAY, SOURCES };
 
-/* Which source to try first: the host listener, where nearly all accelerated connections
- * are, except on every fourth call, so that plain clients and waiting router deliveries are
- * never starved by a stream of host connections. Trying an empty source first costs a system
+/* Which source to try first: where the last connection came from (the host listener for
+ * cross-host peers, the channel for same-host pairs), except on every fourth call, so that
+ * no source is starved by a stream on another. Trying an empty source first costs a system
  * call on every accept(), on the connection's critical path. */
 static unsigned first_source(struct ff_sock *s) {
-  return (s->accept_turn++ & 3) == 3 ? SOURCE_CHANNEL : SOURCE_HOST;
+  bool channel = ((s->accept_turn++ & 3) == 3) != s->prefer_channel;
+  return channel ? SOURCE_CHANNEL : SOURCE_HOST;
 }
 
 /* Whether the application's listener is non-blocking; asked only when it matters (the

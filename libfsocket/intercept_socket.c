@@ -16,6 +16,7 @@
 #include "init.h"
 #include "pool.h"
 #include "router.h"
+#include "tcp_emul.h"
 
 int socket(int domain, int type, int protocol) {
   FF_INIT();
@@ -65,19 +66,53 @@ static bool overlay_source_for(const struct ff_endpoint *dst, struct in6_addr *o
   return true;
 }
 
-/* Puts host_fd on the application's fd number with the application's flags and options, and
- * re-creates its epoll registrations (closing the overlay socket dropped them). */
-static bool swap_in(int fd, struct ff_fd *e, int host_fd) {
+/* Puts new_fd (a host socket, or a same-host pair's end) on the application's fd number with
+ * the application's flags and options, and re-creates its epoll registrations (closing the
+ * overlay socket dropped them). *nonblocking: whether the application's socket is. */
+static bool swap_in(int fd, struct ff_fd *e, int new_fd, bool pair, bool *nonblocking) {
   int fl = ff_real.fcntl(fd, F_GETFL);
   int fdfl = ff_real.fcntl(fd, F_GETFD);
   if (fl < 0 || fdfl < 0) return false;
+  *nonblocking = fl & O_NONBLOCK;
   /* The router's socket has no status flags of its own (made without SOCK_NONBLOCK): setting
    * O_NONBLOCK needs no F_GETFL of it first. */
-  if (fl & O_NONBLOCK) ff_real.fcntl(host_fd, F_SETFL, O_NONBLOCK);
-  ff_sock_replay_opts(e->sock, host_fd);
-  if (ff_real.dup3(host_fd, fd, (fdfl & FD_CLOEXEC) ? O_CLOEXEC : 0) < 0) return false;
+  if (fl & O_NONBLOCK) ff_real.fcntl(new_fd, F_SETFL, O_NONBLOCK);
+  ff_sock_replay_opts(e->sock, new_fd, pair); /* a pair keeps TCP/IP-level options in the table */
+  if (ff_real.dup3(new_fd, fd, (fdfl & FD_CLOEXEC) ? O_CLOEXEC : 0) < 0) return false;
   for (int i = 0; i < e->nregs; i++) ff_real.epoll_ctl(e->regs[i].epfd, EPOLL_CTL_ADD, fd, &e->regs[i].ev);
   e->nregs = 0;
+  return true;
+}
+
+/* Swaps new_fd in and gives fd its overlay identity. false: nothing changed. */
+static bool take_over(int fd, struct ff_fd *e, int new_fd, bool pair, const struct ff_endpoint *src, uint16_t local_port,
+                      const struct ff_endpoint *dst, bool *nonblocking) {
+  pthread_mutex_lock(&ff_table_lock);
+  bool swapped = e == ff_fd_get(fd) && swap_in(fd, e, new_fd, pair, nonblocking);
+  if (swapped) {
+    e->sock->kind = FF_ACCEL;
+    e->sock->pair = pair;
+    e->sock->local.addr = src->addr;
+    e->sock->local.port = local_port;
+    e->sock->peer = *dst;
+  }
+  pthread_mutex_unlock(&ff_table_lock);
+  ff_real.close(new_fd);
+  return swapped;
+}
+
+/* A same-host pair is connected already (its other end is in the listener's accept queue), so
+ * connect() completes at once; a non-blocking one still reports EINPROGRESS, as TCP does, and
+ * the socket is writable (EPOLLOUT, SO_ERROR 0) by the time the application looks. */
+static bool adopt_pair(int fd, struct ff_fd *e, int pair_fd, const struct ff_endpoint *src, uint16_t local_port,
+                       const struct ff_endpoint *dst, int *result) {
+  bool nonblocking;
+  if (!take_over(fd, e, pair_fd, true, src, local_port, dst, &nonblocking)) return false;
+  *result = 0;
+  if (nonblocking) {
+    errno = EINPROGRESS;
+    *result = -1;
+  }
   return true;
 }
 
@@ -85,17 +120,8 @@ static bool swap_in(int fd, struct ff_fd *e, int host_fd) {
  * false: nothing changed, continue on the overlay. */
 static bool adopt(int fd, struct ff_fd *e, int host_fd, const struct ff_endpoint *src, uint16_t local_port,
                   const struct ff_endpoint *dst, const struct ff_endpoint *host, int *result) {
-  pthread_mutex_lock(&ff_table_lock);
-  bool swapped = e == ff_fd_get(fd) && swap_in(fd, e, host_fd);
-  if (swapped) {
-    e->sock->kind = FF_ACCEL;
-    e->sock->local.addr = src->addr;
-    e->sock->local.port = local_port;
-    e->sock->peer = *dst;
-  }
-  pthread_mutex_unlock(&ff_table_lock);
-  ff_real.close(host_fd);
-  if (!swapped) return false;
+  bool nonblocking;
+  if (!take_over(fd, e, host_fd, false, src, local_port, dst, &nonblocking)) return false;
   struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = htons(host->port)};
   memcpy(&sin.sin_addr, &host->addr.s6_addr[12], 4);
   *result = ff_real.connect(fd, (struct sockaddr *)&sin, sizeof sin);
@@ -145,6 +171,7 @@ static bool accelerated_connect(int fd, struct ff_fd *e, const struct ff_endpoin
   }
 
   req.flags = poolable ? (uint32_t)ff_pool_batch_size(dst) : 1; /* sockets wanted */
+  if (!ff_config.same_host_tcp && ff_tcp_emul_pairable(e->sock)) req.flags |= FF_CONNECT_PAIR_OK;
   int fds[FF_MAX_REPLY_FDS];
   uint16_t ports[FF_MAX_REPLY_FDS];
   int n = ff_router_call(&req, &rep, fds, ports, FF_MAX_REPLY_FDS);
@@ -153,6 +180,10 @@ static bool accelerated_connect(int fd, struct ff_fd *e, const struct ff_endpoin
     FF_DEBUG("connect fd %d: overlay path (router reply %d, reason %u)", fd, rep.status, rep.flags);
     for (int i = 0; i < n; i++) ff_real.close(fds[i]);
     return false;
+  }
+  if ((rep.flags & FF_CONNECT_PAIR) && n == 1) {
+    FF_DEBUG("connect fd %d: same-host AF_UNIX pair via router", fd);
+    return adopt_pair(fd, e, fds[0], &src, rep.local_port, dst, result);
   }
   struct ff_endpoint host = {.port = rep.host_port};
   memcpy(&host.addr, rep.host_addr, 16);
@@ -165,6 +196,10 @@ int connect(int fd, const struct sockaddr *addr, socklen_t len) {
   FF_INIT();
   struct ff_fd *e = ff_fd_get(fd);
   struct ff_endpoint dst;
+  if (e && e->sock->kind == FF_ACCEL && e->sock->pair) { /* connected from the start, as TCP reports it */
+    errno = EISCONN;
+    return -1;
+  }
   /* Only an unshared candidate: a dup()ed twin would keep pointing at the overlay socket. */
   if (e && e->sock->kind == FF_CANDIDATE && e->sock->refs == 1 && ff_endpoint_from_sockaddr(addr, len, &dst) &&
       ff_addr_is_v4mapped(&dst.addr) && ff_config_in_vnet(&dst.addr)) {
@@ -340,10 +375,27 @@ int getpeername(int fd, struct sockaddr *addr, socklen_t *len) {
   return ff_real.getpeername(fd, addr, len);
 }
 
+/* On a same-host pair the TCP- and IP-level options are the table's (tcp_emul.c); 1: the
+ * kernel answers. */
+static int pair_option(int fd, struct ff_fd *e, bool set, int level, int name, void *val, socklen_t *len) {
+  int r = 1;
+  pthread_mutex_lock(&ff_table_lock);
+  if (e == ff_fd_get(fd))
+    r = set ? ff_tcp_emul_set(e->sock, level, name, val, *len) : ff_tcp_emul_get(e->sock, level, name, val, len);
+  int saved = errno;
+  pthread_mutex_unlock(&ff_table_lock);
+  errno = saved;
+  return r;
+}
+
 int setsockopt(int fd, int level, int name, const void *val, socklen_t len) {
   FF_INIT();
-  int r = ff_real.setsockopt(fd, level, name, val, len);
   struct ff_fd *e = ff_fd_get(fd);
+  if (e && e->sock->kind == FF_ACCEL && e->sock->pair) {
+    int r = pair_option(fd, e, true, level, name, (void *)val, &len);
+    if (r != 1) return r;
+  }
+  int r = ff_real.setsockopt(fd, level, name, val, len);
   if (r == 0 && e && e->sock->kind != FF_ACCEL) {
     int saved = errno;
     pthread_mutex_lock(&ff_table_lock);
@@ -357,7 +409,10 @@ int setsockopt(int fd, int level, int name, const void *val, socklen_t len) {
 int getsockopt(int fd, int level, int name, void *val, socklen_t *len) {
   FF_INIT();
   struct ff_fd *e = ff_fd_get(fd);
-  if (e && e->sock->kind == FF_ACCEL && level == SOL_SOCKET && name == SO_DOMAIN && val && len && *len >= sizeof(int)) {
+  if (e && e->sock->kind == FF_ACCEL && e->sock->pair) {
+    int r = pair_option(fd, e, false, level, name, val, len);
+    if (r != 1) return r;
+  } else if (e && e->sock->kind == FF_ACCEL && level == SOL_SOCKET && name == SO_DOMAIN && val && len && *len >= sizeof(int)) {
     *(int *)val = e->sock->family; /* the host socket is AF_INET; the application made AF_INET6 */
     *len = sizeof(int);
     return 0;

@@ -8,6 +8,7 @@
 // removes listeners and hands over announcements in batches, so no per-connection work runs
 // in the event loop, and in the common case none runs in the router at all.
 #include <arpa/inet.h>
+#include <stdio.h>
 #include <errno.h>
 #include <string.h>
 #include <sys/epoll.h>
@@ -225,8 +226,9 @@ bool Flush(Listener* l) {
   return true;
 }
 
-// Passes a connection that waited here to the application, with its identity.
-void Deliver(Listener* l, int fd, const Identity& id, uint64_t admit_key) {
+// Passes a connection that waited here (or a same-host pair's end) to the application, with
+// its identity. flags: FF_CONNECT_PAIR if fd is an AF_UNIX end, not a host TCP socket.
+void Deliver(Listener* l, int fd, const Identity& id, uint64_t admit_key, uint32_t flags = 0) {
   Remember(id, admit_key);
   if (l->queue.size() >= kMaxQueued) {
     close(fd);
@@ -237,6 +239,7 @@ void Deliver(Listener* l, int fd, const Identity& id, uint64_t admit_key) {
   q.msg.magic = FF_WIRE_MAGIC;
   q.msg.version = FF_WIRE_VERSION;
   q.msg.type = FF_T_ACCEPTED;
+  q.msg.flags = flags;
   PutV4Mapped(q.msg.local_addr, id.local_ip);
   q.msg.local_port = id.local_port;
   PutV4Mapped(q.msg.remote_addr, id.peer_ip);
@@ -432,6 +435,57 @@ Napi::Value Announce(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), double(taken));
 }
 
+// An AF_UNIX stream's sender may queue only SO_SNDBUF bytes (default ~200 KiB) where loopback
+// TCP autotunes up to tcp_wmem's maximum (4 MiB): with the default, a bulk sender and its
+// receiver wake each other every 1-2 writes and the pair is slower than loopback. The router
+// (CAP_NET_ADMIN) sizes both ends like TCP's ceiling; an application's own SO_SNDBUF, replayed
+// by the library, still overrides it, as it fixes TCP's.
+void SizePairBuffers(const int sv[2]) {
+  static int bytes = [] {
+    int v = 4 << 20;
+    if (FILE* f = fopen("/proc/sys/net/ipv4/tcp_wmem", "re")) {
+      int lo, def, hi;
+      if (fscanf(f, "%d %d %d", &lo, &def, &hi) == 3 && hi > 0) v = hi;
+      fclose(f);
+    }
+    return v / 2;  // the kernel doubles what it is given
+  }();
+  for (int i = 0; i < 2; i++)
+    if (setsockopt(sv[i], SOL_SOCKET, SO_SNDBUFFORCE, &bytes, sizeof bytes) < 0)
+      setsockopt(sv[i], SOL_SOCKET, SO_SNDBUF, &bytes, sizeof bytes);
+}
+
+// pairLocal(hostPort, clientIp, clientPort, dstIp, dstPort) -> the client's end | -errno.
+// A same-host connection as a connected AF_UNIX stream pair: the listener's end goes to its
+// accept channel now, with the client's overlay identity; no host TCP socket is made. -EAGAIN
+// when the listener's queue is full (the caller falls back to a host TCP socket).
+Napi::Value PairLocal(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  uint16_t port = uint16_t(info[0].As<Napi::Number>().Uint32Value());
+  Identity id{};
+  if (inet_pton(AF_INET, info[1].As<Napi::String>().Utf8Value().c_str(), &id.peer_ip) != 1 ||
+      inet_pton(AF_INET, info[3].As<Napi::String>().Utf8Value().c_str(), &id.local_ip) != 1)
+    return Napi::Number::New(env, -EINVAL);
+  id.peer_port = uint16_t(info[2].As<Napi::Number>().Uint32Value());
+  id.local_port = uint16_t(info[4].As<Napi::Number>().Uint32Value());
+  std::lock_guard<std::mutex> g(mu);
+  auto it = listeners.find(port);
+  if (it == listeners.end()) return Napi::Number::New(env, -ENOENT);
+  Listener* l = it->second;
+  if (l->queue.size() >= kMaxQueued) return Napi::Number::New(env, -EAGAIN);
+  int sv[2];
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) return Napi::Number::New(env, -errno);
+  SizePairBuffers(sv);
+  size_t closed_before = closed_ports.size();
+  Deliver(l, sv[1], id, 0, FF_CONNECT_PAIR);
+  if (closed_ports.size() != closed_before) {  // the application side is gone: nobody will accept
+    on_closed.NonBlockingCall();
+    close(sv[0]);
+    return Napi::Number::New(env, -ECONNREFUSED);
+  }
+  return Napi::Number::New(env, sv[0]);
+}
+
 // takeClosed() -> host ports of listeners whose application side went away
 Napi::Value TakeClosed(const Napi::CallbackInfo& info) {
   std::lock_guard<std::mutex> g(mu);
@@ -487,6 +541,7 @@ void InitAcceptor(Napi::Env env, Napi::Object exports) {
   a.Set("removeListener", Napi::Function::New(env, RemoveListener));
   a.Set("announce", Napi::Function::New(env, Announce));
   a.Set("takeClosed", Napi::Function::New(env, TakeClosed));
+  a.Set("pairLocal", Napi::Function::New(env, PairLocal));
   a.Set("stats", Napi::Function::New(env, Stats));
   exports.Set("acceptor", a);
 }

@@ -35,13 +35,15 @@ export const TYPES = {
   // container library -> router
   // The router checks every overlay address against the caller's netns (SO_PEERCRED pid).
   CONNECT: 2, // remote_* = overlay destination; local_* = overlay source (port 0 if unbound);
-  //             flags = sockets wanted; reply payload = uint16 LE host port of each fd, in order
+  //             flags = sockets wanted (SOCKETS_MASK) | PAIR_OK; reply payload = uint16 LE host
+  //             port of each fd, in order; reply flags PAIR: the fd is a connected AF_UNIX end
   LISTEN: 3, // local_* = overlay address/port the application listens on; reply fds: accept
   //            channel, host listener, admission table (sealed memfd, struct ff_admit_table)
   STATUS: 4, // CLI asks for the router's state; reply carries JSON payload
   REPLY: 5, // router -> library answer to any request (same seq)
   // router -> library, on a listener's accept channel
-  ACCEPTED: 10, // one host connection (fd attached) from overlay peer remote_* to local_*
+  ACCEPTED: 10, // one host connection (fd attached) from overlay peer remote_* to local_*;
+  //               flags PAIR: the fd is the listener's end of a same-host AF_UNIX pair
   // library -> router, on the same channel
   ADMIT_MISS: 11, // a connection (fd attached) the library took from the host listener with no
   //                 admission entry: the router parks it until its announcement arrives, or refuses it
@@ -107,6 +109,13 @@ export const RDMA_STRUCTS = {
     ['h', 'uint32_t[6]', 24], // handles, counts, flags (meaning per message type)
     ['v', 'uint64_t[4]', 32], // addresses and lengths
   ],
+};
+
+// CONNECT request flags, and the flags of an ACCEL reply / ACCEPTED message.
+export const CONNECT_FLAGS = {
+  SOCKETS_MASK: 0xffff, // how many host sockets the library wants (a prefetch batch)
+  PAIR_OK: 0x10000, // request: a same-host AF_UNIX stream pair is acceptable (options emulable)
+  PAIR: 1, // reply / ACCEPTED: the fd is a connected AF_UNIX stream end, not a host TCP socket
 };
 
 export const LIMITS = {

@@ -7,7 +7,7 @@
 #   scripts/testbed.sh exec NODE CMD...   run CMD inside NODE's namespace with node env vars
 #   scripts/testbed.sh env NODE           print `export` lines for NODE
 #   scripts/testbed.sh list               print "NAME ROLE IP" for each node
-#   scripts/testbed.sh counters HOST      print "tx_bytes rx_bytes" of HOST's vx0
+#   scripts/testbed.sh counters HOST [DEV] print "tx_bytes rx_bytes" of HOST's vx0 (or DEV, e.g. lo)
 #
 # Environment:
 #   FF_TB             name prefix (default fftb); namespaces are "${FF_TB}-<node>"
@@ -41,7 +41,7 @@ log() { echo "$PROG[$FF_TB]: $*" >&2; }
 
 usage() {
   cat >&2 <<EOF
-usage: $PROG up | down | list | env NODE | exec NODE CMD... | counters HOST
+usage: $PROG up | down | list | env NODE | exec NODE CMD... | counters HOST [DEV]
   env: FF_TB (prefix, default fftb), FF_TB_HOSTS (default 2),
        FF_TB_CONTAINERS (default 2), FF_TB_DIR (default /tmp/\$FF_TB)
 EOF
@@ -357,11 +357,12 @@ do_exec() {
 }
 
 do_counters() {
-  local node="${1:-}" out
+  local node="${1:-}" dev="${2:-vx0}" out
   need_node "$node"
   [[ "$(node_role "$node")" == host ]] || die "counters: '$node' is not a host node"
+  [[ "$dev" =~ ^[A-Za-z0-9_.-]+$ ]] || die "counters: bad device name '$dev'"
   out="$(ip netns exec "$(ns_of "$node")" cat \
-    /sys/class/net/vx0/statistics/tx_bytes /sys/class/net/vx0/statistics/rx_bytes)"
+    "/sys/class/net/$dev/statistics/tx_bytes" "/sys/class/net/$dev/statistics/rx_bytes")" || die "counters: no device '$dev' on '$node'"
   echo $out
 }
 
@@ -373,7 +374,7 @@ case "$cmd" in
   list)     do_list ;;
   env)      do_env "${1:-}" ;;
   exec)     need_root; do_exec "$@" ;;
-  counters) need_root; do_counters "${1:-}" ;;
+  counters) need_root; do_counters "${1:-}" "${2:-}" ;;
   -h|--help|help) usage ;;
   *) usage ;;
 esac

@@ -25,6 +25,9 @@ export interface NativeApi {
     removeListener(hostPort: number): void;
     announce(records: Buffer): number;
     takeClosed(): number[];
+    /** A same-host connection as an AF_UNIX pair: the listener's end goes to its accept channel
+     * with this identity; returns the client's end, or -errno (-EAGAIN: listener queue full). */
+    pairLocal(hostPort: number, clientIp: string, clientPort: number, dstIp: string, dstPort: number): number;
     stats(): { delivered: number; admitted: number; refused: number; announced: number; parked: number; recent: { atMs: number; src: string; dst: string; host: string }[] };
   };
   watch(fd: number, events: number, cb: (status: number, events: number) => void): number;

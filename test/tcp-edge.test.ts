@@ -3,23 +3,29 @@
 // accept4 flags, socket options carried over, overlay names, half-close, 200 concurrent
 // connections with per-connection checksums, fork after connect. Each run also checks which path the bytes took.
 import t, { type Test } from 'tap';
-import { EDGE, Testbed, overlayIp, vxlanBytesDuring } from './lib/testbed.js';
+import { EDGE, Testbed, linkBytesDuring, overlayIp, vxlanBytesDuring } from './lib/testbed.js';
 
 const tb = await Testbed.up(t);
 
-async function edgePair(server: string, client: string, opts: { workers?: number; v6?: boolean; epollBeforeListen?: boolean; port: number }) {
+async function edgePair(server: string, client: string, opts: { workers?: number; v6?: boolean; epollBeforeListen?: boolean; port: number; env?: Record<string, string> }) {
   const args = ['server', opts.v6 ? '::' : '0.0.0.0', String(opts.port)];
   if (opts.epollBeforeListen) args.push('--epoll-before-listen');
   if (opts.workers) args.push('--workers', String(opts.workers));
   if (opts.v6) args.push('--v6');
-  const srv = tb.start(server, [EDGE, ...args], { preload: true });
+  const env = opts.env ?? {};
+  const srv = tb.start(server, [EDGE, ...args], { preload: true, env });
   await srv.waitFor(/listening \d+/);
   for (let h = 1; h <= 2; h++) await tb.waitListener(`h${h}`, overlayIp(server), opts.port);
-  const { result, bytes } = await vxlanBytesDuring(tb, 'h1', () =>
-    tb.run(client, [EDGE, 'client', overlayIp(server), String(opts.port), 'all'], { preload: true, timeoutMs: 120_000 }),
-  );
+  let bytes = 0;
+  const { result, bytes: loopback } = await linkBytesDuring(tb, 'h1', 'lo', async () => {
+    const v = await vxlanBytesDuring(tb, 'h1', () =>
+      tb.run(client, [EDGE, 'client', overlayIp(server), String(opts.port), 'all'], { preload: true, env, timeoutMs: 120_000 }),
+    );
+    bytes = v.bytes;
+    return v.result;
+  });
   await tb.stop(srv);
-  return { result, bytes, srvOut: srv.output() };
+  return { result, bytes, loopback, srvOut: srv.output() };
 }
 
 function checkEdge(t: Test, r: { result: { code: number | null; stdout: string; stderr: string }; bytes: number }, client: string, server: string, port: number) {
@@ -28,7 +34,8 @@ function checkEdge(t: Test, r: { result: { code: number | null; stdout: string; 
   t.notMatch(out, /^FAIL/m, 'no failed check');
   // accept4 also checks the options an accepted socket inherits from its listener; options
   // checks those set before connect() on the connected socket.
-  for (const check of ['nbconnect-inprogress', 'nbconnect-epollout', 'nbconnect-soerror', 'nbconnect-echo', 'accept4', 'options', 'halfclose', 'fork-child-echo'])
+  // tcpface: domain, protocol, TCP_INFO state, an option set after connect, EISCONN.
+  for (const check of ['nbconnect-inprogress', 'nbconnect-epollout', 'nbconnect-soerror', 'nbconnect-echo', 'accept4', 'options', 'halfclose', 'fork-child-echo', 'tcpface'])
     t.match(out, new RegExp(`^ok ${check}\\b`, 'm'), `check ${check}`);
   t.match(out, /^ok concurrent 200\/200/m, '200 concurrent connections each paired with its own peer');
   // Names are the overlay's, on both sides, whatever path the bytes took.
@@ -71,12 +78,24 @@ t.test('listener registered with epoll before listen(): router connections still
   t.ok(r.bytes < 200_000, `VXLAN carried ${r.bytes} bytes`);
 });
 
-t.test('same host: edge cases pass over the host kernel path', async (t) => {
-  const before = (await tb.status('h1')).counters['connect:same-host'] ?? 0;
+// ~2.6 MB of payload cross the connections of one edge run.
+t.test('same host: edge cases pass over AF_UNIX pairs with TCP emulated', async (t) => {
+  const before = (await tb.status('h1')).counters['connect:same-host-unix'] ?? 0;
   const r = await edgePair('c12', 'c11', { port: 7003 });
   checkEdge(t, r, 'c11', 'c12', 7003);
+  const after = (await tb.status('h1')).counters['connect:same-host-unix'] ?? 0;
+  t.ok(after - before >= 200, `router on h1 set up ${after - before} same-host pairs`);
+  t.ok(r.bytes < 200_000, `VXLAN carried ${r.bytes} bytes`);
+  t.ok(r.loopback < 1_000_000, `h1's loopback carried ${r.loopback} bytes (the payload did not)`);
+});
+
+t.test('same host, FFR_SAME_HOST=tcp: edge cases pass over loopback TCP', async (t) => {
+  const before = (await tb.status('h1')).counters['connect:same-host'] ?? 0;
+  const r = await edgePair('c12', 'c11', { port: 7006, env: { FFR_SAME_HOST: 'tcp' } });
+  checkEdge(t, r, 'c11', 'c12', 7006);
   const after = (await tb.status('h1')).counters['connect:same-host'] ?? 0;
-  t.ok(after - before >= 200, `router on h1 set up ${after - before} same-host connections`);
+  t.ok(after - before >= 200, `router on h1 set up ${after - before} same-host TCP connections`);
+  t.ok(r.loopback > 2_000_000, `h1's loopback carried ${r.loopback} bytes`);
 });
 
 t.test('plain (not preloaded) run of the same program for comparison uses VXLAN', async (t) => {

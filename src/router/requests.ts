@@ -3,7 +3,7 @@
 // unconnected, and the announcement to the listener's router is sent without waiting.
 import type { Logger } from '../log.js';
 import { native, errnoText } from '../native.js';
-import { emptyMsg, Fallback, ipv4ToWire, MsgType, Reply, wireToIpv4, type WireMsg } from '../protocol/codec.js';
+import { ConnectFlags, emptyMsg, Fallback, ipv4ToWire, MsgType, Reply, wireToIpv4, type WireMsg } from '../protocol/codec.js';
 import { fallback, type Answer, type ClientSession, type RequestHandler } from './client-session.js';
 import type { AnnouncementChannel, Directory, ListenerRecord } from './directory.js';
 import { announcementRecords } from './peer-mesh.js';
@@ -30,8 +30,21 @@ export interface RouterExtension {
   sessionClosed(session: ClientSession): void;
 }
 
+/** Overlay source ports for same-host pairs of unbound sockets: no kernel socket holds them, so
+ * they come from a counter over the Linux ephemeral range (names only; see docs/design.md). */
+class PairPorts {
+  private static readonly FIRST = 32768;
+  private static readonly LAST = 60999;
+  private n = PairPorts.FIRST + Math.floor(Math.random() * (PairPorts.LAST - PairPorts.FIRST));
+  next(): number {
+    this.n = this.n >= PairPorts.LAST ? PairPorts.FIRST : this.n + 1;
+    return this.n;
+  }
+}
+
 export class RequestDispatcher implements RequestHandler {
   private readonly extensions: RouterExtension[] = [];
+  private readonly pairPorts = new PairPorts();
   constructor(private readonly ctx: RequestContext) {}
 
   addExtension(ext: RouterExtension): void {
@@ -75,7 +88,11 @@ export class RequestDispatcher implements RequestHandler {
     const rec = this.ctx.directory.lookup(dstIp, msg.remote_port);
     if (!rec) return fall(Fallback.NO_LISTENER, 'no accelerated listener');
 
-    const count = msg.local_port ? 1 : Math.min(Math.max(msg.flags, 1), MAX_BATCH);
+    if (rec.hostIp === this.ctx.hostIp && msg.flags & ConnectFlags.PAIR_OK) {
+      const pair = this.samePair(session, srcIp, msg.local_port, dstIp, msg.remote_port, rec.hostPort);
+      if (pair) return pair;
+    }
+    const count = msg.local_port ? 1 : Math.min(Math.max(msg.flags & ConnectFlags.SOCKETS_MASK, 1), MAX_BATCH);
     const socks = native.tcpSockets(this.ctx.hostIp, count);
     if (typeof socks === 'number') return fall(Fallback.INTERNAL, `host socket: ${errnoText(socks)}`);
     const records = announcementRecords(
@@ -105,6 +122,23 @@ export class RequestDispatcher implements RequestHandler {
     reply.local_port = srcPort;
     // Each socket's host port, so that the library need not ask the kernel for it.
     return { reply, fds: socks.fds, payload: socks.ports };
+  }
+
+  /** A same-host connection as a connected AF_UNIX stream pair (see docs/design.md): the
+   * listener's end is on its accept channel before the client gets its own. undefined: use a
+   * host TCP socket instead (listener queue full, or it just closed). */
+  private samePair(session: ClientSession, srcIp: string, srcPort: number, dstIp: string, dstPort: number, hostPort: number): Answer | undefined {
+    const port = srcPort || this.pairPorts.next();
+    const fd = native.acceptor.pairLocal(hostPort, srcIp, port, dstIp, dstPort);
+    if (fd < 0) {
+      this.ctx.log.debug({ pid: session.pid, dst: `${dstIp}:${dstPort}`, error: errnoText(fd) }, 'same-host pair not made');
+      return undefined;
+    }
+    this.ctx.connections.add({ role: 'connect', path: 'same-host-unix', src: `${srcIp}:${port}`, dst: `${dstIp}:${dstPort}`, pid: session.pid });
+    const reply = ok();
+    reply.flags = ConnectFlags.PAIR;
+    reply.local_port = port;
+    return { reply, fds: [fd] };
   }
 
   private listen(session: ClientSession, msg: WireMsg): Answer {

@@ -1,6 +1,7 @@
 // What `freeflow status` shows: counters and the most recent connection set-ups, each with the
-// path it took (host network, same host, or the plain overlay and why).
-export type PathTaken = 'host-network' | 'same-host' | 'overlay-fallback' | 'refused';
+// path it took (host network, same host over loopback TCP or an AF_UNIX pair, or the plain
+// overlay and why).
+export type PathTaken = 'host-network' | 'same-host' | 'same-host-unix' | 'overlay-fallback' | 'refused';
 
 export interface ConnectionRecord {
   at: string;

@@ -7,7 +7,7 @@
  *   edge server <bind_ip> <port> [--workers N] [--v6] [--epoll-before-listen]
  *   edge client <server_ip> <port> <test>
  *
- * tests: nbconnect blocking names accept4 halfclose concurrent fork options all
+ * tests: nbconnect blocking names accept4 halfclose concurrent fork options tcpface all
  *
  * Client output: one line per check, "ok <name> <details>" or
  * "FAIL <name> <details>".  Exit status: 0 all checks passed, 1 some check
@@ -1293,6 +1293,40 @@ static void t_options(const struct target *t)
     close(fd);
 }
 
+/* A connected socket answers as TCP does, whatever carries it (FreeFlow may use a same-host
+ * AF_UNIX pair and emulate TCP's options): its domain, protocol and type, TCP_INFO's state,
+ * an option set after connect() read back, and a second connect(). */
+static void t_tcpface(const struct target *t)
+{
+    int fd = connect_blocking(t, "tcpface");
+    if (fd < 0)
+        return;
+    int dom = 0, proto = 0, type = 0, nd = 0, one = 1, mss = 0;
+    socklen_t l = sizeof dom;
+    getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &dom, &l);
+    l = sizeof proto;
+    getsockopt(fd, SOL_SOCKET, SO_PROTOCOL, &proto, &l);
+    l = sizeof type;
+    getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &l);
+    struct tcp_info ti;
+    memset(&ti, 0, sizeof ti);
+    l = sizeof ti;
+    int info = getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &l);
+    int set = setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    l = sizeof nd;
+    getsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &nd, &l);
+    l = sizeof mss;
+    getsockopt(fd, IPPROTO_TCP, TCP_MAXSEG, &mss, &l);
+    int again = connect(fd, (const struct sockaddr *)&t->ss, t->len), again_errno = errno;
+    if (dom == t->ss.ss_family && proto == IPPROTO_TCP && type == SOCK_STREAM && info == 0 &&
+        ti.tcpi_state == TCP_ESTABLISHED && set == 0 && nd == 1 && mss > 0 && again < 0 && again_errno == EISCONN)
+        OK("tcpface", "domain=%d protocol=%d state=%u nodelay=%d mss=%d reconnect=EISCONN", dom, proto, ti.tcpi_state, nd, mss);
+    else
+        FAILX("tcpface", "domain=%d protocol=%d type=%d tcp_info=%d state=%u nodelay set=%d get=%d mss=%d reconnect=%d errno=%d",
+              dom, proto, type, info, ti.tcpi_state, set, nd, mss, again, again_errno);
+    close(fd);
+}
+
 static void t_halfclose(const struct target *t)
 {
     int fd = connect_blocking(t, "halfclose");
@@ -1612,6 +1646,7 @@ struct test {
 static const struct test tests[] = {
     {"nbconnect", t_nbconnect}, {"blocking", t_blocking},     {"names", t_names}, {"accept4", t_accept4},
     {"halfclose", t_halfclose}, {"concurrent", t_concurrent}, {"fork", t_fork},     {"options", t_options},
+    {"tcpface", t_tcpface},
 };
 #define NTESTS ((int)(sizeof tests / sizeof tests[0]))
 
@@ -1619,7 +1654,7 @@ static int run_client(int argc, char **argv)
 {
     if (argc != 3) {
         fprintf(stderr, "usage: edge client <server_ip> <port> <test>\n"
-                        "tests: nbconnect blocking names accept4 halfclose concurrent fork options all\n");
+                        "tests: nbconnect blocking names accept4 halfclose concurrent fork options tcpface all\n");
         return 2;
     }
     struct target t;
@@ -1686,6 +1721,6 @@ int main(int argc, char **argv)
     fprintf(stderr, "usage:\n"
                     "  edge server <bind_ip> <port> [--workers N] [--v6] [--epoll-before-listen]\n"
                     "  edge client <server_ip> <port> <test>\n"
-                    "tests: nbconnect blocking names accept4 halfclose concurrent fork options all\n");
+                    "tests: nbconnect blocking names accept4 halfclose concurrent fork options tcpface all\n");
     return 2;
 }

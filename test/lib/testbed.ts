@@ -192,9 +192,10 @@ export class Testbed {
     }
   }
 
-  /** Bytes sent and received by host's VXLAN device: the overlay's path. */
-  counters(host: string): { tx: number; rx: number } {
-    const r = spawnSync('bash', [join(ROOT, 'scripts/testbed.sh'), 'counters', host], { env: { ...process.env, FF_TB: this.prefix }, encoding: 'utf8' });
+  /** Bytes sent and received by host's VXLAN device (the overlay's path), or another of its
+   * devices (`lo`: the host's loopback, same-host TCP's path). */
+  counters(host: string, dev = 'vx0'): { tx: number; rx: number } {
+    const r = spawnSync('bash', [join(ROOT, 'scripts/testbed.sh'), 'counters', host, dev], { env: { ...process.env, FF_TB: this.prefix }, encoding: 'utf8' });
     const [tx, rx] = r.stdout.trim().split(/\s+/).map(Number);
     return { tx, rx };
   }
@@ -216,9 +217,13 @@ function killGroup(p: ChildProcess): void {
 }
 
 /** Bytes over VXLAN while fn runs, measured on the sending host. */
-export async function vxlanBytesDuring<T>(tb: Testbed, host: string, fn: () => Promise<T>): Promise<{ result: T; bytes: number }> {
-  const a = tb.counters(host);
+export async function linkBytesDuring<T>(tb: Testbed, host: string, dev: string, fn: () => Promise<T>): Promise<{ result: T; bytes: number }> {
+  const a = tb.counters(host, dev);
   const result = await fn();
-  const b = tb.counters(host);
+  const b = tb.counters(host, dev);
   return { result, bytes: b.tx - a.tx + (b.rx - a.rx) };
+}
+
+export function vxlanBytesDuring<T>(tb: Testbed, host: string, fn: () => Promise<T>): Promise<{ result: T; bytes: number }> {
+  return linkBytesDuring(tb, host, 'vx0', fn);
 }
