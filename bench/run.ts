@@ -70,11 +70,11 @@ async function main(): Promise<number> {
     notes: [
       'Server pinned to CPU 1, client to CPU 0 (taskset); routers unpinned. nginx: 1 worker (inherits CPU 1).',
       'Cross-host: host = h1 -> h2 over the veth link; overlay = c11 -> c21 over VXLAN; freeflow = c11 -> c21 both preloaded with libfsocket.so.',
-      'Same host: bridge = c11 -> c12 over br0; loopback = inside h1 over 127.0.0.1; freeflow = c11 -> c12 preloaded (router pairs them over h1\'s kernel TCP).',
+      'Same host: bridge = c11 -> c12 over br0; loopback = inside h1 over 127.0.0.1; freeflow = c11 -> c12 preloaded (the router pairs them with an AF_UNIX stream pair; TCP options emulated).',
       'CPU = busy time from /proc/stat (user+nice+system+irq+softirq; not steal) during the client run minus CPU of processes outside this testbed\'s namespaces (other tenants); includes the routers and kernel softirq.',
       'sockperf latency is its own figure: half the round trip (RTT/2).',
       'RDMA rows: the cross-host host column is the host network\'s TCP reference run interleaved with perftest (iperf3 for ib_write_bw, sockperf p50/p99 for ib_write_lat); there is no RDMA path on the host network or the overlay here.',
-      'A FreeFlow repetition counts only if the h1 router counter (connect:host-network / connect:same-host) grew by the connections made and VXLAN carried < max(64 KiB, 1% of payload).',
+      'A FreeFlow repetition counts only if the h1 router counter (connect:host-network / connect:same-host-unix) grew by the connections made and VXLAN carried < max(64 KiB, 1% of payload).',
     ],
   };
   let broke = false;

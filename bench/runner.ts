@@ -144,7 +144,7 @@ async function fallbackReasons(tb: Testbed): Promise<string> {
   try {
     const s = await tb.status('h1');
     const reasons = new Map<string, number>();
-    for (const c of s.connections ?? []) if (c.path !== 'host-network' && c.path !== 'same-host') reasons.set(`${c.role} ${c.path}: ${c.reason ?? '?'}`, (reasons.get(`${c.role} ${c.path}: ${c.reason ?? '?'}`) ?? 0) + 1);
+    for (const c of s.connections ?? []) if (c.path !== 'host-network' && c.path !== 'same-host' && c.path !== 'same-host-unix') reasons.set(`${c.role} ${c.path}: ${c.reason ?? '?'}`, (reasons.get(`${c.role} ${c.path}: ${c.reason ?? '?'}`) ?? 0) + 1);
     return reasons.size ? `; h1 router's recent fallbacks: ${[...reasons].map(([r, n]) => `${r} (x${n})`).join(', ')}` : '';
   } catch {
     return '';
