@@ -74,7 +74,8 @@ async function oneRep(tb: Testbed, w: Workload, p: Path, port: number, rep: numb
   const out: RepResult = { rep, path: p.id, vxlanBytes: 0, valid: true };
   try {
     const before = p.preload ? await routerCounters(tb) : null;
-    const c0 = p.routerCounter ? (before!.h1[p.routerCounter] ?? 0) : 0;
+    const fastPath = (c: Record<string, number>) => (p.routerCounter ?? []).reduce((n, k) => n + (c[k] ?? 0), 0);
+    const c0 = p.routerCounter ? fastPath(before!.h1) : 0;
     const v0 = await tb.vxlanBytes('h1');
     const r0 = tb.routerCpuSec();
     let sample: Sample;
@@ -101,12 +102,12 @@ async function oneRep(tb: Testbed, w: Workload, p: Path, port: number, rep: numb
     if (w.cpu && sample.work > 0) out.cpuValue = (cpu.ownSec / sample.work) * w.cpu.scale;
     if (p.routerCounter) {
       const after = await routerCounters(tb);
-      out.routerConnects = (after.h1[p.routerCounter] ?? 0) - c0;
+      out.routerConnects = fastPath(after.h1) - c0;
       out.routerDeltas = diffCounters(before!, after);
       const vxLimit = Math.max(VXLAN_NOISE, (sample.appBytes ?? 0) / 100);
       if (out.routerConnects < sample.connections) {
         out.valid = false;
-        out.invalidReason = `router ${p.routerCounter} grew by ${out.routerConnects}, expected >= ${sample.connections}`;
+        out.invalidReason = `router ${p.routerCounter.join('+')} grew by ${out.routerConnects}, expected >= ${sample.connections}`;
       } else if (out.vxlanBytes > vxLimit) {
         out.valid = false;
         out.invalidReason = `VXLAN carried ${out.vxlanBytes} bytes (limit ${Math.round(vxLimit)})`;

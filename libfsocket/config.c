@@ -67,12 +67,16 @@ void ff_config_load(void) {
   memset(&ff_config, 0, sizeof ff_config);
   const char *dbg = getenv("FFR_DEBUG");
   ff_config.debug = dbg && *dbg && strcmp(dbg, "0") != 0;
-  /* Same-host connections: an AF_UNIX pair with TCP's options emulated (default, "unix"), or
-   * loopback TCP in the host namespace ("tcp") for applications that need every TCP detail. */
+  /* Same-host connections: "auto" (default) an AF_UNIX pair with TCP's options emulated, but
+   * prefetched loopback TCP sockets for a process that connects to one destination again and
+   * again; "unix" always a pair where it can be faithful; "tcp" always loopback TCP in the
+   * host namespace, for applications that need every TCP detail. */
   const char *same = getenv("FFR_SAME_HOST");
-  ff_config.same_host_tcp = same && !strcmp(same, "tcp");
-  if (same && *same && strcmp(same, "tcp") && strcmp(same, "unix"))
-    dprintf(2, "libfsocket: FFR_SAME_HOST=\"%s\" is not \"unix\" or \"tcp\"; using \"unix\"\n", same);
+  ff_config.same_host = FF_SAME_HOST_AUTO;
+  if (same && !strcmp(same, "unix")) ff_config.same_host = FF_SAME_HOST_UNIX;
+  else if (same && !strcmp(same, "tcp")) ff_config.same_host = FF_SAME_HOST_TCP;
+  else if (same && *same && strcmp(same, "auto"))
+    dprintf(2, "libfsocket: FFR_SAME_HOST=\"%s\" is not \"auto\", \"unix\" or \"tcp\"; using \"auto\"\n", same);
   const char *dir = getenv("FFR_SOCKET_DIR");
   const char *name = getenv("FFR_NAME");
   if (!dir || !*dir) dir = "/freeflow";

@@ -15,7 +15,7 @@ struct ff_prefix {
 struct ff_config {
   bool enabled; /* false: VNET_PREFIX unset or malformed -> every call passes through */
   bool debug;   /* FFR_DEBUG=1: one line on stderr per decision */
-  bool same_host_tcp; /* FFR_SAME_HOST=tcp: same-host peers get loopback TCP, never an AF_UNIX pair */
+  enum { FF_SAME_HOST_AUTO, FF_SAME_HOST_UNIX, FF_SAME_HOST_TCP } same_host; /* FFR_SAME_HOST */
   int nprefixes;
   struct ff_prefix prefixes[FF_MAX_PREFIXES];
   char router_path[108];

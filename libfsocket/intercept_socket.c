@@ -134,6 +134,20 @@ static uint16_t host_port_of(int fd) {
   return ff_real.getsockname(fd, (struct sockaddr *)&sin, &len) == 0 ? ntohs(sin.sin_port) : 0;
 }
 
+/* Whether a same-host peer may be reached through an AF_UNIX pair (the router decides whether
+ * the peer is on this host). A pair costs a router round trip per connection, where loopback
+ * TCP sockets come prefetched in batches: a process that connects to one destination again
+ * and again (its batch has grown past FF_PAIR_MAX_BATCH: a third connect within a second)
+ * gets prefetched TCP sockets instead, so connection storms (nginx upstreams, wrk
+ * `Connection: close`) keep the TCP path's rate, and the pair's speed goes to the connections
+ * made now and then, which are the long-lived ones. FFR_SAME_HOST=unix: always a pair. */
+#define FF_PAIR_MAX_BATCH 4
+static bool pair_wanted(const struct ff_fd *e, uint32_t batch) {
+  if (ff_config.same_host == FF_SAME_HOST_TCP) return false;
+  if (ff_config.same_host == FF_SAME_HOST_AUTO && batch > FF_PAIR_MAX_BATCH) return false;
+  return ff_tcp_emul_pairable(e->sock);
+}
+
 /* Returns true if the router took the connection (then *result is connect()'s result on the
  * host socket, errno included), false to continue on the plain overlay. */
 static bool accelerated_connect(int fd, struct ff_fd *e, const struct ff_endpoint *dst, int *result) {
@@ -171,7 +185,7 @@ static bool accelerated_connect(int fd, struct ff_fd *e, const struct ff_endpoin
   }
 
   req.flags = poolable ? (uint32_t)ff_pool_batch_size(dst) : 1; /* sockets wanted */
-  if (!ff_config.same_host_tcp && ff_tcp_emul_pairable(e->sock)) req.flags |= FF_CONNECT_PAIR_OK;
+  if (pair_wanted(e, req.flags)) req.flags |= FF_CONNECT_PAIR_OK;
   int fds[FF_MAX_REPLY_FDS];
   uint16_t ports[FF_MAX_REPLY_FDS];
   int n = ff_router_call(&req, &rep, fds, ports, FF_MAX_REPLY_FDS);

@@ -38,10 +38,10 @@ function nginxConf(name: string, port: number): string {
   return writeNginxConfig({ dir: join(dir, name), port, root: www, workers: 2, errorLogLevel: 'info' });
 }
 
-async function startNginx(name: string, port: number, preload: boolean): Promise<Started> {
+async function startNginx(name: string, port: number, preload: boolean, server = SERVER): Promise<Started> {
   const conf = nginxConf(name, port);
   const d = join(dir, name);
-  const ngx = tb.start(SERVER, ['nginx', '-p', d, '-e', `${d}/error.log`, '-c', conf], { preload });
+  const ngx = tb.start(server, ['nginx', '-p', d, '-e', `${d}/error.log`, '-c', conf], { preload });
   // With `daemon off` nginx prints nothing; it is up when both workers run and the port answers.
   const end = Date.now() + 10_000;
   for (;;) {
@@ -56,18 +56,18 @@ async function startNginx(name: string, port: number, preload: boolean): Promise
     if (Date.now() > end || ngx.proc.exitCode !== null) throw new Error(`nginx ${name} did not start:\n${ngx.output()}\n${log}`);
     await new Promise((r) => setTimeout(r, 50));
   }
-  if (preload) for (let h = 1; h <= 2; h++) await tb.waitListener(`h${h}`, overlayIp(SERVER), port);
+  if (preload) for (let h = 1; h <= 2; h++) await tb.waitListener(`h${h}`, overlayIp(server), port);
   return ngx;
 }
 
 /** Fetches big.bin `times` times in one curl run (one keep-alive connection); returns the hashes. */
-async function curlBig(port: number, times: number, preload: boolean, tag: string) {
+async function curlBig(port: number, times: number, preload: boolean, tag: string, server = SERVER) {
   const args: string[] = ['curl', '-sS', '--fail', '--max-time', '20', '-w', '%{http_code} %{size_download} %{num_connects}\\n'];
   const files: string[] = [];
   for (let i = 0; i < times; i++) {
     const f = join(dir, `${tag}-${i}.bin`);
     files.push(f);
-    args.push('-o', f, `http://${overlayIp(SERVER)}:${port}/big.bin`);
+    args.push('-o', f, `http://${overlayIp(server)}:${port}/big.bin`);
   }
   const env: Record<string, string> = preload ? {} : { LD_PRELOAD: '' };
   const { result, bytes } = await vxlanBytesDuring(tb, 'h1', () => tb.run(CLIENT, args, { preload, env, timeoutMs: 30_000 }));
@@ -116,9 +116,9 @@ function parseWrk(code: number | null, out: string): Wrk {
   };
 }
 
-async function wrk(extra: string[]) {
+async function wrk(extra: string[], server = SERVER, port = ACCEL_PORT) {
   const { result, bytes } = await vxlanBytesDuring(tb, 'h1', () =>
-    tb.run(CLIENT, ['wrk', '-t1', '-c50', '-d3s', ...extra, `http://${overlayIp(SERVER)}:${ACCEL_PORT}/small.txt`], { preload: true, timeoutMs: 20_000 }),
+    tb.run(CLIENT, ['wrk', '-t1', '-c50', '-d3s', ...extra, `http://${overlayIp(server)}:${port}/small.txt`], { preload: true, timeoutMs: 20_000 }),
   );
   return { w: parseWrk(result.code, result.stdout + result.stderr), bytes };
 }
@@ -164,6 +164,25 @@ t.test("wrk with 'Connection: close': a new connection per request", async (t) =
   const accepted = (await counter('h2', 'accept:host-network')) - acceptedBefore;
   t.ok(accepted >= w.requests, `router on h2 handed ${accepted} connections to nginx`);
   t.comment(`wrk Connection: close: ${w.rps} req/s`);
+});
+
+t.test('same host: curl (an AF_UNIX pair) and wrk Connection: close (prefetched TCP) -> nginx in c12', async (t) => {
+  const SAME_PORT = 8082;
+  const local = await startNginx('same-host', SAME_PORT, true, 'c12');
+  const before = await counter('h1', 'connect:same-host-unix');
+  const r = await curlBig(SAME_PORT, 5, true, 'same', 'c12');
+  checkCurl(t, r, 5); // nginx sends the file with sendfile() and TCP_NOPUSH: both must work on a pair
+  t.ok((await counter('h1', 'connect:same-host-unix')) - before >= 1, 'router on h1 paired curl with nginx');
+  const tcpBefore = await counter('h1', 'connect:same-host');
+  const { w } = await wrk(['-H', 'Connection: close'], 'c12', SAME_PORT);
+  checkWrk(t, w);
+  // A storm of connects switches to prefetched loopback TCP sockets (FFR_SAME_HOST=auto).
+  const tcp = (await counter('h1', 'connect:same-host')) - tcpBefore;
+  const made = (await counter('h1', 'connect:same-host-unix')) - before + tcp;
+  t.ok(made >= w.requests, `router on h1 set up ${made} same-host connections for ${w.requests} requests`);
+  t.ok(tcp >= w.requests / 2, `${tcp} of them prefetched loopback TCP sockets`);
+  t.comment(`same host wrk Connection: close: ${w.rps} req/s`);
+  await tb.stop(local);
 });
 
 t.test('plain curl (no preload) -> accelerated nginx: served over the overlay', async (t) => {

@@ -2,7 +2,8 @@
 // (test/apps/tcp_face.py) reports what it sees of its TCP connections — identity, options,
 // addresses on sendto/recvfrom, urgent data, half-close, FIONREAD, reset on close with unread
 // data — and the report must be the plain overlay's, byte for byte, on the pair path and on
-// loopback TCP (FFR_SAME_HOST=tcp). Which path carried the bytes: the router's counters and
+// loopback TCP (FFR_SAME_HOST=tcp), and with the default, which switches a burst of connects to
+// prefetched TCP. Which path carried the bytes: the router's counters and
 // h1's loopback byte counters. An option a pair cannot honour keeps the connection on TCP.
 import t from 'tap';
 import { join } from 'node:path';
@@ -46,8 +47,10 @@ t.match(plain.report, { domain: 2, protocol: 6, type: 1, tcpi_state: 1, nodelay_
 
 const withoutMd5 = (r: Record<string, unknown>) => Object.fromEntries(Object.entries(r).filter(([k]) => k !== 'md5sig_after_connect'));
 
+// FFR_SAME_HOST=unix: all six connections are pairs (by default the third connect within a
+// second would switch to prefetched loopback TCP sockets; see the test after the next).
 t.test('AF_UNIX pair: the application sees TCP', async (t) => {
-  const r = await face('face', true);
+  const r = await face('face', true, { FFR_SAME_HOST: 'unix' });
   t.equal(r.result.code, 0, 'client exits 0', { stderr: r.result.stderr });
   t.same(withoutMd5(r.report), withoutMd5(plain.report), 'same report as on the plain overlay');
   t.ok(['EOPNOTSUPP', 'ENOTSUP'].includes(String(r.report.md5sig_after_connect)), `TCP_MD5SIG after connect: ${r.report.md5sig_after_connect}`);
@@ -66,8 +69,16 @@ t.test('FFR_SAME_HOST=tcp: loopback TCP, same report', async (t) => {
   t.ok(r.loopback > 600_000, `h1's loopback carried ${r.loopback} bytes`);
 });
 
+t.test('default (auto): the first connections are pairs, a storm of them gets prefetched TCP', async (t) => {
+  const r = await face('face', true);
+  t.equal(r.result.code, 0, 'client exits 0', { stderr: r.result.stderr });
+  t.same(withoutMd5(r.report), withoutMd5(plain.report), 'same report as on the plain overlay');
+  t.equal(r.pairs, 2, 'the first two connections (within a second) were pairs');
+  t.ok(r.tcp >= 4, `then the router handed out ${r.tcp} loopback TCP sockets in a batch`);
+});
+
 t.test('an option a pair cannot honour, set before connect(), keeps the connection on TCP', async (t) => {
-  const r = await face('paced', true);
+  const r = await face('paced', true, { FFR_SAME_HOST: 'unix' });
   t.equal(r.result.code, 0, 'client exits 0', { stderr: r.result.stderr });
   t.same(r.report, { echo: 'paced nodelay=1', protocol: 6 }, 'echo through the connection');
   t.equal(r.pairs, 0, 'no pair (SO_MAX_PACING_RATE needs a real TCP socket)');
@@ -77,7 +88,7 @@ t.test('an option a pair cannot honour, set before connect(), keeps the connecti
 t.test('a malformed FFR_SAME_HOST warns once and keeps the default', async (t) => {
   const r = await face('paced', true, { FFR_SAME_HOST: 'bogus' });
   t.equal(r.result.code, 0, 'client exits 0');
-  t.match(r.result.stderr, /FFR_SAME_HOST="bogus" is not "unix" or "tcp"/, 'one clear warning');
+  t.match(r.result.stderr, /FFR_SAME_HOST="bogus" is not "auto", "unix" or "tcp"/, 'one clear warning');
   t.equal(r.result.stderr.split('FFR_SAME_HOST').length - 1, 1, 'exactly once');
 });
 
