@@ -6,6 +6,8 @@
 #include <fcntl.h>
 #include <sched.h>
 #include <poll.h>
+#include <pthread.h>
+#include <stdio.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
@@ -1092,6 +1094,9 @@ void LockForSweep() {
 void Loop(int w) {
   PinToCpu(worker_cpus[w]);
   RaiseToDataPathPriority();
+  char name[16];
+  snprintf(name, sizeof name, "ffr-worker%d", worker_cpus[w]);
+  pthread_setname_np(pthread_self(), name);
   prctl(PR_SET_TIMERSLACK, 1UL);  // short sleeps must stay short
   uint64_t idle_since = 0;
   // How long to spin after the last work before sleeping on the doorbell (FFR_RDMA_SPIN_NS).

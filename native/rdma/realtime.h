@@ -48,11 +48,4 @@ inline void PinToCpu(int cpu) {
   sched_setaffinity(0, sizeof set, &set);  // 0 = the calling thread
 }
 
-// The next CPU in turn, so that threads started one after another spread over the CPUs.
-inline int NextDataPathCpu() {
-  static std::atomic<unsigned> turn{0};
-  static const std::vector<int> cpus = DataPathCpus(CPU_SETSIZE);
-  return cpus[turn++ % cpus.size()];
-}
-
 }  // namespace ffrdma

@@ -15,7 +15,9 @@
 #include <atomic>
 #include <cerrno>
 #include <chrono>
+#include <cstdio>
 #include <cstring>
+#include <pthread.h>
 #include <memory>
 #include <mutex>
 #include <thread>
@@ -242,12 +244,27 @@ class TcpTransport : public Transport {
 
  private:
 
-  // Reads messages until the connection fails, then reports it down.
-  void Reader(int idx) {
+  // Reads messages until the connection fails, then reports it down. peer: the index of the
+  // peer router in --peers (both connections with one peer get the same number).
+  void Reader(int idx, int peer) {
     // Same class as the engine's workers: a reader waiting behind busy-polling applications
-    // would add a scheduler slice to every cross-host round trip. Pinned, as they are.
-    PinToCpu(NextDataPathCpu());
+    // would add a scheduler slice to every cross-host round trip. Pinned, as they are: an RT
+    // thread free to move was moved by the kernel's RT balancing with inter-processor
+    // interrupts, which put cross-host round trips into a slow mode for whole runs.
+    // Which CPU: the peer's number over the CPUs, lowest first, so that both connections with
+    // a peer are read on one CPU and the placement is the same after every restart. Before,
+    // readers took CPUs in the order their connections came up, which varied per start; on
+    // the one-VM testbed a receiving reader then landed at random on the CPU where the sending
+    // host's engine had handed its stream (the next CPU after the poster's), and cross-host
+    // ib_write_bw ran at half speed for that whole router lifetime.
+    static const std::vector<int> cpus = DataPathCpus(CPU_SETSIZE);
+    int cpu = cpus[size_t(peer < 0 ? 0 : peer) % cpus.size()];
+    PinToCpu(cpu);
     RaiseToDataPathPriority();
+    // Named for perf/ps: which connection (out = to a peer we dialled, in = from a peer) and CPU.
+    char name[16];
+    snprintf(name, sizeof name, "ffr-rd-%s%d", size_t(idx) < kMaxPeers ? "out" : "in", cpu);
+    pthread_setname_np(pthread_self(), name);
     tls_reader = true;
     Conn& c = *conns_[idx];
     InBuf rd(c.fd);
@@ -301,7 +318,7 @@ class TcpTransport : public Transport {
         Conn& c = *conns_[idx];
         c.fd = fd;
         c.up = true;
-        Reader(idx);  // returns when the connection is gone; then dial again
+        Reader(idx, idx);  // returns when the connection is gone; then dial again
       } else if (fd >= 0) {
         close(fd);
       }
@@ -333,9 +350,10 @@ class TcpTransport : public Transport {
       }
       char ip[INET_ADDRSTRLEN] = {0};
       inet_ntop(AF_INET, &from.sin_addr, ip, sizeof ip);
-      bool trusted = false;
-      for (auto& p : peers_) trusted |= p == ip;
-      if (!trusted) {  // only the configured peer routers may inject work requests
+      int peer = -1;
+      for (size_t k = 0; k < peers_.size() && peer < 0; k++)
+        if (peers_[k] == ip) peer = int(k);
+      if (peer < 0) {  // only the configured peer routers may inject work requests
         close(fd);
         continue;
       }
@@ -356,7 +374,7 @@ class TcpTransport : public Transport {
       Tune(fd);
       conns_[idx]->fd = fd;
       conns_[idx]->up = true;
-      std::thread([this, idx] { Reader(int(idx)); }).detach();
+      std::thread([this, idx, peer] { Reader(int(idx), peer); }).detach();
     }
   }
 
