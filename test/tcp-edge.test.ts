@@ -3,7 +3,7 @@
 // accept4 flags, socket options carried over, overlay names, half-close, 200 concurrent
 // connections with per-connection checksums, fork after connect. Each run also checks which path the bytes took.
 import t, { type Test } from 'tap';
-import { EDGE, Testbed, linkBytesDuring, overlayIp, vxlanBytesDuring } from './lib/testbed.js';
+import { EDGE, Testbed, overlayIp, pathBytesDuring, vxlanBytesDuring } from './lib/testbed.js';
 
 const tb = await Testbed.up(t);
 
@@ -16,14 +16,9 @@ async function edgePair(server: string, client: string, opts: { workers?: number
   const srv = tb.start(server, [EDGE, ...args], { preload: true, env });
   await srv.waitFor(/listening \d+/);
   for (let h = 1; h <= 2; h++) await tb.waitListener(`h${h}`, overlayIp(server), opts.port);
-  let bytes = 0;
-  const { result, bytes: loopback } = await linkBytesDuring(tb, 'h1', 'lo', async () => {
-    const v = await vxlanBytesDuring(tb, 'h1', () =>
-      tb.run(client, [EDGE, 'client', overlayIp(server), String(opts.port), 'all'], { preload: true, env, timeoutMs: 120_000 }),
-    );
-    bytes = v.bytes;
-    return v.result;
-  });
+  const { result, vxlan: bytes, loopback } = await pathBytesDuring(tb, 'h1', () =>
+    tb.run(client, [EDGE, 'client', overlayIp(server), String(opts.port), 'all'], { preload: true, env, timeoutMs: 120_000 }),
+  );
   await tb.stop(srv);
   return { result, bytes, loopback, srvOut: srv.output() };
 }

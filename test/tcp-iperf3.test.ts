@@ -4,7 +4,7 @@
 // by the VXLAN counters on h1 and by the routers' connection counters; a plain run is the
 // contrast that proves the counters do see overlay traffic.
 import t, { type Test } from 'tap';
-import { Testbed, linkBytesDuring, overlayIp, vxlanBytesDuring } from './lib/testbed.js';
+import { Testbed, overlayIp, pathBytesDuring } from './lib/testbed.js';
 
 const tb = await Testbed.up(t);
 
@@ -24,14 +24,9 @@ async function iperf(server: string, client: string, port: number, preload: bool
   const srv = tb.start(server, ['iperf3', '-s', '-1', '--forceflush', '-p', String(port)], { preload, env });
   await srv.waitFor(/Server listening on/);
   if (preload) for (let h = 1; h <= 2; h++) await tb.waitListener(`h${h}`, overlayIp(server), port);
-  let bytes = 0;
-  const { result, bytes: loopback } = await linkBytesDuring(tb, 'h1', 'lo', async () => {
-    const v = await vxlanBytesDuring(tb, 'h1', () =>
-      tb.run(client, ['iperf3', '-c', overlayIp(server), '-p', String(port), '-C', 'cubic', '-t', '3', '-J'], { preload, env, timeoutMs: 20_000 }),
-    );
-    bytes = v.bytes;
-    return v.result;
-  });
+  const { result, vxlan: bytes, loopback } = await pathBytesDuring(tb, 'h1', () =>
+    tb.run(client, ['iperf3', '-c', overlayIp(server), '-p', String(port), '-C', 'cubic', '-t', '3', '-J'], { preload, env, timeoutMs: 20_000 }),
+  );
   const srvCode = await Promise.race([srv.exited, new Promise<string>((r) => setTimeout(() => r('still running'), 5_000))]);
   if (srvCode === 'still running') await tb.stop(srv);
   let json: any = null;

@@ -7,7 +7,7 @@
 // h1's loopback byte counters. An option a pair cannot honour keeps the connection on TCP.
 import t from 'tap';
 import { join } from 'node:path';
-import { ROOT, Testbed, linkBytesDuring, overlayIp, vxlanBytesDuring } from './lib/testbed.js';
+import { ROOT, Testbed, overlayIp, pathBytesDuring } from './lib/testbed.js';
 
 const PY = '/usr/bin/python3';
 const FACE = join(ROOT, 'test/apps/tcp_face.py');
@@ -22,12 +22,9 @@ const counters = async () => (await tb.status('h1')).counters as Record<string, 
 
 async function face(mode: 'face' | 'paced', preload: boolean, env: Record<string, string> = {}) {
   const c0 = await counters();
-  let vxlan = 0;
-  const { result, bytes: loopback } = await linkBytesDuring(tb, 'h1', 'lo', async () => {
-    const v = await vxlanBytesDuring(tb, 'h1', () => tb.run('c11', [PY, FACE, mode, overlayIp('c12'), String(PORT)], { preload, env, timeoutMs: 30_000 }));
-    vxlan = v.bytes;
-    return v.result;
-  });
+  const { result, vxlan, loopback } = await pathBytesDuring(tb, 'h1', () =>
+    tb.run('c11', [PY, FACE, mode, overlayIp('c12'), String(PORT)], { preload, env, timeoutMs: 30_000 }),
+  );
   const c1 = await counters();
   const delta = (k: string) => (c1[k] ?? 0) - (c0[k] ?? 0);
   let report: Record<string, unknown> = {};

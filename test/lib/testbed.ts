@@ -217,13 +217,20 @@ function killGroup(p: ChildProcess): void {
 }
 
 /** Bytes over VXLAN while fn runs, measured on the sending host. */
-export async function linkBytesDuring<T>(tb: Testbed, host: string, dev: string, fn: () => Promise<T>): Promise<{ result: T; bytes: number }> {
-  const a = tb.counters(host, dev);
-  const result = await fn();
-  const b = tb.counters(host, dev);
-  return { result, bytes: b.tx - a.tx + (b.rx - a.rx) };
+function bytesOf(c: { tx: number; rx: number }): number {
+  return c.tx + c.rx;
 }
 
-export function vxlanBytesDuring<T>(tb: Testbed, host: string, fn: () => Promise<T>): Promise<{ result: T; bytes: number }> {
-  return linkBytesDuring(tb, host, 'vx0', fn);
+/** Bytes host's VXLAN device (the overlay's path) and its loopback (same-host TCP's path)
+ * carried while fn ran. */
+export async function pathBytesDuring<T>(tb: Testbed, host: string, fn: () => Promise<T>): Promise<{ result: T; vxlan: number; loopback: number }> {
+  const v0 = bytesOf(tb.counters(host)), l0 = bytesOf(tb.counters(host, 'lo'));
+  const result = await fn();
+  return { result, vxlan: bytesOf(tb.counters(host)) - v0, loopback: bytesOf(tb.counters(host, 'lo')) - l0 };
+}
+
+export async function vxlanBytesDuring<T>(tb: Testbed, host: string, fn: () => Promise<T>): Promise<{ result: T; bytes: number }> {
+  const a = bytesOf(tb.counters(host));
+  const result = await fn();
+  return { result, bytes: bytesOf(tb.counters(host)) - a };
 }
