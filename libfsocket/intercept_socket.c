@@ -91,6 +91,7 @@ static bool take_over(int fd, struct ff_fd *e, int new_fd, bool pair, const stru
   bool swapped = e == ff_fd_get(fd) && swap_in(fd, e, new_fd, pair, nonblocking);
   if (swapped) {
     e->sock->kind = FF_ACCEL;
+    e->sock->opened_ns = ff_pool_now_ns();
     e->sock->pair = pair;
     e->sock->local.addr = src->addr;
     e->sock->local.port = local_port;
@@ -136,15 +137,14 @@ static uint16_t host_port_of(int fd) {
 
 /* Whether a same-host peer may be reached through an AF_UNIX pair (the router decides whether
  * the peer is on this host). A pair costs a router round trip per connection, where loopback
- * TCP sockets come prefetched in batches: a process that connects to one destination again
- * and again (its batch has grown past FF_PAIR_MAX_BATCH: a third connect within a second)
- * gets prefetched TCP sockets instead, so connection storms (nginx upstreams, wrk
- * `Connection: close`) keep the TCP path's rate, and the pair's speed goes to the connections
- * made now and then, which are the long-lived ones. FFR_SAME_HOST=unix: always a pair. */
-#define FF_PAIR_MAX_BATCH 4
-static bool pair_wanted(const struct ff_fd *e, uint32_t batch) {
+ * TCP sockets come prefetched in batches: a process in a connection storm towards a
+ * destination (several connections to it closed within a second of their connect) gets
+ * prefetched TCP sockets instead, so nginx upstreams or wrk `Connection: close` keep the TCP
+ * path's rate, and connections that stay open (pools, streams) get the pair's data path.
+ * FFR_SAME_HOST=unix: always a pair; tcp: never. */
+static bool pair_wanted(const struct ff_fd *e, const struct ff_endpoint *dst) {
   if (ff_config.same_host == FF_SAME_HOST_TCP) return false;
-  if (ff_config.same_host == FF_SAME_HOST_AUTO && batch > FF_PAIR_MAX_BATCH) return false;
+  if (ff_config.same_host == FF_SAME_HOST_AUTO && ff_pool_storming(dst)) return false;
   return ff_tcp_emul_pairable(e->sock);
 }
 
@@ -185,7 +185,7 @@ static bool accelerated_connect(int fd, struct ff_fd *e, const struct ff_endpoin
   }
 
   req.flags = poolable ? (uint32_t)ff_pool_batch_size(dst) : 1; /* sockets wanted */
-  if (pair_wanted(e, req.flags)) req.flags |= FF_CONNECT_PAIR_OK;
+  if (pair_wanted(e, dst)) req.flags |= FF_CONNECT_PAIR_OK;
   int fds[FF_MAX_REPLY_FDS];
   uint16_t ports[FF_MAX_REPLY_FDS];
   int n = ff_router_call(&req, &rep, fds, ports, FF_MAX_REPLY_FDS);
@@ -310,9 +310,17 @@ int close(int fd) {
   FF_INIT();
   if (ff_router_owns_fd(fd)) return 0; /* keep our router link: closing it is not the app's call */
   if (ff_fd_get(fd)) {
+    struct ff_endpoint peer;
+    long long opened = 0;
     pthread_mutex_lock(&ff_table_lock);
+    struct ff_fd *e = ff_fd_get(fd);
+    if (e && e->sock->kind == FF_ACCEL && e->sock->refs == 1 && e->sock->opened_ns) {
+      opened = e->sock->opened_ns; /* the connection ends here: note how long it lived */
+      peer = e->sock->peer;
+    }
     ff_fd_forget(fd);
     pthread_mutex_unlock(&ff_table_lock);
+    if (opened) ff_pool_note_closed(&peer, opened);
   }
   return ff_real.close(fd);
 }

@@ -8,6 +8,8 @@
 #define FF_POOL_DESTS 16
 #define FF_POOL_FRESH_NS (5LL * 1000 * 1000 * 1000)
 #define FF_POOL_BUSY_NS (100LL * 1000 * 1000) /* refills closer than this: grow the batch */
+#define FF_POOL_SHORT_NS (1000LL * 1000 * 1000) /* a connection closed sooner was short-lived */
+#define FF_POOL_STORM 3                         /* this many short-lived ones in a row: a storm */
 
 struct dest_pool {
   bool used;
@@ -20,6 +22,8 @@ struct dest_pool {
   long long last_use_ns;
   long long last_refill_ns;
   int batch; /* next batch size */
+  int short_lived;          /* connections that lived < FF_POOL_SHORT_NS, counted since ... */
+  long long last_short_ns;  /* ... the last of them closed (reset after a quiet second) */
 };
 
 static struct dest_pool pools[FF_POOL_DESTS];
@@ -142,6 +146,29 @@ int ff_pool_batch_size(const struct ff_endpoint *dst) {
   int n = p->batch;
   pthread_mutex_unlock(&pool_lock);
   return n;
+}
+
+long long ff_pool_now_ns(void) {
+  return now_ns();
+}
+
+void ff_pool_note_closed(const struct ff_endpoint *dst, long long opened_ns) {
+  long long now = now_ns();
+  if (now - opened_ns >= FF_POOL_SHORT_NS) return;
+  pthread_mutex_lock(&pool_lock);
+  struct dest_pool *p = find(dst, true);
+  if (now - p->last_short_ns >= FF_POOL_SHORT_NS) p->short_lived = 0;
+  p->short_lived++;
+  p->last_short_ns = now;
+  pthread_mutex_unlock(&pool_lock);
+}
+
+bool ff_pool_storming(const struct ff_endpoint *dst) {
+  pthread_mutex_lock(&pool_lock);
+  struct dest_pool *p = find(dst, false);
+  bool storm = p && p->short_lived >= FF_POOL_STORM && now_ns() - p->last_short_ns < FF_POOL_SHORT_NS;
+  pthread_mutex_unlock(&pool_lock);
+  return storm;
 }
 
 void ff_pool_after_fork(void) {

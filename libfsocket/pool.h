@@ -28,6 +28,12 @@ int ff_pool_refill_size(const struct ff_endpoint *dst);
 /* How many sockets to ask for on the next router call for dst: 1 for a destination seen for
  * the first time, growing while the destination keeps being used. */
 int ff_pool_batch_size(const struct ff_endpoint *dst);
+/* A connection to dst made at opened_ns (CLOCK_MONOTONIC) was closed by the application. */
+void ff_pool_note_closed(const struct ff_endpoint *dst, long long opened_ns);
+/* Whether the process is in a connection storm towards dst: several connections to it lived
+ * less than a second each, the last of them closed less than a second ago. */
+bool ff_pool_storming(const struct ff_endpoint *dst);
+long long ff_pool_now_ns(void);
 /* In a forked child: the pooled sockets are the parent's to use; drop our copies. */
 void ff_pool_after_fork(void);
 

@@ -74,8 +74,8 @@ t.test('listener registered with epoll before listen(): router connections still
 });
 
 // ~2.6 MB of payload cross the connections of one edge run.
-// FFR_SAME_HOST=unix: every connection a pair (the default would switch this connection storm
-// to prefetched loopback TCP sockets after its second connect).
+// FFR_SAME_HOST=unix: every connection a pair (the default would switch this storm of
+// short-lived connections to prefetched loopback TCP sockets after three of them).
 t.test('same host, FFR_SAME_HOST=unix: edge cases pass over AF_UNIX pairs with TCP emulated', async (t) => {
   const before = (await tb.status('h1')).counters['connect:same-host-unix'] ?? 0;
   const r = await edgePair('c12', 'c11', { port: 7003, env: { FFR_SAME_HOST: 'unix' } });
