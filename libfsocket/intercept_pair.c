@@ -1,8 +1,11 @@
-/* The data calls that take addresses, where a same-host AF_UNIX pair and TCP differ: TCP
- * ignores a destination given to sendto()/sendmsg() on a connected socket and reports no
- * source address from recvfrom()/recvmsg(); an AF_UNIX stream refuses the first (EISCONN) and
- * reports an AF_UNIX address for the second. Calls without an address (send, recv, read,
- * write, and these without one) are not looked at. */
+/* The data calls that take addresses or ancillary data, where a same-host AF_UNIX pair and
+ * TCP differ: TCP ignores a destination given to sendto()/sendmsg() on a connected socket,
+ * reports no source address from recvfrom()/recvmsg(), and drops SCM_RIGHTS/SCM_CREDENTIALS
+ * it is given (the bytes go, the descriptor does not); an AF_UNIX stream refuses the first
+ * (EISCONN), reports an AF_UNIX address for the second and would carry the descriptors and
+ * credentials between the two containers. So on a pair the address and the ancillary data
+ * are dropped, as TCP does. Calls without either (send, recv, read, write, and these without
+ * them) are not looked at. */
 #define _GNU_SOURCE
 #include <sys/socket.h>
 #include "fdtable.h"
@@ -21,10 +24,12 @@ ssize_t sendto(int fd, const void *buf, size_t len, int flags, const struct sock
 
 ssize_t sendmsg(int fd, const struct msghdr *msg, int flags) {
   FF_INIT();
-  if (msg && msg->msg_name && is_pair(fd)) {
+  if (msg && (msg->msg_name || msg->msg_controllen) && is_pair(fd)) {
     struct msghdr m = *msg;
     m.msg_name = NULL;
     m.msg_namelen = 0;
+    m.msg_control = NULL;
+    m.msg_controllen = 0;
     return ff_real.sendmsg(fd, &m, flags);
   }
   return ff_real.sendmsg(fd, msg, flags);

@@ -44,6 +44,45 @@ static const struct emulated *emulated(int level, int name) {
   return NULL;
 }
 
+#ifndef SO_PEERPIDFD
+#define SO_PEERPIDFD 77
+#endif
+#ifndef SO_PASSPIDFD
+#define SO_PASSPIDFD 76
+#endif
+
+/* What identifies the process at the other end of a Unix socket (the router, which made the
+ * pair) must not reach the application, nor may descriptors or credentials travel between
+ * the two containers: a TCP socket has no peer process (SO_PEERCRED says pid 0, uid and gid
+ * -1; the others fail), and asking for credentials to be passed has no effect on it. */
+static int peer_identity(int name, void *val, socklen_t *len) {
+  switch (name) {
+    case SO_PEERCRED: {
+      struct ucred none = {.pid = 0, .uid = (uid_t)-1, .gid = (gid_t)-1};
+      if (!val || !len) {
+        errno = EFAULT;
+        return -1;
+      }
+      if (*len > sizeof none) *len = sizeof none;
+      memcpy(val, &none, *len);
+      return 0;
+    }
+    case SO_PEERPIDFD:
+    case SO_PEERGROUPS:
+      errno = ENODATA;
+      return -1;
+    case SO_PEERSEC:
+      errno = ENOPROTOOPT;
+      return -1;
+    default:
+      return 1;
+  }
+}
+
+static bool is_credential_passing(int name) {
+  return name == SO_PASSCRED || name == SO_PASSSEC || name == SO_PASSPIDFD;
+}
+
 static bool is_emulated_level(int level) {
   return level == IPPROTO_TCP || level == IPPROTO_IP || level == IPPROTO_IPV6;
 }
@@ -57,6 +96,13 @@ bool ff_tcp_emul_pairable(const struct ff_sock *s) {
 }
 
 int ff_tcp_emul_set(struct ff_sock *s, int level, int name, const void *val, socklen_t len) {
+  if (level == SOL_SOCKET && is_credential_passing(name)) { /* remembered, never applied */
+    if (!val || len < (socklen_t)sizeof(int)) {
+      errno = val ? EINVAL : EFAULT;
+      return -1;
+    }
+    return ff_sock_store_opt(s, level, name, val, sizeof(int)) ? 0 : (errno = ENOMEM, -1);
+  }
   if (!is_emulated_level(level)) return 1;
   if (!emulated(level, name)) {
     errno = EOPNOTSUPP;
@@ -118,6 +164,17 @@ int ff_tcp_emul_get(const struct ff_sock *s, int level, int name, void *val, soc
   if (level == SOL_SOCKET && (name == SO_DOMAIN || name == SO_PROTOCOL)) {
     int v = name == SO_DOMAIN ? s->family : IPPROTO_TCP;
     return give(val, len, &v, sizeof v);
+  }
+  if (level == SOL_SOCKET && is_credential_passing(name)) {
+    const struct ff_sockopt *o = ff_sock_find_opt(s, level, name);
+    int v = 0;
+    if (o) memcpy(&v, o->value, sizeof v);
+    v = v != 0;
+    return give(val, len, &v, sizeof v);
+  }
+  if (level == SOL_SOCKET) {
+    int r = peer_identity(name, val, len);
+    if (r != 1) return r;
   }
   if (!is_emulated_level(level)) return 1;
   if (level == IPPROTO_TCP && name == TCP_INFO) return tcp_info(val, len);

@@ -1,10 +1,11 @@
 // Same-host connections as AF_UNIX stream pairs (docs/design.md): an unmodified Python program
-// (test/apps/tcp_face.py) reports what it sees of its TCP connections — identity, options,
+// (test/apps/tcp_face.py) reports what it sees of its TCP connections (identity, options,
 // addresses on sendto/recvfrom, urgent data, half-close, FIONREAD, reset on close with unread
-// data — and the report must be the plain overlay's, byte for byte, on the pair path and on
-// loopback TCP (FFR_SAME_HOST=tcp), and with the default, which switches a storm of short-lived
-// connections to prefetched TCP. Which path carried the bytes: the router's counters and
-// h1's loopback byte counters. An option a pair cannot honour keeps the connection on TCP.
+// data, no peer process in SO_PEERCRED, no descriptor through SCM_RIGHTS), and the report must be the plain
+// overlay's, byte for byte, on the pair path and on loopback TCP (FFR_SAME_HOST=tcp), and with
+// the default, which switches a storm of short-lived connections to prefetched TCP. Which path
+// carried the bytes: the router's counters and h1's loopback byte counters. An option a pair
+// cannot honour keeps the connection on TCP.
 import t from 'tap';
 import { join } from 'node:path';
 import { ROOT, Testbed, overlayIp, pathBytesDuring } from './lib/testbed.js';
@@ -40,7 +41,7 @@ const plain = await face('face', false);
 t.equal(plain.result.code, 0, 'plain overlay run (reference) exits 0', { stderr: plain.result.stderr });
 t.ok(plain.pairs === 0 && plain.tcp === 0 && plain.loopback < 300_000, 'reference taken on the plain overlay (the bridge): no router, no loopback');
 // The kernel's TCP, as the reference shows it.
-t.match(plain.report, { domain: 2, protocol: 6, type: 1, tcpi_state: 1, nodelay_set: 1, congestion: 'cubic', tos: 16, echo: 'hello nodelay=1', recvfrom_addr: null, reconnect: 'EISCONN', oob: 'oob=! rest=abcd', halfclose: 'got=300000', inq: 5, close_unread: 'ECONNRESET' });
+t.match(plain.report, { domain: 2, protocol: 6, type: 1, tcpi_state: 1, nodelay_set: 1, congestion: 'cubic', tos: 16, echo: 'hello nodelay=1', recvfrom_addr: null, reconnect: 'EISCONN', oob: 'oob=! rest=abcd', halfclose: 'got=300000', inq: 5, close_unread: 'ECONNRESET', peercred: [0, 4294967295, 4294967295], last_echo: 'bye nodelay=1', scm_sent: 6, scm_received: 'fds=0 data=hello' });
 
 const withoutMd5 = (r: Record<string, unknown>) => Object.fromEntries(Object.entries(r).filter(([k]) => k !== 'md5sig_after_connect'));
 
@@ -51,7 +52,7 @@ t.test('AF_UNIX pair: the application sees TCP', async (t) => {
   t.equal(r.result.code, 0, 'client exits 0', { stderr: r.result.stderr });
   t.same(withoutMd5(r.report), withoutMd5(plain.report), 'same report as on the plain overlay');
   t.ok(['EOPNOTSUPP', 'ENOTSUP'].includes(String(r.report.md5sig_after_connect)), `TCP_MD5SIG after connect: ${r.report.md5sig_after_connect}`);
-  t.ok(r.pairs >= 6, `router on h1 made ${r.pairs} pairs for the 6 connections`);
+  t.ok(r.pairs >= 7, `router on h1 made ${r.pairs} pairs for the 7 connections`);
   t.equal(r.tcp, 0, 'no loopback TCP connection');
   t.ok(r.loopback < 300_000, `h1's loopback carried ${r.loopback} bytes (the 300 kB half-close payload did not)`);
   t.ok(r.vxlan < 64_000, `VXLAN carried ${r.vxlan} bytes`);
@@ -62,7 +63,7 @@ t.test('FFR_SAME_HOST=tcp: loopback TCP, same report', async (t) => {
   t.equal(r.result.code, 0, 'client exits 0', { stderr: r.result.stderr });
   t.same(r.report, plain.report, 'same report as on the plain overlay, TCP_MD5SIG included');
   t.equal(r.pairs, 0, 'no pair');
-  t.ok(r.tcp >= 6, `router on h1 handed out ${r.tcp} loopback TCP sockets`);
+  t.ok(r.tcp >= 7, `router on h1 handed out ${r.tcp} loopback TCP sockets`);
   t.ok(r.loopback > 600_000, `h1's loopback carried ${r.loopback} bytes`);
 });
 

@@ -1,9 +1,10 @@
 """tcp_face.py - what an application sees of a TCP connection, reported as JSON.
 
 Run unmodified (stdlib only) with and without libfsocket.so. `server PORT` serves the commands
-below; `face HOST PORT` makes six connections and reports socket identity, options read back
+below; `face HOST PORT` makes seven connections and reports socket identity, options read back
 after setting them, sendto()/recvfrom() with addresses, urgent data, half-close, FIONREAD,
-close with unread data, and an option a same-host AF_UNIX pair cannot honour after connect();
+close with unread data, SO_PEERCRED, an option a same-host AF_UNIX pair cannot honour after
+connect(), and a descriptor sent as ancillary data;
 `paced HOST PORT` connects with SO_MAX_PACING_RATE set before connect().
 The same report on every path (plain overlay, host network, loopback TCP, AF_UNIX pair) is
 the point; only TCP_MD5SIG after connect() is allowed to differ (EOPNOTSUPP on a pair).
@@ -68,6 +69,14 @@ def handle(c):
         c.close()
     elif cmd == "RST":
         time.sleep(0.3)  # let the client's extra bytes arrive unread
+        c.close()
+    elif cmd == "SCM":
+        # Whatever ancillary data arrives with the next bytes: TCP delivers none.
+        data, anc, _, _ = c.recvmsg(100, socket.CMSG_SPACE(16))
+        fds = sum((len(d) // 4 for lvl, typ, d in anc if lvl == socket.SOL_SOCKET and typ == socket.SCM_RIGHTS), 0)
+        c.sendall(("fds=%d data=%s\n" % (fds, data.decode().strip())).encode())
+        c.close()
+    else:
         c.close()
 
 def conn(host, port, pre=None):
@@ -147,8 +156,18 @@ def face(host, port):
         r["md5sig_after_connect"] = "ok"
     except OSError as e:
         r["md5sig_after_connect"] = errno.errorcode.get(e.errno, e.errno)
+    # TCP has no peer process.
+    r["peercred"] = list(struct.unpack("iII", s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)))
     s.sendall(b"ECHO\nbye\n")
-    s.recv(100)
+    r["last_echo"] = s.recv(100).decode().strip()
+    s.close()
+
+    # TCP sends the bytes of a sendmsg() with SCM_RIGHTS and drops the descriptor.
+    s = conn(host, port)
+    s.sendall(b"SCM\n")
+    time.sleep(0.05)
+    r["scm_sent"] = s.sendmsg([b"hello\n"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", 0))])
+    r["scm_received"] = s.recv(100).decode().strip()
     s.close()
     return r
 
