@@ -656,6 +656,35 @@ Outcome FailRemote(Qp& q, const ff_swqe& w, uint32_t status) {
   return Outcome::Error;
 }
 
+// Requests of one QP's sweep (Service) that go to its peer host, written with one SendMany
+// when the sweep ends or kBatchMax are collected: one write per message put a short TCP
+// segment after every payload (header + 64 KiB is one full segment and 64-odd bytes under
+// TCP_NODELAY), twice the segments, transmissions and receive passes iperf3 needs for the
+// same bytes. Only payloads that stay put until then (views, or none): the bounce buffer is
+// reused by the next Gather. Needs mu.
+struct SendBatch {
+  int conn = -1;
+  std::vector<NetHdr> hdrs;
+  std::vector<const void*> payloads;
+};
+SendBatch batch;
+bool batching = false;  // Service is sweeping a send queue
+// FFR_RDMA_SEND_BATCH: at most this many per write (1: one write per message, as before).
+const size_t kBatchMax = [] {
+  const char* e = getenv("FFR_RDMA_SEND_BATCH");
+  long v = e ? strtol(e, nullptr, 10) : 8;
+  return size_t(v < 1 ? 1 : v > 64 ? 64 : v);
+}();
+
+// A failed write needs no handling here: the connection's reader reports it down (NET_DOWN),
+// which fails the requests in flight on it.
+void FlushBatch() {
+  if (batch.hdrs.empty()) return;
+  transport->SendMany(batch.conn, batch.hdrs.data(), batch.payloads.data(), batch.hdrs.size());
+  batch.hdrs.clear();
+  batch.payloads.clear();
+}
+
 Outcome ExecuteRemote(Qp& q, const ff_swqe& w) {
   if (q.flights.size() >= kWindow) return Outcome::Retry;
   if (q.remote < 0 || !transport) {
@@ -730,9 +759,18 @@ Outcome ExecuteRemote(Qp& q, const ff_swqe& w) {
       return FailRemote(q, w, WC_LOC_QP_OP_ERR);
   }
   h.cookie = next_cookie++;
-  if (!transport->Send(q.remote, h, payload)) {
-    q.remote = -1;
-    return FailRemote(q, w, WC_RETRY_EXC_ERR);
+  if (batching && (!payload || payload != bounce.data())) {
+    if (batch.conn != q.remote) FlushBatch();
+    batch.conn = q.remote;
+    batch.hdrs.push_back(h);
+    batch.payloads.push_back(payload);
+    if (batch.hdrs.size() >= kBatchMax) FlushBatch();
+  } else {
+    FlushBatch();  // what was collected goes first: RC keeps a QP's requests in order
+    if (!transport->Send(q.remote, h, payload)) {
+      q.remote = -1;
+      return FailRemote(q, w, WC_RETRY_EXC_ERR);
+    }
   }
   q.flights.push_back({w, h.cookie});
   return Outcome::InFlight;
@@ -962,6 +1000,7 @@ bool Service(Qp& q) {
   if (q.state == FF_QPS_ERR) return Flush(q);
   if (q.state != FF_QPS_RTS) return false;
   bool did = false;
+  batching = true;
   for (int n = 0; n < 16; n++) {
     uint32_t head = __atomic_load_n(&q.shm->sq.head, __ATOMIC_ACQUIRE);
     if (head == q.sq_next) break;
@@ -983,6 +1022,8 @@ bool Service(Qp& q) {
     did = true;
     if (o == Outcome::Error) break;
   }
+  batching = false;
+  FlushBatch();
   return did;
 }
 

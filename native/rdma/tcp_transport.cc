@@ -57,10 +57,8 @@ bool ReadFull(int fd, void* p, size_t n) {
   return true;
 }
 
-// Writes header and payload with one sendmsg (one segment for small messages under TCP_NODELAY).
-bool WriteMsg(int fd, const NetHdr& h, const void* payload) {
-  iovec iov[2] = {{const_cast<NetHdr*>(&h), sizeof h}, {const_cast<void*>(payload), h.len}};
-  int n = h.len ? 2 : 1;
+// Writes iovecs completely (blocking), with as few sendmsg calls as the socket allows.
+bool WriteIov(int fd, iovec* iov, int n) {
   int i = 0;
   while (i < n) {
     msghdr mh{};
@@ -77,6 +75,12 @@ bool WriteMsg(int fd, const NetHdr& h, const void* payload) {
     }
   }
   return true;
+}
+
+// Writes header and payload with one sendmsg (one segment for small messages under TCP_NODELAY).
+bool WriteMsg(int fd, const NetHdr& h, const void* payload) {
+  iovec iov[2] = {{const_cast<NetHdr*>(&h), sizeof h}, {const_cast<void*>(payload), h.len}};
+  return WriteIov(fd, iov, h.len ? 2 : 1);
 }
 
 // Writes what fits now (MSG_DONTWAIT); returns the number of bytes written, or -1 if the
@@ -179,6 +183,21 @@ class TcpTransport : public Transport {
     std::lock_guard<std::mutex> g(c.wmu);
     if (!FlushLocked(c)) return false;
     return WriteMsg(c.fd, h, payload);
+  }
+
+  bool SendMany(int conn, const NetHdr* hs, const void* const* payloads, size_t n) override {
+    if (conn < 0 || size_t(conn) >= kMaxConns || tls_reader) return false;
+    Conn& c = *conns_[conn];
+    if (!c.up) return false;
+    std::vector<iovec> iov;
+    iov.reserve(2 * n);
+    for (size_t i = 0; i < n; i++) {
+      iov.push_back({const_cast<NetHdr*>(&hs[i]), sizeof hs[i]});
+      if (hs[i].len) iov.push_back({const_cast<void*>(payloads[i]), hs[i].len});
+    }
+    std::lock_guard<std::mutex> g(c.wmu);
+    if (!FlushLocked(c)) return false;
+    return WriteIov(c.fd, iov.data(), int(iov.size()));
   }
 
   bool HasUnsent() override { return unsent_.load(std::memory_order_seq_cst); }

@@ -69,6 +69,10 @@ class Transport {
   virtual ~Transport() = default;
   // Sends one message (h.len payload bytes) on a connection; false if it is down.
   virtual bool Send(int conn, const NetHdr& h, const void* payload) = 0;
+  // Sends n messages back to back with one write, so that TCP cuts full segments across their
+  // boundaries instead of a short one after every payload; false if the connection is down.
+  // Not from the transport's reader threads.
+  virtual bool SendMany(int conn, const NetHdr* hs, const void* const* payloads, size_t n) = 0;
   // Connections on which requests can be sent, one per reachable peer router.
   virtual std::vector<int> Peers() = 0;
   // Moves every message received so far into out; returns false if there was none.
