@@ -36,7 +36,8 @@ await yargs(hideBin(process.argv))
         .epilog(
           'RDMA engine tuning (environment, see docs/rdma.md): FFR_RDMA_SPIN_NS spin after work (default 0 below 4 CPUs, else 20000), ' +
             'FFR_RDMA_CATCH_NS wait for an answer after one request (3000), FFR_RDMA_HANDOVER_NS busy time before handing a stream ' +
-            'to another CPU (30000, 0 = never), FFR_RDMA_RT=0 no real-time scheduling.',
+            'to another CPU (30000, 0 = never), FFR_RDMA_SEND_BATCH requests per write to a peer host (8, 1 = one each), ' +
+            'FFR_RDMA_RT=0 no real-time scheduling.',
         ),
     async (argv) => {
       const log = createLogger(`freeflow-router:${argv.name}`, argv['log-level']);
