@@ -83,6 +83,14 @@ static uint64_t rng_seed(uint64_t seed)
     return s ? s : 1;
 }
 
+/* An int-valued socket option, or -1 if the call fails. */
+static int int_option(int fd, int level, int name)
+{
+    int v = 0;
+    socklen_t l = sizeof v;
+    return getsockopt(fd, level, name, &v, &l) == 0 ? v : -1;
+}
+
 static void fill_random(unsigned char *b, size_t n, uint64_t seed)
 {
     uint64_t s = rng_seed(seed);
@@ -454,11 +462,7 @@ static void server_accept(int ep, int lfd)
                  mismatch ? "FAIL accept-addr-mismatch " : "", peer, local, acc, (unsigned)al, nb, ce);
         /* Accepted sockets inherit the listener's options (the kernel copies them); through
          * FreeFlow the library replays them, as the socket comes from the router's listener. */
-        int ka = 0, nd = 0;
-        socklen_t ol = sizeof ka;
-        getsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &ka, &ol);
-        ol = sizeof nd;
-        getsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &nd, &ol);
+        int ka = int_option(fd, SOL_SOCKET, SO_KEEPALIVE), nd = int_option(fd, IPPROTO_TCP, TCP_NODELAY);
         snprintf(c->flags, sizeof c->flags, "nonblock=%d cloexec=%d keepalive=%d nodelay=%d\n", nb, ce, ka, nd);
         if (!nb && fl >= 0) /* keep the server itself working; client sees flags */
             fcntl(fd, F_SETFL, fl | O_NONBLOCK);
@@ -1274,15 +1278,10 @@ static void t_options(const struct target *t)
         close(fd);
         return;
     }
-    int ka = 0, nd = 0, sb = 0;
+    int ka = int_option(fd, SOL_SOCKET, SO_KEEPALIVE), nd = int_option(fd, IPPROTO_TCP, TCP_NODELAY);
+    int sb = int_option(fd, SOL_SOCKET, SO_SNDBUF);
     char got_cc[16] = "";
-    socklen_t l = sizeof ka;
-    getsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &ka, &l);
-    l = sizeof nd;
-    getsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &nd, &l);
-    l = sizeof sb;
-    getsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sb, &l);
-    l = sizeof got_cc - 1;
+    socklen_t l = sizeof got_cc - 1;
     getsockopt(fd, IPPROTO_TCP, TCP_CONGESTION, got_cc, &l);
     /* The kernel doubles SO_SNDBUF for its bookkeeping. */
     if (ka == 1 && nd == 1 && sb == 2 * sndbuf && !strcmp(got_cc, cc))
@@ -1301,22 +1300,14 @@ static void t_tcpface(const struct target *t)
     int fd = connect_blocking(t, "tcpface");
     if (fd < 0)
         return;
-    int dom = 0, proto = 0, type = 0, nd = 0, one = 1, mss = 0;
-    socklen_t l = sizeof dom;
-    getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &dom, &l);
-    l = sizeof proto;
-    getsockopt(fd, SOL_SOCKET, SO_PROTOCOL, &proto, &l);
-    l = sizeof type;
-    getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &l);
+    int dom = int_option(fd, SOL_SOCKET, SO_DOMAIN), proto = int_option(fd, SOL_SOCKET, SO_PROTOCOL);
+    int type = int_option(fd, SOL_SOCKET, SO_TYPE), one = 1;
     struct tcp_info ti;
     memset(&ti, 0, sizeof ti);
-    l = sizeof ti;
+    socklen_t l = sizeof ti;
     int info = getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &l);
     int set = setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    l = sizeof nd;
-    getsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &nd, &l);
-    l = sizeof mss;
-    getsockopt(fd, IPPROTO_TCP, TCP_MAXSEG, &mss, &l);
+    int nd = int_option(fd, IPPROTO_TCP, TCP_NODELAY), mss = int_option(fd, IPPROTO_TCP, TCP_MAXSEG);
     int again = connect(fd, (const struct sockaddr *)&t->ss, t->len), again_errno = errno;
     if (dom == t->ss.ss_family && proto == IPPROTO_TCP && type == SOCK_STREAM && info == 0 &&
         ti.tcpi_state == TCP_ESTABLISHED && set == 0 && nd == 1 && mss > 0 && again < 0 && again_errno == EISCONN)
