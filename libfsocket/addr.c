@@ -17,6 +17,10 @@ void ff_addr_v4_any(struct in6_addr *a) {
   a->s6_addr[10] = a->s6_addr[11] = 0xff;
 }
 
+bool ff_endpoint_equal(const struct ff_endpoint *a, const struct ff_endpoint *b) {
+  return a->port == b->port && memcmp(&a->addr, &b->addr, sizeof a->addr) == 0;
+}
+
 struct ff_endpoint ff_endpoint_v4(uint32_t ip, uint16_t port) {
   struct ff_endpoint ep = {.port = port};
   ff_addr_v4_any(&ep.addr);

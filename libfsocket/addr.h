@@ -23,5 +23,6 @@ bool ff_addr_is_any(const struct in6_addr *a); /* 0.0.0.0 or :: */
 void ff_addr_v4_any(struct in6_addr *a);
 /* An IPv4 endpoint (address in network order, port in host order) in the library's form. */
 struct ff_endpoint ff_endpoint_v4(uint32_t ip, uint16_t port);
+bool ff_endpoint_equal(const struct ff_endpoint *a, const struct ff_endpoint *b);
 
 #endif

@@ -14,6 +14,7 @@
 #include "config.h"
 #include "fdtable.h"
 #include "init.h"
+#include "plain_dests.h"
 #include "pool.h"
 #include "router.h"
 #include "tcp_emul.h"
@@ -192,6 +193,7 @@ static bool accelerated_connect(int fd, struct ff_fd *e, const struct ff_endpoin
   if (n < 0) return false;
   if (rep.status != FF_REPLY_ACCEL || n == 0) {
     FF_DEBUG("connect fd %d: overlay path (router reply %d, reason %u)", fd, rep.status, rep.flags);
+    if (rep.status == FF_REPLY_FALLBACK && rep.flags == FF_FALLBACK_NO_LISTENER) ff_plain_dest_note(dst);
     for (int i = 0; i < n; i++) ff_real.close(fds[i]);
     return false;
   }
@@ -216,7 +218,7 @@ int connect(int fd, const struct sockaddr *addr, socklen_t len) {
   }
   /* Only an unshared candidate: a dup()ed twin would keep pointing at the overlay socket. */
   if (e && e->sock->kind == FF_CANDIDATE && e->sock->refs == 1 && ff_endpoint_from_sockaddr(addr, len, &dst) &&
-      ff_addr_is_v4mapped(&dst.addr) && ff_config_in_vnet(&dst.addr)) {
+      ff_addr_is_v4mapped(&dst.addr) && ff_config_in_vnet(&dst.addr) && !ff_plain_dest_recent(&dst)) {
     int saved = errno, result;
     if (accelerated_connect(fd, e, &dst, &result)) return result;
     errno = saved;

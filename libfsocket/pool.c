@@ -35,10 +35,6 @@ static long long now_ns(void) {
   return ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
-static bool same(const struct ff_endpoint *a, const struct ff_endpoint *b) {
-  return a->port == b->port && memcmp(&a->addr, &b->addr, sizeof a->addr) == 0;
-}
-
 static void drain(struct dest_pool *p) {
   for (int i = 0; i < p->nfds; i++) ff_real.close(p->fds[i]);
   p->nfds = 0;
@@ -48,7 +44,7 @@ static void drain(struct dest_pool *p) {
 static struct dest_pool *find(const struct ff_endpoint *dst, bool create) {
   struct dest_pool *lru = &pools[0];
   for (int i = 0; i < FF_POOL_DESTS; i++) {
-    if (pools[i].used && same(&pools[i].dst, dst)) return &pools[i];
+    if (pools[i].used && ff_endpoint_equal(&pools[i].dst, dst)) return &pools[i];
     if (!pools[i].used || (lru->used && pools[i].last_use_ns < lru->last_use_ns)) lru = &pools[i];
   }
   if (!create) return NULL;
@@ -111,7 +107,7 @@ bool ff_pool_take(const struct ff_endpoint *dst, struct ff_pooled *out, bool *lo
 void ff_pool_put(const struct ff_endpoint *dst, const int *fds, const uint16_t *ports, int n, const struct ff_endpoint *host) {
   pthread_mutex_lock(&pool_lock);
   struct dest_pool *p = find(dst, true);
-  if (p->nfds && !same(&p->host, host)) drain(p); /* the listener moved: older sockets point at its old endpoint */
+  if (p->nfds && !ff_endpoint_equal(&p->host, host)) drain(p); /* the listener moved: older sockets point at its old endpoint */
   long long now = now_ns();
   for (int i = 0; i < n; i++) {
     if (p->nfds < FF_POOL_MAX_BATCH * 2) {

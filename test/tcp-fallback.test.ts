@@ -58,6 +58,46 @@ t.test('unset VNET_PREFIX accelerates nothing (unlike the original, which took 0
   await tb.stop(srv);
 });
 
+// A plain server inside VNET_PREFIX (or an accelerated client of a mix-and-match pair): the
+// library remembers for a second that the router had no accelerated listener there, so each
+// connect() does not pay a router round trip before falling back (docs/design.md).
+const PLAIN_SERVER = `
+import socket
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(('0.0.0.0', 7107)); s.listen(64); print('listening', flush=True)
+while True:
+    c, _ = s.accept(); c.sendall(c.recv(16)); c.close()`;
+// argv: how many connections in each round; rounds are \`pause\` seconds apart.
+const CONNECTS = (pause: number) => `
+import socket, sys, time
+for i, n in enumerate(int(a) for a in sys.argv[1:]):
+    if i: time.sleep(${pause})
+    for _ in range(n):
+        c = socket.create_connection(('${overlayIp('c21')}', 7107))
+        c.sendall(b'ping'); assert c.recv(16) == b'ping'; c.close()
+print('ok', flush=True)`;
+
+t.test('accelerated client -> plain server: one router question per second and destination, not per connect', async (t) => {
+  const srv = tb.start('c21', ['python3', '-c', PLAIN_SERVER]);
+  await srv.waitFor(/listening/);
+  const fallbacks = async () => (await tb.status('h1')).counters['connect:overlay-fallback'] ?? 0;
+  const py = (pause: number, ...counts: number[]) =>
+    tb.run('c11', ['python3', '-c', CONNECTS(pause), ...counts.map(String)], { preload: true });
+
+  const before = await fallbacks();
+  const { result, bytes } = await vxlanBytesDuring(tb, 'h1', () => py(0, 20));
+  t.equal(result.code, 0, `20 connections to the plain server: ${result.stdout}${result.stderr}`);
+  t.ok(bytes > 20 * 200, `they went over VXLAN (${bytes} bytes)`);
+  t.equal((await fallbacks()) - before, 1, 'the router was asked once for 20 connects');
+
+  // The memory expires: a listener that appears later is found again.
+  const mid = await fallbacks();
+  const again = await py(1.3, 1, 1);
+  t.equal(again.code, 0, again.stdout + again.stderr);
+  t.equal((await fallbacks()) - mid, 2, 'asked again after more than a second');
+  await tb.stop(srv);
+});
+
 t.test('router killed mid-transfer: established connections keep going; new ones use the overlay', async (t) => {
   const srv = tb.start('c21', ['iperf3', '-s', '--forceflush', '-p', '7105'], { preload: true });
   await srv.waitFor(/listening/);
