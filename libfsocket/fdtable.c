@@ -39,9 +39,21 @@ static void sock_release(struct ff_sock *s) {
   free(s);
 }
 
+/* Takes a listener's sources out of the epoll sets its fd is registered in. Closing them is not
+ * enough: a forked sibling (another nginx worker, the master) may hold copies, and a dead
+ * router's channel left in an epoll set reports EPOLLHUP on every wait, which made each
+ * nginx worker spin at ~90% CPU once the router had gone. */
+static void unmirror_sources(struct ff_fd *e) {
+  int src[2];
+  int n = ff_listener_sources(e->sock, src);
+  for (int r = 0; r < e->nregs; r++)
+    for (int i = 0; i < n; i++) ff_real.epoll_ctl(e->regs[r].epfd, EPOLL_CTL_DEL, src[i], NULL);
+}
+
 void ff_fd_forget(int fd) {
   struct ff_fd *e = ff_fd_get(fd);
   if (!e) return;
+  unmirror_sources(e);
   atomic_store_explicit(&table[fd], NULL, memory_order_release);
   sock_release(e->sock);
   free(e);
@@ -61,6 +73,7 @@ struct ff_fd *ff_fd_track(int fd, enum ff_kind kind, int family) {
   s->family = family;
   s->chan_fd = -1;
   s->host_fd = -1;
+  s->backlog = -1;
   e->sock = s;
   ff_fd_forget(fd); /* an entry left by a close we did not see (close_range, exit of a thread) */
   atomic_store_explicit(&table[fd], e, memory_order_release);
@@ -81,6 +94,8 @@ void ff_fd_share(int oldfd, int newfd) {
 void ff_listener_drop_channel(int fd, struct ff_fd *e) {
   pthread_mutex_lock(&ff_table_lock);
   if (e == ff_fd_get(fd) && e->sock->chan_fd >= 0) {
+    unmirror_sources(e);
+    e->sock->relisten_ns = 1; /* ask a router again at the next accept() (ff_listener_reregister) */
     ff_real.close(e->sock->chan_fd);
     e->sock->chan_fd = -1;
     atomic_fetch_sub(&ff_channel_listeners, 1);

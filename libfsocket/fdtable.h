@@ -52,6 +52,8 @@ struct ff_sock {
   unsigned accept_turn;     /* FF_LISTENER: rotates which source accept() tries first */
   bool prefer_channel;      /* FF_LISTENER: the last router connection came on the channel */
   bool bound;               /* FF_CANDIDATE: bind() succeeded (else connect() need not ask the kernel) */
+  int backlog;              /* listen() succeeded with this backlog (-1: not listening) */
+  long long relisten_ns;    /* listening, no router serves it: when accept() may ask one (0: never) */
   long long opened_ns;      /* FF_ACCEL made by connect(): when (how long connections live, pool.c) */
   bool pair;                /* FF_ACCEL: the fd is a same-host AF_UNIX stream end; TCP- and IP-level
                              * options live in opts[] (tcp_emul.c), SOL_SOCKET ones in the kernel */
@@ -82,6 +84,12 @@ void ff_fd_forget(int fd);
  * listener is closed too; the table stays mapped until the last fd goes, as another thread
  * may be reading it). */
 void ff_listener_drop_channel(int fd, struct ff_fd *e);
+/* A listening socket no router serves (none answered at listen(), or its router went away)
+ * asks again, at most every FF_RELISTEN_NS. accept() calls it, so a router that starts or
+ * restarts after the application serves its listeners from the next accepted connection on
+ * (the first one comes over the overlay). Defined with listen() in intercept_socket.c. */
+#define FF_RELISTEN_NS (1000LL * 1000 * 1000)
+void ff_listener_reregister(int fd, struct ff_fd *e);
 /* True if the channel's only news is that the router closed it (checked with MSG_PEEK). */
 bool ff_channel_at_eof(int chan);
 void ff_sock_record_opt(struct ff_sock *s, int level, int name, const void *val, socklen_t len);

@@ -157,6 +157,7 @@ static int accept_all(int fd, struct ff_fd *e, struct sockaddr *addr, socklen_t 
 int accept4(int fd, struct sockaddr *addr, socklen_t *len, int flags) {
   FF_INIT();
   struct ff_fd *e = ff_fd_get(fd);
+  if (e && e->sock->relisten_ns) ff_listener_reregister(fd, e);
   if (!e || e->sock->kind != FF_LISTENER || e->sock->chan_fd < 0) return ff_real.accept4(fd, addr, len, flags);
   return accept_all(fd, e, addr, len, flags);
 }
@@ -164,6 +165,7 @@ int accept4(int fd, struct sockaddr *addr, socklen_t *len, int flags) {
 int accept(int fd, struct sockaddr *addr, socklen_t *len) {
   FF_INIT();
   struct ff_fd *e = ff_fd_get(fd);
+  if (e && e->sock->relisten_ns) ff_listener_reregister(fd, e);
   if (!e || e->sock->kind != FF_LISTENER || e->sock->chan_fd < 0) return ff_real.accept(fd, addr, len);
   return accept_all(fd, e, addr, len, 0);
 }

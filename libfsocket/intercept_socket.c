@@ -257,9 +257,12 @@ static struct ff_admit_table *map_admission_table(int memfd) {
  * mirrors the listener's epoll registrations onto both. */
 static void attach_router_listener(int fd, struct ff_fd *e, int chan, int host, struct ff_admit_table *admit, uint16_t port) {
   pthread_mutex_lock(&ff_table_lock);
-  bool attached = e == ff_fd_get(fd) && e->sock->kind == FF_CANDIDATE;
+  bool attached = e == ff_fd_get(fd) && e->sock->chan_fd < 0 && (e->sock->kind == FF_CANDIDATE || e->sock->kind == FF_LISTENER);
   if (attached) {
+    /* A listener whose router went away keeps its old table mapped: another thread may
+     * still be reading it. One table (256 KiB) per router restart, until the listener closes. */
     e->sock->kind = FF_LISTENER;
+    e->sock->relisten_ns = 0;
     e->sock->chan_fd = chan;
     e->sock->host_fd = host;
     e->sock->admit = admit;
@@ -281,31 +284,56 @@ static void attach_router_listener(int fd, struct ff_fd *e, int chan, int host, 
   FF_DEBUG("listen fd %d port %u: router host listener and accept channel attached", fd, port);
 }
 
-int listen(int fd, int backlog) {
-  FF_INIT();
-  int r = ff_real.listen(fd, backlog);
-  struct ff_fd *e = ff_fd_get(fd);
-  if (r < 0 || !e || e->sock->kind != FF_CANDIDATE) return r;
-  int saved = errno;
+/* Asks the router to serve listener fd. false: no router answered (worth asking again later);
+ * true: it answered, whether it serves the listener or not. */
+static bool register_listener(int fd, struct ff_fd *e) {
   struct ff_endpoint ep;
-  if (!listener_eligible(fd, e->sock->family, &ep)) return r;
+  if (!listener_eligible(fd, e->sock->family, &ep)) return true;
   struct ff_msg req, rep;
   ff_msg_init(&req, FF_T_LISTEN);
   req.family = (uint16_t)e->sock->family;
   memcpy(req.local_addr, &ep.addr, 16);
   req.local_port = ep.port;
-  req.flags = backlog > 0 ? (uint32_t)backlog : 0;
+  req.flags = e->sock->backlog > 0 ? (uint32_t)e->sock->backlog : 0;
   /* Reply fds: accept channel, host listener, admission table. */
   int got[3] = {-1, -1, -1};
   int n = ff_router_call(&req, &rep, got, NULL, 3);
+  if (n < 0) return false;
   struct ff_admit_table *admit = NULL;
   if (n == 3 && rep.status == FF_REPLY_ACCEL) admit = map_admission_table(got[2]);
   for (int i = 2; i < n; i++) ff_real.close(got[i]);
   if (admit) attach_router_listener(fd, e, ff_move_high(got[0]), ff_move_high(got[1]), admit, ep.port);
   else
     for (int i = 0; i < n && i < 2; i++) ff_real.close(got[i]);
+  return true;
+}
+
+int listen(int fd, int backlog) {
+  FF_INIT();
+  int r = ff_real.listen(fd, backlog);
+  struct ff_fd *e = ff_fd_get(fd);
+  if (r < 0 || !e || e->sock->kind != FF_CANDIDATE) return r;
+  int saved = errno;
+  e->sock->backlog = backlog;
+  if (!register_listener(fd, e)) e->sock->relisten_ns = 1; /* no router yet: accept() asks again */
   errno = saved;
   return r;
+}
+
+void ff_listener_reregister(int fd, struct ff_fd *e) {
+  long long now = ff_pool_now_ns();
+  pthread_mutex_lock(&ff_table_lock);
+  bool due = e == ff_fd_get(fd) && e->sock->relisten_ns && now >= e->sock->relisten_ns && e->sock->chan_fd < 0;
+  if (due) e->sock->relisten_ns = now + FF_RELISTEN_NS; /* this thread asks; others carry on */
+  pthread_mutex_unlock(&ff_table_lock);
+  if (!due) return;
+  int saved = errno;
+  if (register_listener(fd, e)) {
+    pthread_mutex_lock(&ff_table_lock);
+    if (e == ff_fd_get(fd) && e->sock->chan_fd < 0) e->sock->relisten_ns = 0; /* answered, and said no */
+    pthread_mutex_unlock(&ff_table_lock);
+  }
+  errno = saved;
 }
 
 int close(int fd) {

@@ -217,18 +217,32 @@ bool ff_router_collect(const struct ff_endpoint *dst) {
   return got;
 }
 
+/* Whether a send failed because the router at the other end of a connection made earlier has
+ * gone (it restarted, say): then one fresh connection is worth trying before falling back. */
+static bool router_went_away(int err) {
+  return err == EPIPE || err == ECONNRESET || err == ENOTCONN;
+}
+
 int ff_router_call(struct ff_msg *req, struct ff_msg *rep, int *fds, uint16_t *ports, int max) {
   int saved_errno = errno; /* the application must never see our errno */
   pthread_mutex_lock(&call_lock);
   int rc = -1;
-  if (open_connection() == 0) {
+  for (int attempt = 0; attempt < 2; attempt++) {
+    bool earlier = router_fd >= 0 && router_owner == self();
+    if (open_connection() != 0) break;
     req->seq = ++next_seq;
     ssize_t n = send(router_fd, req, sizeof *req, MSG_NOSIGNAL);
+    if (n < 0 && earlier && attempt == 0 && router_went_away(errno)) {
+      FF_DEBUG("router connection lost: reconnecting once");
+      drop_connection(false);
+      continue;
+    }
     if (n == (ssize_t)sizeof *req) rc = wait_reply(req->seq, rep, fds, ports, max);
     if (rc < 0) {
       FF_DEBUG("router did not answer: plain overlay for a while");
       drop_connection(true);
     }
+    break;
   }
   pthread_mutex_unlock(&call_lock);
   errno = saved_errno;

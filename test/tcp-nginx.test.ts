@@ -38,7 +38,7 @@ function nginxConf(name: string, port: number): string {
   return writeNginxConfig({ dir: join(dir, name), port, root: www, workers: 2, errorLogLevel: 'info' });
 }
 
-async function startNginx(name: string, port: number, preload: boolean, server = SERVER): Promise<Started> {
+async function startNginx(name: string, port: number, preload: boolean, server = SERVER, routersUp = preload): Promise<Started> {
   const conf = nginxConf(name, port);
   const d = join(dir, name);
   const ngx = tb.start(server, ['nginx', '-p', d, '-e', `${d}/error.log`, '-c', conf], { preload });
@@ -56,7 +56,7 @@ async function startNginx(name: string, port: number, preload: boolean, server =
     if (Date.now() > end || ngx.proc.exitCode !== null) throw new Error(`nginx ${name} did not start:\n${ngx.output()}\n${log}`);
     await new Promise((r) => setTimeout(r, 50));
   }
-  if (preload) for (let h = 1; h <= 2; h++) await tb.waitListener(`h${h}`, overlayIp(server), port);
+  if (routersUp) for (let h = 1; h <= 2; h++) await tb.waitListener(`h${h}`, overlayIp(server), port);
   return ngx;
 }
 
@@ -207,6 +207,76 @@ t.test('accelerated curl -> plain nginx (no preload): overlay fallback', async (
   const rec = (await tb.status('h1')).connections.filter((c: any) => c.path === 'overlay-fallback').pop();
   t.equal(rec?.dst, `${overlayIp(SERVER)}:${PLAIN_PORT}`, `fallback recorded for the plain nginx (reason: ${rec?.reason})`);
   await tb.stop(plain);
+});
+
+/** CPU ticks (utime + stime) of the worker processes of the nginx started as `name`. */
+function workerTicks(name: string): number {
+  const master = readFileSync(join(dir, name, 'nginx.pid'), 'utf8').trim();
+  const children = readFileSync(`/proc/${master}/task/${master}/children`, 'utf8').trim().split(/\s+/).filter(Boolean);
+  return children.reduce((sum, pid) => {
+    const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
+    return sum + Number(f[11]) + Number(f[12]); // fields 14 and 15 of stat(5)
+  }, 0);
+}
+
+/** Fetches small.txt with a fresh preloaded curl until `host`'s directory lists the listener
+ * again: the library re-registers a listener at the accept() after its router came back. */
+async function untilReaccelerated(t: Test, port: number): Promise<void> {
+  const listed = async () => (await tb.status('h1')).directory.some((d: any) => d.overlayIp === overlayIp(SERVER) && d.port === port);
+  for (let i = 0; i < 20 && !(await listed()); i++) {
+    const r = await tb.run(CLIENT, ['curl', '-sS', '--fail', '--max-time', '5', '-o', '/dev/null', `http://${overlayIp(SERVER)}:${port}/small.txt`], { preload: true });
+    t.equal(r.code, 0, `served while the listener is not accelerated (${r.stderr.trim()})`);
+    await new Promise((r) => setTimeout(r, 300));
+  }
+  t.ok(await listed(), `listener on port ${port} is in h1's directory again`);
+}
+
+// A client that lives through the routers' restart: its second fetch must find the new router
+// at once, not fall back because its connection to the old one is dead.
+const LONG_LIVED = (url: string, flag: string, sha: string) => `
+import hashlib, os, time, urllib.request
+def fetch():
+    assert hashlib.sha256(urllib.request.urlopen('${url}').read()).hexdigest() == '${sha}'
+fetch(); print('first', flush=True)
+while not os.path.exists('${flag}'): time.sleep(0.05)
+fetch(); print('second', flush=True)`;
+
+t.test('routers die and come back: nginx workers do not spin, and listeners are accelerated again', async (t) => {
+  const LATE_PORT = 8083;
+  const flag = join(dir, 'routers-back');
+  const client = tb.start(CLIENT, ['python3', '-c', LONG_LIVED(`http://${overlayIp(SERVER)}:${ACCEL_PORT}/big.bin`, flag, bigSha)], { preload: true });
+  await client.waitFor(/first/);
+  await tb.stopRouter('h1');
+  await tb.stopRouter('h2');
+  const late = await startNginx('late', LATE_PORT, true, SERVER, false); // listen() with no router
+  // A dead router's channel left in the workers' epoll sets would report EPOLLHUP on every wait.
+  await new Promise((r) => setTimeout(r, 500));
+  const ticks0 = workerTicks('accel');
+  await new Promise((r) => setTimeout(r, 2000));
+  const spent = workerTicks('accel') - ticks0;
+  t.ok(spent < 40, `nginx's 2 workers used ${spent} CPU ticks in 2 s with the router dead (< 40, i.e. idle)`);
+  const dead = await curlBig(ACCEL_PORT, 1, true, 'router-dead');
+  checkCurl(t, dead, 1);
+  t.ok(dead.bytes >= BIG, `without routers it is served over the overlay (VXLAN ${dead.bytes} bytes)`);
+
+  await tb.startRouter('h1');
+  await tb.startRouter('h2');
+  await tb.waitPeers();
+  for (const port of [ACCEL_PORT, LATE_PORT]) {
+    await untilReaccelerated(t, port);
+    const before = await counter('h1', 'connect:host-network');
+    const r = await curlBig(port, 2, true, `back-${port}`);
+    checkCurl(t, r, 2);
+    t.ok(r.bytes < (2 * BIG) / 100, `port ${port}: VXLAN carried ${r.bytes} bytes for ${2 * BIG} (< 1%)`);
+    t.ok((await counter('h1', 'connect:host-network')) - before >= 1, `port ${port}: on the host network again`);
+  }
+  const { result: code, bytes } = await vxlanBytesDuring(tb, 'h1', async () => {
+    writeFileSync(flag, '');
+    return client.exited;
+  });
+  t.equal(code, 0, `the long-lived client's fetch after the restart is intact: ${client.output()}`);
+  t.ok(bytes < BIG / 100, `and went over the host network at once (VXLAN ${bytes} bytes for ${BIG})`);
+  await tb.stop(late);
 });
 
 t.test('nginx survived everything and logged no errors', async (t) => {
