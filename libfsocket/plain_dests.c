@@ -36,3 +36,7 @@ bool ff_plain_dest_recent(const struct ff_endpoint *dst) {
   pthread_mutex_unlock(&plain_lock);
   return recent;
 }
+
+void ff_plain_dests_after_fork(void) {
+  pthread_mutex_init(&plain_lock, NULL);
+}

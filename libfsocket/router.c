@@ -12,6 +12,7 @@
 #include <unistd.h>
 #include "config.h"
 #include "init.h"
+#include "plain_dests.h"
 #include "pool.h"
 #include "real.h"
 
@@ -59,6 +60,7 @@ void ff_msg_init(struct ff_msg *m, int type) {
 void ff_router_after_fork(void) {
   my_pid = getpid();
   ff_pool_after_fork();
+  ff_plain_dests_after_fork();
   prefetch_seq = 0;
   /* The inherited descriptor is the parent's stream; close the child's copy right away,
    * while the number is certainly still ours. */
