@@ -8,8 +8,9 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include "addr.h"
+#include "ff_wire.h"
 
-#define FF_POOL_MAX_BATCH 32
+#define FF_POOL_MAX_BATCH FF_LIMIT_MAX_CONNECT_SOCKETS
 
 struct ff_pooled {
   int fd;

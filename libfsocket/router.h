@@ -7,7 +7,7 @@
 #include "addr.h"
 #include "ff_wire.h"
 
-#define FF_MAX_REPLY_FDS 32
+#define FF_MAX_REPLY_FDS FF_LIMIT_MAX_CONNECT_SOCKETS
 
 /* Sends req (type and addressing filled by the caller) and waits for the REPLY with the same
  * seq. Returns the number of fds attached (stored in fds[0..max)) and fills *rep, or -1 if the

@@ -120,5 +120,6 @@ export const CONNECT_FLAGS = {
 
 export const LIMITS = {
   MAX_PAYLOAD: 65536,
+  MAX_CONNECT_SOCKETS: 32, // most host sockets one CONNECT gets (a prefetch batch; fds per reply)
   PEER_PORT: 7471, // default router <-> router TCP port on the host network
 };

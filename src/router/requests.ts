@@ -3,7 +3,7 @@
 // unconnected, and the announcement to the listener's router is sent without waiting.
 import type { Logger } from '../log.js';
 import { native, errnoText } from '../native.js';
-import { ConnectFlags, emptyMsg, Fallback, ipv4ToWire, MsgType, Reply, wireToIpv4, type WireMsg } from '../protocol/codec.js';
+import { ConnectFlags, emptyMsg, Fallback, ipv4ToWire, Limits, MsgType, Reply, wireToIpv4, type WireMsg } from '../protocol/codec.js';
 import { fallback, type Answer, type ClientSession, type RequestHandler } from './client-session.js';
 import type { AnnouncementChannel, Directory, ListenerRecord } from './directory.js';
 import { announcementRecords } from './peer-mesh.js';
@@ -21,7 +21,6 @@ export interface RequestContext {
 }
 
 const HOST_BACKLOG = 4096;
-const MAX_BATCH = 32; // = FF_POOL_MAX_BATCH in libfsocket/pool.h
 
 /** A feature served on the same FreeFlow socket with its own message types (RDMA mode). */
 export interface RouterExtension {
@@ -92,7 +91,7 @@ export class RequestDispatcher implements RequestHandler {
       const pair = this.samePair(session, srcIp, msg.local_port, dstIp, msg.remote_port, rec.hostPort);
       if (pair) return pair;
     }
-    const count = msg.local_port ? 1 : Math.min(Math.max(msg.flags & ConnectFlags.SOCKETS_MASK, 1), MAX_BATCH);
+    const count = msg.local_port ? 1 : Math.min(Math.max(msg.flags & ConnectFlags.SOCKETS_MASK, 1), Limits.MAX_CONNECT_SOCKETS);
     const socks = native.tcpSockets(this.ctx.hostIp, count);
     if (typeof socks === 'number') return fall(Fallback.INTERNAL, `host socket: ${errnoText(socks)}`);
     const records = announcementRecords(
