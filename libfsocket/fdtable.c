@@ -73,7 +73,6 @@ struct ff_fd *ff_fd_track(int fd, enum ff_kind kind, int family) {
   s->family = family;
   s->chan_fd = -1;
   s->host_fd = -1;
-  s->backlog = -1;
   e->sock = s;
   ff_fd_forget(fd); /* an entry left by a close we did not see (close_range, exit of a thread) */
   atomic_store_explicit(&table[fd], e, memory_order_release);

@@ -52,7 +52,7 @@ struct ff_sock {
   unsigned accept_turn;     /* FF_LISTENER: rotates which source accept() tries first */
   bool prefer_channel;      /* FF_LISTENER: the last router connection came on the channel */
   bool bound;               /* FF_CANDIDATE: bind() succeeded (else connect() need not ask the kernel) */
-  int backlog;              /* listen() succeeded with this backlog (-1: not listening) */
+  int backlog;              /* the backlog listen() was given (asked for again when re-registering) */
   long long relisten_ns;    /* listening, no router serves it: when accept() may ask one (0: never) */
   long long opened_ns;      /* FF_ACCEL made by connect(): when (how long connections live, pool.c) */
   bool pair;                /* FF_ACCEL: the fd is a same-host AF_UNIX stream end; TCP- and IP-level
