@@ -24,6 +24,10 @@
  *   HALF\n / SUM\n  server reads until EOF and replies
  *            "count=N fnv=HEX16\n" (FNV-1a 64 of the bytes after the
  *            command line), then closes.
+ *   SUM IP:PORT\n  as SUM, where IP:PORT is the client's getsockname(); the
+ *            reply adds " id=ok pid=P" if accept4() and getpeername() both
+ *            returned exactly that address, else " id=MISMATCH claimed=..
+ *            accept=.. peer=.. pid=P" (P: the server process that accepted).
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -208,6 +212,8 @@ struct conn {
     uint64_t count, hash;
     char info[400];
     char flags[64];
+    char acc[96], peer[96]; /* what accept4() and getpeername() returned */
+    char id[320];           /* SUM IP:PORT: the identity check's result, sent with the sum */
 };
 
 static int out_append(struct conn *c, const void *p, size_t n)
@@ -248,6 +254,19 @@ static void start_cmd(struct conn *c)
     if (!strcmp(c->cmd, "ECHO")) {
         c->state = S_ECHO;
     } else if (!strcmp(c->cmd, "HALF") || !strcmp(c->cmd, "SUM")) {
+        c->state = S_SINK;
+        c->count = 0;
+        c->hash = FNV_INIT;
+    } else if (!strncmp(c->cmd, "SUM ", 4)) {
+        /* The client says who it is: the connection accept() gave us must be exactly its. */
+        char claimed[64];
+        snprintf(claimed, sizeof claimed, "%s", c->cmd + 4);
+        normalize_addr_str(claimed);
+        if (!strcmp(claimed, c->acc) && !strcmp(claimed, c->peer))
+            snprintf(c->id, sizeof c->id, " id=ok pid=%d", (int)getpid());
+        else
+            snprintf(c->id, sizeof c->id, " id=MISMATCH claimed=%s accept=%s peer=%s pid=%d", claimed, c->acc, c->peer,
+                     (int)getpid());
         c->state = S_SINK;
         c->count = 0;
         c->hash = FNV_INIT;
@@ -303,12 +322,12 @@ static void feed(struct conn *c, const unsigned char *p, size_t n)
 
 static void on_eof(struct conn *c)
 {
-    char line[96];
+    char line[400];
     c->eof = 1;
     switch (c->state) {
     case S_SINK:
-        snprintf(line, sizeof line, "count=%llu fnv=%016llx\n", (unsigned long long)c->count,
-                 (unsigned long long)c->hash);
+        snprintf(line, sizeof line, "count=%llu fnv=%016llx%s\n", (unsigned long long)c->count,
+                 (unsigned long long)c->hash, c->id);
         out_str(c, line);
         break;
     default:
@@ -458,6 +477,8 @@ static void server_accept(int ep, int lfd)
         int nb = fl >= 0 && (fl & O_NONBLOCK);
         int ce = fdfl >= 0 && (fdfl & FD_CLOEXEC);
         int mismatch = al_bad || strcmp(acc, peer) != 0;
+        snprintf(c->acc, sizeof c->acc, "%s", acc);
+        snprintf(c->peer, sizeof c->peer, "%s", peer);
         snprintf(c->info, sizeof c->info, "%speer=%s local=%s accept=%s acceptlen=%u nonblock=%d cloexec=%d\n",
                  mismatch ? "FAIL accept-addr-mismatch " : "", peer, local, acc, (unsigned)al, nb, ce);
         /* Accepted sockets inherit the listener's options (the kernel copies them); through
@@ -953,9 +974,12 @@ static void t_nbconnect(const struct target *t)
         FAILX("nbconnect-epoll", "epoll_ctl ADD before connect errno=%d(%s)", ERRS);
         goto out;
     }
+    /* Linux TCP never completes a non-blocking connect() inside the call, not even on loopback;
+     * FreeFlow's host socket connects the same way, and a same-host pair, connected from the
+     * start, still says EINPROGRESS. A 0 here means the connect() waited for the handshake. */
     int rc = connect(fd, (const struct sockaddr *)&t->ss, t->len);
     if (rc == 0) {
-        OK("nbconnect-inprogress", "connect returned 0 immediately (no EINPROGRESS)");
+        FAILX("nbconnect-inprogress", "non-blocking connect returned 0 (want -1/EINPROGRESS: it must not wait for the handshake)");
     } else if (errno == EINPROGRESS) {
         OK("nbconnect-inprogress", "connect=-1 errno=EINPROGRESS");
     } else {
@@ -1359,15 +1383,19 @@ out:
     close(fd);
 }
 
+/* Room before a concurrent connection's payload for its command line "SUM IP:PORT\n". */
+#define CC_HDR 128
+
 struct cc {
     int fd;
     int state; /* 0 connecting, 1 sending, 2 receiving, 3 done, 4 failed */
-    unsigned char *tx;
+    unsigned char *tx; /* CC_HDR bytes of room, then the payload */
     size_t txlen, sent, plen;
     uint64_t h;
-    char rx[160];
+    char self[96]; /* getsockname() once connected: sent first, the server checks it */
+    char rx[400];
     size_t rxlen;
-    char why[160];
+    char why[400];
 };
 
 static void cc_fail(struct cc *c, int ep, const char *fmt, ...)
@@ -1382,6 +1410,29 @@ static void cc_fail(struct cc *c, int ep, const char *fmt, ...)
         close(c->fd);
         c->fd = -1;
     }
+}
+
+/* Once connected: the command line carries our own name, as getsockname() reports it, in front
+ * of the payload. */
+static int cc_identify(struct cc *c, int ep)
+{
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof ss;
+    memset(&ss, 0, sizeof ss);
+    if (getsockname(c->fd, (struct sockaddr *)&ss, &sl) < 0) {
+        cc_fail(c, ep, "getsockname errno=%d(%s)", ERRS);
+        return -1;
+    }
+    fmt_addr((struct sockaddr *)&ss, sl, c->self, sizeof c->self);
+    char hdr[CC_HDR];
+    int hl = snprintf(hdr, sizeof hdr, "SUM %s\n", c->self);
+    if (hl <= 0 || hl >= CC_HDR) {
+        cc_fail(c, ep, "name too long: %s", c->self);
+        return -1;
+    }
+    c->sent = CC_HDR - (size_t)hl;
+    memcpy(c->tx + c->sent, hdr, (size_t)hl);
+    return 0;
 }
 
 static void t_concurrent(const struct target *t)
@@ -1401,16 +1452,15 @@ static void t_concurrent(const struct target *t)
         struct cc *c = &cs[i];
         uint64_t s = rng_seed(1000 + (uint64_t)i);
         c->plen = 1000 + (size_t)(rng_next(&s) % 19001);
-        c->txlen = 4 + c->plen;
+        c->txlen = CC_HDR + c->plen;
         c->tx = malloc(c->txlen);
         c->fd = -1;
         if (!c->tx) {
             cc_fail(c, ep, "malloc");
             continue;
         }
-        memcpy(c->tx, "SUM\n", 4);
-        fill_random(c->tx + 4, c->plen, 100000 + (uint64_t)i);
-        c->h = fnv1a(FNV_INIT, c->tx + 4, c->plen);
+        fill_random(c->tx + CC_HDR, c->plen, 100000 + (uint64_t)i);
+        c->h = fnv1a(FNV_INIT, c->tx + CC_HDR, c->plen);
         c->fd = socket(t->ss.ss_family, SOCK_STREAM, 0);
         if (c->fd < 0) {
             cc_fail(c, ep, "socket errno=%d(%s)", ERRS);
@@ -1424,6 +1474,8 @@ static void t_concurrent(const struct target *t)
         int rc = connect(c->fd, (const struct sockaddr *)&t->ss, t->len);
         if (rc == 0) {
             immediate++;
+            if (cc_identify(c, ep) < 0)
+                continue;
             c->state = 1;
         } else if (errno == EINPROGRESS) {
             inprog++;
@@ -1472,6 +1524,10 @@ static void t_concurrent(const struct target *t)
                 socklen_t sl = sizeof se;
                 if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &se, &sl) < 0 || se) {
                     cc_fail(c, ep, "connect failed SO_ERROR=%d(%s) events=0x%x", se, strerror(se), e);
+                    pending--;
+                    continue;
+                }
+                if (cc_identify(c, ep) < 0) {
                     pending--;
                     continue;
                 }
@@ -1546,21 +1602,36 @@ static void t_concurrent(const struct target *t)
         }
     }
 
-    int good = 0, shown = 0;
+    /* A reply is "count=N fnv=H id=ok pid=P": the bytes arrived intact, and the server's
+     * accept() paired this connection with exactly this client (its getsockname()). */
+    int good = 0, named = 0, shown = 0, npids = 0;
+    int pids[64];
     for (int i = 0; i < NCONC; i++) {
         struct cc *c = &cs[i];
         char want[96];
-        snprintf(want, sizeof want, "count=%zu fnv=%016llx\n", c->plen, (unsigned long long)c->h);
-        if (c->state == 3 && !strcmp(c->rx, want)) {
+        int pid = 0, off = 0;
+        snprintf(want, sizeof want, "count=%zu fnv=%016llx id=ok pid=", c->plen, (unsigned long long)c->h);
+        if (c->state == 3 && !strncmp(c->rx, want, strlen(want)) &&
+            sscanf(c->rx + strlen(want), "%d\n%n", &pid, &off) == 1 && off > 0 && c->rx[strlen(want) + off] == 0) {
             good++;
+            named++;
+            int k = 0;
+            while (k < npids && pids[k] != pid)
+                k++;
+            if (k == npids && npids < 64)
+                pids[npids++] = pid;
             continue;
         }
         if (c->state == 3) {
             char *nl = strchr(c->rx, '\n');
             if (nl)
                 *nl = 0;
-            snprintf(c->why, sizeof c->why, "reply '%s' != expected count=%zu fnv=%016llx", c->rx, c->plen,
-                     (unsigned long long)c->h);
+            if (strstr(c->rx, " id=MISMATCH"))
+                snprintf(c->why, sizeof c->why, "paired with another peer: client getsockname=%s, server says '%s'",
+                         c->self, c->rx);
+            else
+                snprintf(c->why, sizeof c->why, "reply '%s' != expected count=%zu fnv=%016llx id=ok pid=P", c->rx,
+                         c->plen, (unsigned long long)c->h);
         }
         if (shown++ < 5)
             FAILX("concurrent-conn", "#%d: %s", i, c->why[0] ? c->why : "unfinished");
@@ -1571,10 +1642,18 @@ static void t_concurrent(const struct target *t)
         free(cs[i].tx);
     free(cs);
     close(ep);
-    if (good == NCONC)
+    /* A non-blocking TCP connect() never completes inside the call (see t_nbconnect). */
+    if (good == NCONC && immediate == 0)
         OK("concurrent", "%d/%d (connect: %d EINPROGRESS, %d immediate)", good, NCONC, inprog, immediate);
     else
-        FAILX("concurrent", "%d/%d (connect: %d EINPROGRESS, %d immediate)", good, NCONC, inprog, immediate);
+        FAILX("concurrent", "%d/%d (connect: %d EINPROGRESS, %d immediate; want all EINPROGRESS)", good, NCONC, inprog,
+              immediate);
+    if (named == NCONC)
+        OK("concurrent-identity", "%d/%d accepted as exactly their client's getsockname(); processes=%d", named, NCONC,
+           npids);
+    else
+        FAILX("concurrent-identity", "%d/%d accepted as exactly their client's getsockname(); processes=%d", named,
+              NCONC, npids);
 }
 
 static void t_fork(const struct target *t)
