@@ -35,6 +35,9 @@ constexpr int64_t kUnannouncedGraceMs = 3000;
 constexpr int64_t kAnnouncementTtlMs = 30000;  // > libfsocket's prefetched-socket lifetime (5 s)
 constexpr size_t kMaxQueued = 4096;
 constexpr size_t kMaxParked = 4096;
+// Announcements waiting for a listener or for room in its table: bounded, so that a peer
+// announcing for ports nobody listens on cannot grow the router without limit.
+constexpr size_t kMaxOverflow = 65536;
 constexpr size_t kRecent = 256;
 
 int64_t NowMs() {
@@ -306,6 +309,19 @@ bool ReadChannel(Listener* l) {
   }
 }
 
+void DropExpiredOverflow(int64_t now) {
+  for (auto it = overflow.begin(); it != overflow.end();)
+    it = it->second.expires <= now ? overflow.erase(it) : std::next(it);
+}
+
+// Keeps an announcement for later; false when the overflow is full even after expiry.
+bool KeepForLater(uint64_t key, const Identity& id, int64_t expires) {
+  if (overflow.size() >= kMaxOverflow) DropExpiredOverflow(NowMs());
+  if (overflow.size() >= kMaxOverflow && !overflow.count(key)) return false;
+  overflow[key] = Overflow{id, expires};
+  return true;
+}
+
 void Expire() {
   int64_t now = NowMs();
   for (auto it = parked.begin(); it != parked.end();) {
@@ -317,8 +333,7 @@ void Expire() {
       ++it;
     }
   }
-  for (auto it = overflow.begin(); it != overflow.end();)
-    it = it->second.expires <= now ? overflow.erase(it) : std::next(it);
+  DropExpiredOverflow(now);
   for (auto& [port, l] : listeners) ReapTable(l, now);
 }
 
@@ -403,10 +418,16 @@ Napi::Value RemoveListener(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
-// announce(buffer): whole ANNOUNCE records, back to back (as they arrive from a peer router or
-// as the local router makes them). Returns how many were taken; malformed records are skipped.
+// announce(buffer, senderIp): whole ANNOUNCE records, back to back (as they arrive from a peer
+// router or as the local router makes them). A record announces a connection from its
+// host_addr, so only records whose host_addr is the sender's own address are taken: a peer
+// cannot get connections from a third host admitted. Returns how many were taken; malformed
+// or foreign records are skipped.
 Napi::Value Announce(const Napi::CallbackInfo& info) {
   Napi::Buffer<uint8_t> buf = info[0].As<Napi::Buffer<uint8_t>>();
+  uint32_t sender;
+  if (info.Length() < 2 || !info[1].IsString() || inet_pton(AF_INET, info[1].As<Napi::String>().Utf8Value().c_str(), &sender) != 1)
+    return Napi::Number::New(info.Env(), 0);
   std::lock_guard<std::mutex> g(mu);
   size_t closed_before = closed_ports.size();
   size_t taken = 0;
@@ -417,9 +438,9 @@ Napi::Value Announce(const Napi::CallbackInfo& info) {
     if (m.magic != FF_WIRE_MAGIC || m.version != FF_WIRE_VERSION || m.type != FF_T_ANNOUNCE || m.payload_len) continue;
     uint32_t ip;
     memcpy(&ip, m.host_addr + 12, 4);
+    if (ip != sender) continue;
     uint64_t key = ff_admit_key(ip, m.host_port);
     Identity id = IdentityOf(m);
-    taken++;
     auto l = listeners.find(m.aux_port);
     auto p = parked.find(PortKey(key, m.aux_port));
     if (p != parked.end()) {
@@ -427,9 +448,10 @@ Napi::Value Announce(const Napi::CallbackInfo& info) {
       parked.erase(p);
       if (l != listeners.end()) Deliver(l->second, fd, id, key);
       else close(fd);
+      taken++;
       continue;
     }
-    if (l == listeners.end() || !Admit(l->second, key, id, expires)) overflow[PortKey(key, m.aux_port)] = Overflow{id, expires};
+    if ((l != listeners.end() && Admit(l->second, key, id, expires)) || KeepForLater(PortKey(key, m.aux_port), id, expires)) taken++;
   }
   if (closed_ports.size() != closed_before) on_closed.NonBlockingCall();
   return Napi::Number::New(info.Env(), double(taken));

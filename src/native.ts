@@ -23,7 +23,8 @@ export interface NativeApi {
     start(onClosed: () => void): void;
     addListener(chanFd: number, hostPort: number): number;
     removeListener(hostPort: number): void;
-    announce(records: Buffer): number;
+    /** Takes only records whose client host address is senderIp. */
+    announce(records: Buffer, senderIp: string): number;
     takeClosed(): number[];
     /** A same-host connection as an AF_UNIX pair: the listener's end goes to its accept channel
      * with this identity; returns the client's end, or -errno (-EAGAIN: listener queue full). */

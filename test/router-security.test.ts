@@ -4,9 +4,9 @@
 import t from 'tap';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
-import { Fallback, MsgType, Reply, MSG_SIZE, emptyMsg, encode } from '../src/protocol/codec.js';
+import { Fallback, Limits, MsgType, Reply, MSG_SIZE, emptyMsg, encode, ipv4ToWire } from '../src/protocol/codec.js';
 import { native } from '../src/native.js';
-import { EDGE, ROOT, Testbed, overlayIp } from './lib/testbed.js';
+import { EDGE, ROOT, Testbed, hostIp, overlayIp } from './lib/testbed.js';
 import { rawRequest, request } from './lib/raw-request.js';
 
 const tb = await Testbed.up(t);
@@ -121,7 +121,8 @@ t.test('malformed requests get a clear refusal and never take the router down', 
   // A storm of random garbage on many connections.
   for (let i = 0; i < 300; i++) await rawRequest(sock('h1'), randomBytes(1 + Math.floor(Math.random() * 300)), [], 1000).catch(() => {});
   // Garbage on the router-to-router port too.
-  const junk = await tb.run('h2', ['python3', '-c', 'import socket,os; s=socket.create_connection(("192.168.77.1",7471)); s.sendall(os.urandom(5000)); s.close()']);
+  // From a privileged port, as a router dials, so that the junk reaches the frame parser.
+  const junk = await tb.run('h2', ['python3', '-c', 'import socket,os; s=socket.create_connection(("192.168.77.1",7471), source_address=("192.168.77.2",702)); s.sendall(os.urandom(5000)); s.close()']);
   t.equal(junk.code, 0, 'sent junk to the peer port');
   const s = await tb.status('h1');
   t.ok(s.pid, 'router h1 still answers');
@@ -134,4 +135,79 @@ t.test('malformed requests get a clear refusal and never take the router down', 
   t.equal(e.code, 0, 'an accelerated connection still works after the abuse');
   t.ok(((await tb.status('h1')).counters['connect:host-network'] ?? 0) >= 1, 'and took the host path');
   await tb.stop(srv);
+});
+
+// Dials a router's peer port as a forger would: sends wire frames (hex), then dials a host
+// endpoint from the source address and port those frames announced, and says what it got.
+const FORGER = `
+import socket, sys, time
+peer, src, src_port, frames, ep_ip, ep_port, fwd_src, fwd_port = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5], int(sys.argv[6]), sys.argv[7], int(sys.argv[8])
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind((src, src_port))
+s.connect((peer, ${Limits.PEER_PORT})); s.sendall(bytes.fromhex(frames)); time.sleep(0.5)
+c = socket.socket(); c.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); c.bind((fwd_src, fwd_port)); c.settimeout(3)
+c.connect((ep_ip, ep_port)); c.sendall(b"forged")
+try:
+    d = c.recv(100); print("GOT", repr(d))
+except Exception as e: print("ERR", type(e).__name__)
+s.settimeout(0.5)
+try: print("PEER", "closed" if s.recv(1) == b"" else "open")
+except socket.timeout: print("PEER open")
+except OSError: print("PEER closed")
+`;
+
+t.test('only routers speak as routers: --peers addresses, privileged source ports, records for their own host', async (t) => {
+  const srv = tb.start('c21', ['python3', '-c', SERVER, '7206'], { preload: true });
+  await srv.waitFor(/listening/);
+  await tb.waitListener('h1', overlayIp('c21'), 7206);
+  const entry = (await tb.status('h2')).directory.find((d: any) => d.overlayIp === overlayIp('c21') && d.port === 7206);
+  // A second address on h1's host link: a host that is not in the routers' --peers.
+  const stranger = '192.168.77.50';
+  t.equal((await tb.run('h1', ['ip', 'addr', 'add', `${stranger}/24`, 'dev', 'phy0'])).code, 0, 'stranger address added');
+  // What a forger sends: an announcement that its next connection is c11's, and a listener.
+  const frames = (from: string, fwdPort: number, listenerHost: string) => {
+    const a = emptyMsg(MsgType.ANNOUNCE);
+    a.host_addr = ipv4ToWire(from);
+    a.host_port = fwdPort;
+    a.aux_port = entry.hostPort;
+    a.local_addr = ipv4ToWire(overlayIp('c11'));
+    a.local_port = fwdPort;
+    a.remote_addr = ipv4ToWire(overlayIp('c21'));
+    a.remote_port = 7206;
+    const l = emptyMsg(MsgType.LISTEN_ADD);
+    l.local_addr = ipv4ToWire('10.244.2.99');
+    l.local_port = 7207;
+    l.host_addr = ipv4ToWire(listenerHost);
+    l.host_port = 40999;
+    return Buffer.concat([encode(a), encode(l)]).toString('hex');
+  };
+  const forge = (asUser: boolean, src: string, srcPort: number, announcedFrom: string, fwdFrom: string, fwdPort: number, listenerHost: string) =>
+    tb.run('h1', [...(asUser ? ['setpriv', '--reuid=65534', '--regid=65534', '--clear-groups', '/usr/bin/python3'] : ['python3']), '-c', FORGER, hostIp('h2'), src, String(srcPort),
+      frames(announcedFrom, fwdPort, listenerHost), hostIp('h2'), String(entry.hostPort), fwdFrom, String(fwdPort)], { timeoutMs: 20_000 });
+  const forged = () => (tb.status('h2') as Promise<any>).then((s) => s.directory.some((d: any) => d.overlayIp === '10.244.2.99'));
+
+  const user = await forge(true, hostIp('h1'), 0, hostIp('h1'), hostIp('h1'), 40001, hostIp('h1'));
+  t.match(user.stdout, /GOT b''|ERR/, `an unprivileged process on a peer host is not admitted (${user.stdout.trim()}${user.stderr.trim()})`);
+  t.match(user.stdout, /PEER closed/, 'and its peer connection is dropped');
+  t.match(tb.routerOutput('h2'), /refused peer connection from an unprivileged port/, 'router says why');
+
+  const outsider = await forge(false, stranger, 703, stranger, stranger, 40002, stranger);
+  t.match(outsider.stdout, /GOT b''|ERR/, `root on an address outside --peers is not admitted (${outsider.stdout.trim()})`);
+  t.match(tb.routerOutput('h2'), /refused peer connection from an address not in --peers/, 'router says why');
+
+  // A peer (root, privileged port) announcing a connection from another host, and a listener there.
+  const foreign = await forge(false, hostIp('h1'), 704, stranger, stranger, 40003, stranger);
+  t.match(foreign.stdout, /GOT b''|ERR/, `a peer cannot get another host's connection admitted (${foreign.stdout.trim()})`);
+  t.match(foreign.stdout, /PEER closed/, 'a listener record for another host drops the peer connection');
+  t.notOk(await forged(), 'no forged listener in the directory');
+  t.notMatch(srv.output(), /ACCEPTED/, 'the container saw none of those connections');
+
+  // Control: the same frames from a peer for its own host are honoured (root on a peer host is
+  // trusted, docs/design.md), so the refusals above are the checks' doing, not a broken forger.
+  const peer = await forge(false, hostIp('h1'), 705, hostIp('h1'), hostIp('h1'), 40004, hostIp('h1'));
+  t.match(peer.stdout, /GOT b'forged'/, 'a real peer\'s announcement admits its connection');
+  await srv.waitFor(new RegExp(`ACCEPTED ${overlayIp('c11').replace(/\./g, '\\.')} 40004`));
+  t.match(peer.stdout, /PEER open/, 'and its connection stays up');
+  await tb.run('h1', ['ip', 'addr', 'del', `${stranger}/24`, 'dev', 'phy0']);
+  await tb.stop(srv);
+  await tb.waitPeers();
 });

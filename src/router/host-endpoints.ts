@@ -39,9 +39,10 @@ export class HostEndpoints {
   }
 
   /** Announcement records (wire format, back to back): made by this router for same-host
-   * connections, or received from a peer router. */
-  expect(records: Buffer): void {
-    native.acceptor.announce(records);
+   * connections, or received from the peer router at senderIp. Each record names the host its
+   * connection comes from; only the sender's own are taken. */
+  expect(records: Buffer, senderIp: string): void {
+    native.acceptor.announce(records, senderIp);
   }
 
   list(): EndpointInfo[] {

@@ -3,6 +3,12 @@
 // sends its own listeners and announcements on the connection it opens to each peer, and
 // receives the peers' on the connections they open to it. A peer that goes away takes its
 // listeners with it; reconnecting resends the full local state.
+//
+// Who counts as a peer (docs/design.md, "Router to router"): a connection from one of the
+// `--peers` addresses and from a privileged source port (below 1024, which only root or
+// CAP_NET_BIND_SERVICE can bind), so an unprivileged process on a peer host cannot feed the
+// directory or announce connections; and a peer speaks only for its own host: listener
+// records and announcements naming another host are ignored.
 import net from 'node:net';
 import type { Logger } from '../log.js';
 import { decode, emptyMsg, encode, FIELD_LAYOUT, ipv4ToWire, MSG_SIZE, MsgType, OFFSET, wireToIpv4, type WireMsg } from '../protocol/codec.js';
@@ -10,13 +16,17 @@ import { listenerKey, type AnnouncementBatch, type AnnouncementChannel, type Dir
 
 const RECONNECT_MS = 500;
 const MAX_FRAME = MSG_SIZE + 65536;
+/** Routers dial their peers from a port in this range; peers accept nothing from above it. */
+export const PEER_SOURCE_PORTS = { first: 512, last: 1023 } as const;
+const SOURCE_PORT_TRIES = 16; // then wait RECONNECT_MS: the range is busy
+/** Unsent bytes to a peer beyond which it counts as unreachable (connects use the overlay). */
+const MAX_PEER_BACKLOG = 16 << 20;
 
 export interface PeerMeshOptions {
   hostIp: string;
   port: number;
+  /** The other routers' host addresses: dialled, and the only ones accepted. */
   peers: string[];
-  /** Accept inbound peer connections only from these addresses (the host network). */
-  isTrustedPeer: (ip: string) => boolean;
   log: Logger;
 }
 
@@ -25,6 +35,11 @@ interface Outbound {
   socket?: net.Socket;
   connected: boolean;
   timer?: NodeJS.Timeout;
+  portTries: number; // source ports found busy in a row
+}
+
+function randomSourcePort(): number {
+  return PEER_SOURCE_PORTS.first + Math.floor(Math.random() * (PEER_SOURCE_PORTS.last - PEER_SOURCE_PORTS.first + 1));
 }
 
 export function recordToMsg(type: number, rec: ListenerRecord): WireMsg {
@@ -109,7 +124,7 @@ export class PeerMesh implements Directory, AnnouncementChannel {
   private readonly remote = new Map<string, ListenerRecord>();
   private readonly outbound = new Map<string, Outbound>();
   private readonly inbound = new Set<net.Socket>();
-  private announcementHandler: (records: Buffer) => void = () => {};
+  private announcementHandler: (records: Buffer, fromIp: string) => void = () => {};
   private server?: net.Server;
   private closed = false;
 
@@ -122,7 +137,7 @@ export class PeerMesh implements Directory, AnnouncementChannel {
       this.server!.listen(this.opts.port, this.opts.hostIp, () => resolve());
     });
     this.server.on('error', (err) => this.opts.log.error({ err }, 'peer listener error'));
-    for (const ip of this.opts.peers) if (ip !== this.opts.hostIp) this.connectPeer({ ip, connected: false });
+    for (const ip of this.opts.peers) if (ip !== this.opts.hostIp) this.connectPeer({ ip, connected: false, portTries: 0 });
   }
 
   close(): void {
@@ -163,11 +178,14 @@ export class PeerMesh implements Directory, AnnouncementChannel {
   announce(hostIp: string, records: Buffer): boolean {
     const o = this.outbound.get(hostIp);
     if (!o?.connected || !o.socket) return false;
+    // A peer that stopped reading (hung, or its host overloaded) must not grow this router
+    // without bound: past the limit its listeners are reached over the overlay until it drains.
+    if (o.socket.writableLength > MAX_PEER_BACKLOG) return false;
     o.socket.write(records);
     return true;
   }
 
-  onAnnouncements(handler: (records: Buffer) => void): void {
+  onAnnouncements(handler: (records: Buffer, fromIp: string) => void): void {
     this.announcementHandler = handler;
   }
 
@@ -177,11 +195,13 @@ export class PeerMesh implements Directory, AnnouncementChannel {
 
   private connectPeer(o: Outbound): void {
     this.outbound.set(o.ip, o);
-    const s = net.connect({ host: o.ip, port: this.opts.port, localAddress: this.opts.hostIp });
+    const s = net.connect({ host: o.ip, port: this.opts.port, localAddress: this.opts.hostIp, localPort: randomSourcePort() });
     o.socket = s;
     s.setNoDelay(true);
+    let sourcePortBusy = false;
     s.on('connect', () => {
       o.connected = true;
+      o.portTries = 0;
       this.opts.log.info({ peer: o.ip }, 'connected to peer router');
       const hello = emptyMsg(MsgType.PEER_HELLO);
       hello.host_addr = ipv4ToWire(this.opts.hostIp);
@@ -189,18 +209,27 @@ export class PeerMesh implements Directory, AnnouncementChannel {
       for (const rec of this.local.values()) s.write(encode(recordToMsg(MsgType.LISTEN_ADD, rec)));
     });
     s.on('data', () => {}); // peers send us nothing on this connection
-    s.on('error', () => {});
+    s.on('error', (err: NodeJS.ErrnoException) => {
+      sourcePortBusy = err.code === 'EADDRINUSE' || err.code === 'EADDRNOTAVAIL';
+      if (err.code === 'EACCES') this.opts.log.error({ peer: o.ip }, `cannot dial peers from a privileged port (${PEER_SOURCE_PORTS.first}-${PEER_SOURCE_PORTS.last}): run the router as root or with CAP_NET_BIND_SERVICE`);
+    });
     s.on('close', () => {
       if (o.connected) this.opts.log.warn({ peer: o.ip }, 'lost peer router');
       o.connected = false;
-      if (!this.closed) o.timer = setTimeout(() => this.connectPeer(o), RECONNECT_MS);
+      if (this.closed) return;
+      // A busy source port: try another one now; anything else: the peer is not there yet.
+      const retryNow = sourcePortBusy && ++o.portTries < SOURCE_PORT_TRIES;
+      if (!retryNow) o.portTries = 0;
+      o.timer = setTimeout(() => this.connectPeer(o), retryNow ? 0 : RECONNECT_MS);
     });
   }
 
   private acceptPeer(s: net.Socket): void {
     const ip = (s.remoteAddress ?? '').replace(/^::ffff:/, '');
-    if (!this.opts.isTrustedPeer(ip)) {
-      this.opts.log.warn({ from: ip }, 'refused peer connection from outside the host network');
+    const port = s.remotePort ?? 65535;
+    if (!this.opts.peers.includes(ip) || port > PEER_SOURCE_PORTS.last) {
+      const why = this.opts.peers.includes(ip) ? 'from an unprivileged port (not a router)' : 'from an address not in --peers';
+      this.opts.log.warn({ from: `${ip}:${port}` }, `refused peer connection ${why}`);
       s.destroy();
       return;
     }
@@ -209,7 +238,7 @@ export class PeerMesh implements Directory, AnnouncementChannel {
     const reader = new FrameReader();
     s.on('data', (chunk) => {
       try {
-        reader.push(chunk, (m) => this.onPeerMessage(m, learned), (records) => this.announcementHandler(records));
+        reader.push(chunk, (m) => this.onPeerMessage(m, ip, learned), (records) => this.announcementHandler(records, ip));
       } catch (err) {
         this.opts.log.warn({ peer: ip, err: (err as Error).message }, 'malformed peer message; dropping connection');
         s.destroy();
@@ -222,10 +251,11 @@ export class PeerMesh implements Directory, AnnouncementChannel {
     });
   }
 
-  private onPeerMessage(m: WireMsg, learned: Set<string>): void {
+  private onPeerMessage(m: WireMsg, fromIp: string, learned: Set<string>): void {
     if (m.type === MsgType.LISTEN_ADD || m.type === MsgType.LISTEN_DEL) {
       const rec = msgToRecord(m);
       if (!rec) throw new Error('bad listener record');
+      if (rec.hostIp !== fromIp) throw new Error(`listener record for host ${rec.hostIp}`); // a peer speaks for its own host only
       const key = listenerKey(rec.overlayIp, rec.port);
       if (m.type === MsgType.LISTEN_ADD) {
         this.remote.set(key, rec);

@@ -99,7 +99,7 @@ export class RequestDispatcher implements RequestHandler {
       socks.ports,
     );
     const sameHost = rec.hostIp === this.ctx.hostIp;
-    if (sameHost) this.ctx.endpoints.expect(records);
+    if (sameHost) this.ctx.endpoints.expect(records, this.ctx.hostIp);
     else if (!this.ctx.announcer.announce(rec.hostIp, records)) {
       native.closeAll(socks.fds);
       return fall(Fallback.NO_LISTENER, `router at ${rec.hostIp} unreachable`);

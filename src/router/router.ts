@@ -16,7 +16,6 @@ export interface RouterOptions {
   hostIp: string;
   peers: string[];
   peerPort: number;
-  isTrustedPeer: (ip: string) => boolean;
   log: Logger;
 }
 
@@ -36,9 +35,9 @@ export class Router {
 
   constructor(private readonly opts: RouterOptions) {
     this.path = socketPath(opts.socketDir, opts.name);
-    this.mesh = new PeerMesh({ hostIp: opts.hostIp, port: opts.peerPort, peers: opts.peers, isTrustedPeer: opts.isTrustedPeer, log: opts.log });
+    this.mesh = new PeerMesh({ hostIp: opts.hostIp, port: opts.peerPort, peers: opts.peers, log: opts.log });
     this.endpoints = new HostEndpoints(this.mesh, opts.log);
-    this.mesh.onAnnouncements((records) => this.endpoints.expect(records));
+    this.mesh.onAnnouncements((records, fromIp) => this.endpoints.expect(records, fromIp));
     this.dispatcher = new RequestDispatcher({
       hostIp: opts.hostIp,
       directory: this.mesh,
