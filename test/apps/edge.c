@@ -6,6 +6,7 @@
  *
  *   edge server <bind_ip> <port> [--workers N] [--v6] [--epoll-before-listen]
  *   edge client <server_ip> <port> <test>
+ *   edge client <server_ip> <port> timing N   (see t_timing)
  *
  * tests: nbconnect blocking names accept4 halfclose concurrent fork options tcpface all
  *
@@ -1709,6 +1710,98 @@ static void t_fork(const struct target *t)
         FAILX("fork", "child killed by signal %d", WIFSIGNALED(st) ? WTERMSIG(st) : -1);
 }
 
+/* timing N: how long connect() itself takes. N non-blocking connects (odd ones made
+ * non-blocking with SOCK_NONBLOCK, even ones with fcntl, some registered with epoll first), then
+ * one blocking connect; then every connection must complete (POLLOUT, SO_ERROR 0) and echo
+ * 100 kB. Not part of "all": the harness may stall the network or the remote router while the
+ * connects run, and then the blocking connect (only) waits until it is back. Lines:
+ *   time nonblock i=I us=U rc=R errno=E
+ *   ok|FAIL timing-nonblock n=N einprogress=K first_us=U max_us=U writable_at_once=W
+ *   time blocking us=U rc=R errno=E
+ *   ok|FAIL timing-blocking us=U
+ *   ok|FAIL timing-complete K/N (then the echo checks, one line each) */
+#define TIMING_MAX 64
+#define TIMING_ECHO 100000
+
+static const char *errno_name(int e)
+{
+    return e == 0 ? "0" : e == EINPROGRESS ? "EINPROGRESS" : e == ECONNREFUSED ? "ECONNREFUSED" : strerror(e);
+}
+
+static void t_timing(const struct target *t, int n)
+{
+    int fds[TIMING_MAX], ep = epoll_create1(EPOLL_CLOEXEC);
+    int64_t first = -1, worst = 0;
+    int inprog = 0, writable = 0;
+    struct timespec a, b;
+    if (n < 1 || n > TIMING_MAX || ep < 0) {
+        FAILX("timing", "bad count %d (1..%d) or epoll_create1 failed", n, TIMING_MAX);
+        if (ep >= 0)
+            close(ep);
+        return;
+    }
+    for (int i = 0; i < n; i++) {
+        fds[i] = socket(t->ss.ss_family, SOCK_STREAM | (i % 2 ? SOCK_NONBLOCK : 0), 0);
+        if (fds[i] < 0 || (i % 2 == 0 && fcntl(fds[i], F_SETFL, fcntl(fds[i], F_GETFL) | O_NONBLOCK) < 0)) {
+            FAILX("timing", "socket/fcntl errno=%d(%s)", ERRS);
+            n = i + (fds[i] >= 0);
+            break;
+        }
+        if (i % 4 == 0) { /* as an event loop does: registered before connect() */
+            struct epoll_event ev = {.events = EPOLLOUT, .data.fd = fds[i]};
+            epoll_ctl(ep, EPOLL_CTL_ADD, fds[i], &ev);
+        }
+        clock_gettime(CLOCK_MONOTONIC, &a);
+        int rc = connect(fds[i], (const struct sockaddr *)&t->ss, t->len), e = rc < 0 ? errno : 0;
+        clock_gettime(CLOCK_MONOTONIC, &b);
+        int64_t us = (b.tv_sec - a.tv_sec) * 1000000LL + (b.tv_nsec - a.tv_nsec) / 1000;
+        if (first < 0)
+            first = us;
+        if (us > worst)
+            worst = us;
+        inprog += rc < 0 && e == EINPROGRESS;
+        printf("time nonblock i=%d us=%lld rc=%d errno=%s\n", i, (long long)us, rc, errno_name(e));
+    }
+    for (int i = 0; i < n; i++) /* still connecting, unless the handshake is already done */
+        writable += (wait_fd(fds[i], POLLOUT, 0) & POLLOUT) != 0;
+    report(inprog == n, "timing-nonblock", "n=%d einprogress=%d first_us=%lld max_us=%lld writable_at_once=%d", n, inprog,
+           (long long)first, (long long)worst, writable);
+
+    clock_gettime(CLOCK_MONOTONIC, &a);
+    int bfd = socket(t->ss.ss_family, SOCK_STREAM, 0);
+    int rc = bfd < 0 ? -1 : connect(bfd, (const struct sockaddr *)&t->ss, t->len), e = rc < 0 ? errno : 0;
+    clock_gettime(CLOCK_MONOTONIC, &b);
+    int64_t bus = (b.tv_sec - a.tv_sec) * 1000000LL + (b.tv_nsec - a.tv_nsec) / 1000;
+    printf("time blocking us=%lld rc=%d errno=%s\n", (long long)bus, rc, errno_name(e));
+    report(rc == 0, "timing-blocking", "us=%lld", (long long)bus);
+
+    int done = 0;
+    int64_t deadline = now_ms() + 15000;
+    for (int i = 0; i < n; i++) {
+        int left = (int)(deadline - now_ms());
+        int r = wait_fd(fds[i], POLLOUT, left > 0 ? left : 0), se = -1;
+        socklen_t sl = sizeof se;
+        getsockopt(fds[i], SOL_SOCKET, SO_ERROR, &se, &sl);
+        if (r > 0 && (r & POLLOUT) && se == 0)
+            done++;
+        else
+            FAILX("timing-conn", "#%d: revents=0x%x SO_ERROR=%d(%s)", i, r > 0 ? r : 0, se, strerror(se));
+    }
+    report(done == n, "timing-complete", "%d/%d non-blocking connects completed with SO_ERROR 0", done, n);
+    char name[32];
+    for (int i = 0; i < n; i++) {
+        snprintf(name, sizeof name, "timing-echo-%d", i);
+        fcntl(fds[i], F_SETFL, fcntl(fds[i], F_GETFL) & ~O_NONBLOCK); /* blocking_echo's send_all */
+        blocking_echo(fds[i], name, TIMING_ECHO, 50 + (uint64_t)i);
+        close(fds[i]);
+    }
+    if (rc == 0)
+        blocking_echo(bfd, "timing-echo-blocking", TIMING_ECHO, 49);
+    if (bfd >= 0)
+        close(bfd);
+    close(ep);
+}
+
 struct test {
     const char *name;
     void (*fn)(const struct target *);
@@ -1722,6 +1815,19 @@ static const struct test tests[] = {
 
 static int run_client(int argc, char **argv)
 {
+    if (argc == 4 && !strcmp(argv[2], "timing")) {
+        struct target t;
+        int port = atoi(argv[1]);
+        if (port <= 0 || port > 65535 || parse_addr(argv[0], port, &t.ss, &t.len) < 0)
+            return 2;
+        fmt_addr((struct sockaddr *)&t.ss, t.len, t.str, sizeof t.str);
+        signal(SIGPIPE, SIG_IGN);
+        signal(SIGALRM, on_alarm);
+        g_test = "timing";
+        alarm(60);
+        t_timing(&t, atoi(argv[3]));
+        return g_fail ? 1 : 0;
+    }
     if (argc != 3) {
         fprintf(stderr, "usage: edge client <server_ip> <port> <test>\n"
                         "tests: nbconnect blocking names accept4 halfclose concurrent fork options tcpface all\n");

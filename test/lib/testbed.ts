@@ -161,6 +161,43 @@ export class Testbed {
     this.routers.delete(host);
   }
 
+  /** Freezes the router on `host` (SIGSTOP to its process group): its sockets stay open but it
+   * answers nothing, like a hung or descheduled router. Undo with resumeRouter (teardown's
+   * SIGKILL also ends a frozen router). */
+  pauseRouter(host: string): void {
+    this.signalRouter(host, 'SIGSTOP');
+  }
+
+  resumeRouter(host: string): void {
+    this.signalRouter(host, 'SIGCONT');
+  }
+
+  private signalRouter(host: string, sig: NodeJS.Signals): void {
+    const pid = this.routers.get(host)?.proc.pid;
+    if (pid === undefined) throw new Error(`no router started on ${host}`);
+    process.kill(-pid, sig);
+  }
+
+  /** Black-holes the underlay from host `from` to host `to` (VXLAN included): `from` gets a
+   * permanent neighbour entry with a MAC address nobody has, so its packets to `to` leave and
+   * are dropped, with no error anywhere (no tc/netfilter needed). Returns the undo, which puts
+   * back `to`'s real address; safe to call twice. */
+  async stallUnderlay(from: string, to: string): Promise<() => Promise<void>> {
+    const mac = (await this.run(to, ['cat', '/sys/class/net/phy0/address'])).stdout.trim();
+    if (!/^([0-9a-f]{2}:){5}[0-9a-f]{2}$/.test(mac)) throw new Error(`no phy0 MAC address on ${to}: ${mac}`);
+    const neigh = async (lladdr: string, nud: string) => {
+      const r = await this.run(from, ['ip', 'neigh', 'replace', hostIp(to), 'lladdr', lladdr, 'dev', 'phy0', 'nud', nud]);
+      if (r.code !== 0) throw new Error(`ip neigh replace on ${from}: ${r.stderr}`);
+    };
+    await neigh('02:00:00:00:00:01', 'permanent');
+    let undone = false;
+    return async () => {
+      if (undone) return;
+      undone = true;
+      await neigh(mac, 'reachable');
+    };
+  }
+
   routerOutput(host: string): string {
     return this.routers.get(host)?.output() ?? '';
   }
