@@ -101,6 +101,7 @@ export const FALLBACK = {
   NOT_OWNER: 2, // the overlay address is not in the caller's network namespace
   BAD_REQUEST: 3,
   INTERNAL: 4,
+  LIMIT: 5, // a per-client limit of the router is reached (e.g. accelerated listeners)
 };
 
 // Fixed payload records, emitted as C structs and TS layouts: [name, C type, byte size].

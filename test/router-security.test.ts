@@ -4,6 +4,7 @@
 import t from 'tap';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
+import { MAX_LISTENERS_PER_CLIENT } from '../src/router/requests.js';
 import { Fallback, Limits, MsgType, Reply, MSG_SIZE, emptyMsg, encode, ipv4ToWire } from '../src/protocol/codec.js';
 import { native } from '../src/native.js';
 import { EDGE, ROOT, Testbed, hostIp, overlayIp } from './lib/testbed.js';
@@ -210,4 +211,24 @@ t.test('only routers speak as routers: --peers addresses, privileged source port
   await tb.run('h1', ['ip', 'addr', 'del', `${stranger}/24`, 'dev', 'phy0']);
   await tb.stop(srv);
   await tb.waitPeers();
+});
+
+t.test('one client cannot make the router hold unlimited listeners', async (t) => {
+  const script = join(ROOT, 'test/lib/listen-many.ts');
+  const extra = 8;
+  const r = await tb.run('c11', ['node', '--import', 'tsx', script, sock('h1'), overlayIp('c11'), '20000', String(MAX_LISTENERS_PER_CLIENT + extra)], {
+    env: { NODE_PATH: join(ROOT, 'node_modules') },
+    timeoutMs: 120_000,
+  });
+  const out = JSON.parse(r.stdout.trim() || '{}');
+  t.same(out.tally, { [`status${Reply.ACCEL}/flags0`]: MAX_LISTENERS_PER_CLIENT, [`status${Reply.FALLBACK}/flags${Fallback.LIMIT}`]: extra }, `${MAX_LISTENERS_PER_CLIENT} accelerated, the rest refused with LIMIT (${r.stderr.trim().slice(-200)})`);
+  t.match(tb.routerOutput('h1'), /too many accelerated listeners for one client/, 'router says why');
+  // Its listeners go when its channels close.
+  const deadline = Date.now() + 10_000;
+  let s = await tb.status('h1');
+  while (s.listenersTotal > 0 && Date.now() < deadline) {
+    await new Promise((res) => setTimeout(res, 200));
+    s = await tb.status('h1');
+  }
+  t.equal(s.listenersTotal, 0, 'all released when the client exits');
 });

@@ -15,7 +15,16 @@ const common = {
 
 function splitList(v: unknown): string[] {
   const items = Array.isArray(v) ? v : v === undefined ? [] : [v];
-  return items.flatMap((x) => String(x).split(',')).map((s) => s.trim()).filter(Boolean);
+  return items.flatMap((x) => String(x).split(/[\s,]+/)).filter(Boolean);
+}
+
+/** yargs coerce for numeric options: a clear error instead of NaN reaching the router. */
+function integerIn(name: string, min: number, max: number) {
+  return (v: unknown): number => {
+    const n = Number(v);
+    if (!Number.isInteger(n) || n < min || n > max) throw new Error(`--${name} must be an integer from ${min} to ${max}${Number.isNaN(n) ? '' : `, not ${n}`}`);
+    return n;
+  };
 }
 
 await yargs(hideBin(process.argv))
@@ -28,10 +37,10 @@ await yargs(hideBin(process.argv))
       y.options({
         ...common,
         'host-ip-prefix': { type: 'string', default: process.env.HOST_IP_PREFIX, describe: 'host network prefix; picks this host\'s address (env HOST_IP_PREFIX)', demandOption: !process.env.HOST_IP_PREFIX },
-        peers: { type: 'string', array: true, default: splitList(process.env.FFR_PEERS), describe: 'host addresses of the other routers, comma or space separated (env FFR_PEERS)' },
-        'peer-port': { type: 'number', default: Limits.PEER_PORT, describe: 'TCP port for router-to-router messages (RDMA engines use the next port)' },
+        peers: { type: 'string', array: true, default: splitList(process.env.FFR_PEERS), describe: 'host addresses of the other routers, comma or space separated (env FFR_PEERS); only these may connect as peers' },
+        'peer-port': { type: 'number', default: Limits.PEER_PORT, coerce: integerIn('peer-port', 1, 65534), describe: 'TCP port for router-to-router messages (RDMA engines use the next port); routers dial it from a privileged source port (512-1023)' },
         'log-level': { type: 'string', default: process.env.FFR_LOG_LEVEL || 'info', choices: ['debug', 'info', 'warn', 'error'], describe: 'JSON log verbosity on stderr (env FFR_LOG_LEVEL)' },
-        'rdma-rate-limit': { type: 'number', default: Number(process.env.FFR_RDMA_RATE_LIMIT || 0), describe: 'RDMA mode: bytes per second each container may send (0 = unlimited; env FFR_RDMA_RATE_LIMIT)' },
+        'rdma-rate-limit': { type: 'number', default: process.env.FFR_RDMA_RATE_LIMIT || 0, coerce: integerIn('rdma-rate-limit', 0, Number.MAX_SAFE_INTEGER), describe: 'RDMA mode: bytes per second each container may send (0 = unlimited; env FFR_RDMA_RATE_LIMIT)' },
       })
         .epilog(
           'RDMA engine tuning (environment, see docs/rdma.md): FFR_RDMA_SPIN_NS spin after work (default 0 below 4 CPUs, else 20000), ' +
@@ -52,7 +61,6 @@ await yargs(hideBin(process.argv))
         hostIp,
         peers,
         peerPort: argv['peer-port'],
-        isTrustedPeer: (ip) => inPrefix(ip, prefix),
         log,
       });
       router.addExtension(createRdmaExtension({ log, rateLimit: argv['rdma-rate-limit'], hostIp, peers, port: argv['peer-port'] + 1 }));

@@ -18,7 +18,7 @@ export function fetchStatus(path: string, timeoutMs = 3000): Promise<any> {
     };
     const timer = setTimeout(() => done(new Error(`router at ${path} did not answer`)), timeoutMs);
     const watch = native.watch(fd, READABLE, () => {
-      const r = native.recvMsg(fd, MSG_SIZE + 1 << 20);
+      const r = native.recvMsg(fd, MSG_SIZE + (1 << 20));
       if (typeof r === 'number') return done(new Error(`router closed the connection (${r})`));
       const m = decode(r.data);
       if (m.type !== MsgType.REPLY || m.status !== Reply.ACCEL) return done(new Error('router refused the status request'));
@@ -54,8 +54,10 @@ export function formatStatus(s: any): string {
   lines.push(`clients: ${s.clients}   pairing: ${s.pairing.announced} announced, ${s.pairing.parked} waiting`);
   lines.push('listeners (this host):');
   for (const l of s.listeners) lines.push(`  ${l.overlay.join(' ')}  ->  host ${l.host}`);
-  lines.push(`directory: ${s.directory.length} entries`);
+  if (s.listenersTotal > s.listeners.length) lines.push(`  ... and ${s.listenersTotal - s.listeners.length} more`);
+  lines.push(`directory: ${s.directoryTotal ?? s.directory.length} entries`);
   for (const d of s.directory) lines.push(`  ${d.overlayIp}:${d.port}  ->  ${d.hostIp}:${d.hostPort}`);
+  if (s.directoryTotal > s.directory.length) lines.push(`  ... and ${s.directoryTotal - s.directory.length} more`);
   lines.push('counters: ' + (Object.entries(s.counters).map(([k, v]) => `${k}=${v}`).join(' ') || 'none'));
   lines.push('recent connections (newest last):');
   for (const c of s.connections.slice(-20))

@@ -10,6 +10,7 @@ import type { Directory, ListenerRecord } from './directory.js';
 export interface EndpointInfo {
   hostPort: number;
   records: ListenerRecord[];
+  owner: object; // the client session that asked for it (for its per-client limit)
 }
 
 export interface AcceptStats {
@@ -30,10 +31,10 @@ export class HostEndpoints {
 
   /** chanFd now belongs to the acceptor; records go into the directory. Returns the admission
    * table's memfd for the application (the caller closes it), or -errno (chanFd is closed). */
-  add(chanFd: number, hostPort: number, records: ListenerRecord[]): number {
+  add(chanFd: number, hostPort: number, records: ListenerRecord[], owner: object): number {
     const table = native.acceptor.addListener(chanFd, hostPort);
     if (table < 0) return table;
-    this.byPort.set(hostPort, { hostPort, records });
+    this.byPort.set(hostPort, { hostPort, records, owner });
     for (const r of records) this.directory.publish(r);
     return table;
   }
@@ -47,6 +48,12 @@ export class HostEndpoints {
 
   list(): EndpointInfo[] {
     return [...this.byPort.values()];
+  }
+
+  countOwnedBy(owner: object): number {
+    let n = 0;
+    for (const e of this.byPort.values()) if (e.owner === owner) n++;
+    return n;
   }
 
   stats(): AcceptStats {

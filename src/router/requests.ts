@@ -21,6 +21,9 @@ export interface RequestContext {
 }
 
 const HOST_BACKLOG = 4096;
+/** Accelerated listeners one client connection (process) may hold: each costs the router a
+ * host listener, an accept channel and a 256 KiB admission table. Beyond it: plain overlay. */
+export const MAX_LISTENERS_PER_CLIENT = 1024;
 
 /** A feature served on the same FreeFlow socket with its own message types (RDMA mode). */
 export interface RouterExtension {
@@ -151,6 +154,10 @@ export class RequestDispatcher implements RequestHandler {
       return fallback(Fallback.NOT_OWNER);
     }
     if (!overlayIps.length) return fallback(Fallback.NOT_OWNER);
+    if (this.ctx.endpoints.countOwnedBy(session) >= MAX_LISTENERS_PER_CLIENT) {
+      this.ctx.log.warn({ pid: session.pid, port: msg.local_port, limit: MAX_LISTENERS_PER_CLIENT }, 'too many accelerated listeners for one client; this one stays on the overlay');
+      return fallback(Fallback.LIMIT);
+    }
 
     const l = native.tcpListen(this.ctx.hostIp, 0, HOST_BACKLOG);
     if (typeof l === 'number') return fallback(Fallback.INTERNAL);
@@ -161,7 +168,7 @@ export class RequestDispatcher implements RequestHandler {
     }
     const [routerEnd, appEnd] = pair;
     const records: ListenerRecord[] = overlayIps.map((o) => ({ overlayIp: o, port: msg.local_port, hostIp: this.ctx.hostIp, hostPort: l.port }));
-    const table = this.ctx.endpoints.add(routerEnd, l.port, records);
+    const table = this.ctx.endpoints.add(routerEnd, l.port, records, session);
     if (table < 0) {
       native.close(l.fd);
       native.close(appEnd);

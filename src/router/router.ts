@@ -19,6 +19,10 @@ export interface RouterOptions {
   log: Logger;
 }
 
+/** Entries of each list in a STATUS reply: the reply is one SEQPACKET message, which must fit
+ * the socket's send buffer (~200 KiB by default); the totals are reported beside them. */
+const STATUS_LIST_MAX = 500;
+
 export function socketPath(dir: string, name: string): string {
   return join(dir, `${name}.sock`);
 }
@@ -78,6 +82,8 @@ export class Router {
 
   status(): unknown {
     const accepts = this.endpoints.stats();
+    const listeners = this.endpoints.list();
+    const directory = this.mesh.entries();
     const acceptRecords = accepts.recent.map((r) => ({ at: new Date(r.atMs).toISOString(), role: 'accept', path: 'host-network', src: r.src, dst: r.dst, host: r.host }));
     return {
       name: this.opts.name,
@@ -86,8 +92,10 @@ export class Router {
       pid: process.pid,
       peers: this.mesh.peerStates(),
       clients: this.sessions.size,
-      listeners: this.endpoints.list().map((l) => ({ host: `${this.opts.hostIp}:${l.hostPort}`, overlay: l.records.map((r) => `${r.overlayIp}:${r.port}`) })),
-      directory: this.mesh.entries(),
+      listeners: listeners.slice(0, STATUS_LIST_MAX).map((l) => ({ host: `${this.opts.hostIp}:${l.hostPort}`, overlay: l.records.map((r) => `${r.overlayIp}:${r.port}`) })),
+      listenersTotal: listeners.length,
+      directory: directory.slice(0, STATUS_LIST_MAX),
+      directoryTotal: directory.length,
       pairing: { announced: accepts.announced, parked: accepts.parked },
       counters: { ...this.connections.counters, 'accept:host-network': accepts.delivered, 'accept:admitted-by-library': accepts.admitted, 'accept:refused-unannounced': accepts.refused },
       connections: [...this.connections.list(), ...acceptRecords].sort((a, b) => a.at.localeCompare(b.at)).slice(-256),
