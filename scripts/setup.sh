@@ -4,6 +4,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Node.js is the one prerequisite: Debian bookworm's own nodejs is 18, and the build needs 20's
+# headers (include/node/node_api.h next to the node binary). Say so instead of failing later.
+node_major=$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)
+if [ "$node_major" -lt 20 ]; then
+  echo "setup: Node.js 20 or newer is required (found: $(node --version 2>/dev/null || echo none)); install it from nodejs.org or NodeSource" >&2
+  exit 1
+fi
+
 PKGS=(iproute2 iputils-ping procps psmisc make g++ python3 curl
       iperf3 nginx-light wrk redis-server redis-tools sockperf
       rdma-core ibverbs-utils rdmacm-utils perftest libibverbs-dev librdmacm-dev binutils)
