@@ -12,6 +12,8 @@ export interface NginxOptions {
   keepaliveRequests?: number;
   backlog?: number;
   errorLogLevel?: string;
+  /** Extra directives for the server block, one per entry (e.g. an add_header line). */
+  serverDirectives?: string[];
 }
 
 /** Writes dir/nginx.conf and returns its path. */
@@ -38,7 +40,7 @@ http {
   server {
     listen ${o.port}${o.backlog ? ` backlog=${o.backlog}` : ''};
     root ${o.root};
-  }
+${(o.serverDirectives ?? []).map((d) => `    ${d}\n`).join('')}  }
 }
 `,
   );
