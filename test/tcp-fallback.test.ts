@@ -1,8 +1,12 @@
-// Where FreeFlow must step aside: a missing or dead router, addresses outside VNET_PREFIX,
-// LD_PRELOAD="", a malformed VNET_PREFIX. The application must work every time, on the
-// plain overlay, and the bytes must be seen on VXLAN.
+// Where FreeFlow must step aside: a missing (no socket file) or dead router, addresses outside
+// VNET_PREFIX, LD_PRELOAD="", a malformed VNET_PREFIX. The application must work every time,
+// on the plain overlay, and the bytes must be seen on VXLAN.
 import t from 'tap';
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { EDGE, LIB, Testbed, overlayIp, vxlanBytesDuring } from './lib/testbed.js';
+import { parseTiming, slowestConnect } from './lib/edge-timing.js';
 
 const tb = await Testbed.up(t);
 const OVERLAY_MIN = 100_000; // the halfclose test moves 100 kB each way
@@ -95,6 +99,50 @@ t.test('accelerated client -> plain server: one router question per second and d
   const again = await py(1.3, 1, 1);
   t.equal(again.code, 0, again.stdout + again.stderr);
   t.equal((await fallbacks()) - mid, 2, 'asked again after more than a second');
+  await tb.stop(srv);
+});
+
+// A missing router: no socket file where FFR_SOCKET_DIR/FFR_NAME point (connect() to it says
+// ENOENT, where a killed router's leftover socket says ECONNREFUSED). Both ends are preloaded
+// and their host's router is running, but neither can find it.
+t.test('missing router (no socket file at FFR_SOCKET_DIR/FFR_NAME): plain overlay at once, no error', async (t) => {
+  const missingDir = join(tb.socketDir('h2'), 'no-such-dir');
+  t.notOk(existsSync(join(missingDir, 'ffrouter.sock')), `${missingDir}/ffrouter.sock does not exist`);
+  t.notOk(existsSync(join(tb.socketDir('h1'), 'missing.sock')), 'neither does h1/missing.sock');
+  const srv = tb.start('c21', [EDGE, 'server', '0.0.0.0', '7108'], { preload: true, env: { FFR_SOCKET_DIR: missingDir } });
+  await srv.waitFor(/listening/);
+  const clientEnv = { FFR_NAME: 'missing' };
+  const setUps = (c: Record<string, number>) => Object.fromEntries(Object.entries(c).filter(([k]) => /^(connect|accept):/.test(k)));
+  const routers0 = [(await tb.status('h1')).counters, (await tb.status('h2')).counters];
+
+  // Promptly: edge's timing mode times each connect() (8 non-blocking, 1 blocking) and then
+  // echoes 100 kB on every connection. No router wait (2 s) may sit in any of them.
+  const timed = await vxlanBytesDuring(tb, 'h1', () =>
+    tb.run('c11', [EDGE, 'client', overlayIp('c21'), '7108', 'timing', '8'], { preload: true, env: clientEnv, timeoutMs: 60_000 }),
+  );
+  const tm = parseTiming(timed.result.stdout);
+  t.equal(timed.result.code, 0, 'timing run: every connect completed and echoed', { output: timed.result.stdout });
+  t.equal(timed.result.stderr, '', 'silent');
+  t.ok(tm.nonblock.length === 8 && tm.nonblock.every((c) => c.rc === -1 && c.errno === 'EINPROGRESS'), 'every non-blocking connect() said EINPROGRESS', { connects: tm.nonblock });
+  t.ok(slowestConnect(tm) < 50_000, `the slowest connect() took ${slowestConnect(tm)} us (< 50 ms)`);
+  t.ok((tm.blocking?.us ?? Infinity) < 50_000 && tm.blocking?.rc === 0, `the blocking connect() returned ${tm.blocking?.rc} after ${tm.blocking?.us} us`);
+  t.ok(timed.bytes > 9 * 2 * 100_000, `VXLAN carried ${timed.bytes} bytes for 9 x 100 kB echoed (the overlay)`);
+
+  // Everything else works too, quickly, and over the overlay.
+  const start = Date.now();
+  const all = await vxlanBytesDuring(tb, 'h1', () =>
+    tb.run('c11', [EDGE, 'client', overlayIp('c21'), '7108', 'all'], { preload: true, env: clientEnv, timeoutMs: 90_000 }),
+  );
+  const took = Date.now() - start;
+  t.equal(all.result.code, 0, `edge cases pass with the router missing on both sides: ${all.result.stdout.split('\n').filter((l) => /^FAIL/.test(l)).join('; ')}`);
+  t.equal(all.result.stderr, '', 'no error printed');
+  t.ok(all.bytes > 1_000_000, `VXLAN carried ${all.bytes} bytes`);
+  t.ok(took < 15_000, `took ${took} ms (no router waits)`);
+
+  const routers1 = [(await tb.status('h1')).counters, (await tb.status('h2')).counters];
+  t.same(routers1.map(setUps), routers0.map(setUps), 'neither router set up or refused anything: their connection counters did not move');
+  t.match(srv.output(), /^listening/, 'server printed nothing but its banner');
+  t.notMatch(srv.output(), /libfsocket|error/i, 'no error on the server side');
   await tb.stop(srv);
 });
 
