@@ -86,10 +86,16 @@ t.test('an option a pair cannot honour, set before connect(), keeps the connecti
 });
 
 t.test('a malformed FFR_SAME_HOST warns once and keeps the default', async (t) => {
-  const r = await face('paced', true, { FFR_SAME_HOST: 'bogus' });
+  const r = await face('face', true, { FFR_SAME_HOST: 'bogus' });
   t.equal(r.result.code, 0, 'client exits 0');
   t.match(r.result.stderr, /FFR_SAME_HOST="bogus" is not "auto", "unix" or "tcp"/, 'one clear warning');
   t.equal(r.result.stderr.split('FFR_SAME_HOST').length - 1, 1, 'exactly once');
+  t.same(withoutMd5(r.report), withoutMd5(plain.report), 'same report as on the plain overlay');
+  // The default's paths, as in the auto test above: neither unix (all pairs) nor tcp (none),
+  // nor the overlay (no router involved).
+  t.equal(r.pairs, 3, 'the first three connections were pairs, as with the default');
+  t.ok(r.tcp >= 3, `then the router handed out ${r.tcp} loopback TCP sockets, as with the default`);
+  t.ok(r.vxlan < 64_000, `VXLAN carried ${r.vxlan} bytes`);
 });
 
 t.teardown(() => tb.stop(srv));
