@@ -37,7 +37,7 @@ function checkEdge(t: Test, r: { result: { code: number | null; stdout: string; 
   t.match(out, /^ok concurrent 200\/200/m, '200 concurrent connections: every payload intact, every connect() EINPROGRESS');
   // Pairing identity: the server's accept() named each connection exactly as its client's
   // getsockname() does (TCP guarantees the checksums above, not this).
-  const ident = /^ok concurrent-identity 200\/200 .*processes=(\d+)/m.exec(out);
+  const ident = /^ok concurrent-identity 200\/200 .*processes=(\d+)(?: \(pid:connections([^)]*)\))?/m.exec(out);
   t.ok(ident, "each of the 200 concurrent connections was accepted as exactly its client's getsockname()", {
     lines: out.split('\n').filter((l) => /concurrent/.test(l)),
   });
@@ -50,7 +50,7 @@ function checkEdge(t: Test, r: { result: { code: number | null; stdout: string; 
   }
   t.match(out, /^ok names-server-peer/m, "server's accept()/getpeername show the client's overlay address and port");
   t.match(out, /^ok names-server-local/m, "server's getsockname shows its overlay address");
-  return { processes: ident ? Number(ident[1]) : 0 };
+  return { processes: ident ? Number(ident[1]) : 0, split: ident?.[2]?.trim() };
 }
 
 t.test('cross-host: edge cases pass and bytes bypass VXLAN', async (t) => {
@@ -64,8 +64,8 @@ t.test('cross-host: edge cases pass and bytes bypass VXLAN', async (t) => {
 
 t.test('cross-host: nginx-style server with 2 worker processes and a dual-stack listener', async (t) => {
   const r = await edgePair('c21', 'c12', { port: 7002, workers: 2, v6: true });
-  const { processes } = checkEdge(t, r, 'c12', 'c21', 7002);
-  t.equal(processes, 2, 'both worker processes accepted some of the 200 concurrent connections');
+  const { processes, split } = checkEdge(t, r, 'c12', 'c21', 7002);
+  t.equal(processes, 2, `both worker processes accepted some of the 200 concurrent connections (pid:connections ${split})`);
   t.ok(r.bytes < 200_000, `VXLAN carried ${r.bytes} bytes`);
 });
 

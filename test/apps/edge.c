@@ -1606,7 +1606,7 @@ static void t_concurrent(const struct target *t)
     /* A reply is "count=N fnv=H id=ok pid=P": the bytes arrived intact, and the server's
      * accept() paired this connection with exactly this client (its getsockname()). */
     int good = 0, named = 0, shown = 0, npids = 0;
-    int pids[64];
+    int pids[64], per_pid[64];
     for (int i = 0; i < NCONC; i++) {
         struct cc *c = &cs[i];
         char want[96];
@@ -1619,8 +1619,12 @@ static void t_concurrent(const struct target *t)
             int k = 0;
             while (k < npids && pids[k] != pid)
                 k++;
-            if (k == npids && npids < 64)
+            if (k == npids && npids < 64) {
+                per_pid[npids] = 0;
                 pids[npids++] = pid;
+            }
+            if (k < npids)
+                per_pid[k]++;
             continue;
         }
         if (c->state == 3) {
@@ -1649,12 +1653,11 @@ static void t_concurrent(const struct target *t)
     else
         FAILX("concurrent", "%d/%d (connect: %d EINPROGRESS, %d immediate; want all EINPROGRESS)", good, NCONC, inprog,
               immediate);
-    if (named == NCONC)
-        OK("concurrent-identity", "%d/%d accepted as exactly their client's getsockname(); processes=%d", named, NCONC,
-           npids);
-    else
-        FAILX("concurrent-identity", "%d/%d accepted as exactly their client's getsockname(); processes=%d", named,
-              NCONC, npids);
+    char split[256] = "";
+    for (int k = 0, o = 0; k < npids && o < (int)sizeof split - 24; k++)
+        o += snprintf(split + o, sizeof split - (size_t)o, " %d:%d", pids[k], per_pid[k]);
+    report(named == NCONC, "concurrent-identity", "%d/%d accepted as exactly their client's getsockname(); processes=%d (pid:connections%s)",
+           named, NCONC, npids, split);
 }
 
 static void t_fork(const struct target *t)
