@@ -81,9 +81,9 @@ t.test("remote router frozen and the network to it black-holed: connect() does n
   const c0 = await counters('h1');
   const v0 = tb.counters('h1');
   const restore = await tb.stallUnderlay('h1', 'h2');
-  tb.pauseRouter('h2');
   let client;
   try {
+    tb.pauseRouter('h2');
     client = tb.start('c11', [EDGE, 'client', overlayIp('c21'), '7301', 'timing', String(N)], { preload: true });
     // The blocking connect() starts right after this line and cannot finish while h2 is cut off.
     await client.waitFor(/^(ok|FAIL) timing-nonblock .*$/m, 20_000);
