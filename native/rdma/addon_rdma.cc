@@ -99,6 +99,10 @@ Napi::Value Stats(const Napi::CallbackInfo& i) {
   o.Set("cqs", double(s.cqs));
   o.Set("mapped", double(s.mapped));
   o.Set("placed", double(s.placed));
+  o.Set("srqs", double(s.srqs));
+  o.Set("channels", double(s.channels));
+  o.Set("views", double(s.views));
+  o.Set("pending", double(s.pending));
   return o;
 }
 

@@ -1501,7 +1501,8 @@ void SetRateLimit(uint64_t bps) {
 
 Stats GetStats() {
   std::lock_guard<std::mutex> g(mu);
-  return Stats{st_ops.load(), st_bytes.load(), st_errors.load(), st_served.load(), qps.size(), mrs.size(), cqs.size(), st_mapped.load(), st_placed.load()};
+  return Stats{st_ops.load(), st_bytes.load(), st_errors.load(), st_served.load(), qps.size(), mrs.size(), cqs.size(),
+               st_mapped.load(), st_placed.load(), srqs.size(), channels.size(), views.size(), pending.size()};
 }
 
 }  // namespace ffrdma

@@ -44,6 +44,9 @@ struct Stats {
   uint64_t ops, bytes, errors, served, qps, mrs, cqs;  // served: requests from other hosts
   uint64_t mapped;  // bytes copied through MRs' shared-memory views
   uint64_t placed;  // bytes read from another host straight into a view (no copy in the engine)
+  // What the engine still holds: SRQs, completion channels (each an fd), mapped MR views,
+  // requests from other hosts not yet served (all 0 once every application is gone).
+  uint64_t srqs, channels, views, pending;
 };
 Stats GetStats();
 
