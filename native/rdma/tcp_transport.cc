@@ -290,7 +290,9 @@ class TcpTransport : public Transport {
     for (;;) {
       Inbound in;
       in.conn = idx;
-      if (!rd.Read(&in.h, sizeof in.h) || in.h.magic != NET_MAGIC || in.h.len > FF_RDMA_MAX_MSG) break;
+      // A malformed message (bad magic, a length no message of its type has) ends the
+      // connection: nothing after it can be framed.
+      if (!rd.Read(&in.h, sizeof in.h) || in.h.magic != NET_MAGIC || in.h.len > MaxLen(in.h.type)) break;
       uint8_t* dst = in.h.type == NET_OP && in.h.len >= kPlaceMin && placement_.target ? placement_.target(in.h) : nullptr;
       if (dst) {
         bool ok = rd.Read(dst, in.h.len);
@@ -319,6 +321,11 @@ class TcpTransport : public Transport {
     down.h.type = NET_DOWN;
     Push(std::move(down));
   }
+
+  // Data messages carry up to one RDMA message; the others (lookups, connection manager JSON)
+  // are small, so a peer cannot make the router allocate a gigabyte per message with them.
+  static uint32_t MaxLen(uint32_t type) { return type == NET_OP || type == NET_ACK ? FF_RDMA_MAX_MSG : kMaxControlLen; }
+  static constexpr uint32_t kMaxControlLen = 1u << 20;
 
   static void Tune(int fd) {
     int one = 1;
