@@ -10,6 +10,7 @@
 // between the two routers with the same messages ('req', 'nol', 'acc', 'rej', 'rtu', 'disc').
 // Events are CM_EVENT records written to the channel's socket (SOCK_SEQPACKET) that the library
 // gave us; the router keeps that socket open until the process goes away.
+// Messages from peer routers are checked field by field: a malformed one is dropped.
 import { randomInt } from 'node:crypto';
 import type { Logger } from '../../log.js';
 import { native } from '../../native.js';
@@ -63,6 +64,17 @@ function reply(status: number, h: number[] = [], fill?: (m: WireMsg) => void): A
   return { reply: m, payload };
 }
 const fail = (e: number) => reply(-e);
+
+/** v if it is a dotted IPv4 address, else undefined (peer routers' fields are checked). */
+function ipv4(v: unknown): string | undefined {
+  if (typeof v !== 'string') return undefined;
+  try {
+    ipv4ToWire(v);
+    return v;
+  } catch {
+    return undefined;
+  }
+}
 
 export class ConnectionManager {
   private readonly channels = new Map<number, Channel>();
@@ -145,7 +157,8 @@ export class ConnectionManager {
         this.emit(id, ROUTE_RESOLVED, {});
         return reply(0);
       case MsgType.CM_CONNECT: {
-        if (id.state !== 'idle') return fail(EINVAL);
+        // rdma_connect needs a resolved (or bound) address: the listener is told where it comes from.
+        if (id.state !== 'idle' || id.ip === undefined) return fail(EINVAL);
         if (h[1] && !this.host.qpOwnedBy(h[1], session.pid)) return fail(EPERM);
         id.qpn = h[1];
         id.state = 'connecting';
@@ -225,7 +238,7 @@ export class ConnectionManager {
       return;
     }
     if (Date.now() < deadline) {
-      setTimeout(() => this.attemptConnect(id, dst, port, priv, deadline), 50);
+      setTimeout(() => this.guarded(() => this.attemptConnect(id, dst, port, priv, deadline)), 50);
       return;
     }
     this.log.info({ pid: id.session.pid, dst: `${dst}:${port}`, listeners: [...this.listeners.keys()] }, 'rdma_cm connect: no listener');
@@ -270,24 +283,46 @@ export class ConnectionManager {
     this.emit(id, REJECTED, { status: REJ_NO_LISTENER });
   }
 
-  /** A connection-manager message from the peer router on transport connection conn. */
+  /** Runs a timer's work: a fault in it is logged, never thrown out of a timer (where it would
+   * reach the process's last-resort handler with the state half changed). */
+  private guarded(fn: () => void): void {
+    try {
+      fn();
+    } catch (err) {
+      this.log.warn({ error: (err as Error).message }, 'rdma_cm: internal error');
+    }
+  }
+
+  /** A connection-manager message from the peer router on transport connection conn (JSON
+   * parsed, otherwise unchecked: every field is validated here, malformed messages dropped). */
   onNet(conn: number, m: any): void {
-    const priv = typeof m.priv === 'string' ? Buffer.from(m.priv, 'base64').subarray(0, MAX_PRIVATE) : Buffer.alloc(0);
-    const gid = typeof m.gid === 'string' && m.gid.length === 32 ? Buffer.from(m.gid, 'hex') : Buffer.alloc(16);
-    const num = (v: unknown) => (typeof v === 'number' && Number.isInteger(v) && v >= 0 ? v : 0);
+    if (typeof m !== 'object' || m === null || Array.isArray(m)) {
+      this.log.warn({ conn }, 'rdma_cm: malformed message from a peer router (not an object)');
+      return;
+    }
+    const b64 = typeof m.priv === 'string' && m.priv.length <= 4 * Math.ceil(MAX_PRIVATE / 3) && /^[A-Za-z0-9+/=]*$/.test(m.priv) ? m.priv : '';
+    const priv = Buffer.from(b64, 'base64').subarray(0, MAX_PRIVATE);
+    const gid = typeof m.gid === 'string' && /^[0-9a-fA-F]{32}$/.test(m.gid) ? Buffer.from(m.gid, 'hex') : Buffer.alloc(16);
+    const num = (v: unknown, max = 0xffffffff) => (typeof v === 'number' && Number.isInteger(v) && v >= 0 && v <= max ? v : 0);
     switch (m.t) {
       case 'req': {
-        const dst = String(m.dst), port = num(m.port), deadline = Date.now() + CONNECT_RETRY_MS;
+        const dst = ipv4(m.dst), src = ipv4(m.src), port = num(m.port, 0xffff), sport = num(m.sport, 0xffff);
+        const cid = num(m.cid), deadline = Date.now() + CONNECT_RETRY_MS;
+        if (!dst || !src || !port || !cid) {
+          this.log.warn({ conn, dst: String(m.dst).slice(0, 64), src: String(m.src).slice(0, 64), port: String(m.port).slice(0, 16) }, 'rdma_cm: malformed connection request from a peer router');
+          if (cid) this.net?.send(conn, { t: 'nol', cid });
+          return;
+        }
         const attempt = () => {
           const l = this.findListener(dst, port);
           if (!l) {
-            if (Date.now() < deadline) setTimeout(attempt, 50);
-            else this.net?.send(conn, { t: 'nol', cid: m.cid });
+            if (Date.now() < deadline) setTimeout(() => this.guarded(attempt), 50);
+            else this.net?.send(conn, { t: 'nol', cid });
             return;
           }
-          const s: CmId = { h: this.next++, session: l.session, channel: l.channel, gid: l.gid, ip: dst, port, qpn: 0, remote: { conn, h: num(m.cid) }, state: 'connecting' };
+          const s: CmId = { h: this.next++, session: l.session, channel: l.channel, gid: l.gid, ip: dst, port, qpn: 0, remote: { conn, h: cid }, state: 'connecting' };
           this.ids.set(s.h, s);
-          this.emit(l, CONNECT_REQUEST, { newId: s.h, peerQpn: num(m.qpn), peerGid: gid, local: [dst, port], remote: [String(m.src), num(m.sport)], priv });
+          this.emit(l, CONNECT_REQUEST, { newId: s.h, peerQpn: num(m.qpn), peerGid: gid, local: [dst, port], remote: [src, sport], priv });
         };
         attempt();
         return;

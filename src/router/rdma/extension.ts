@@ -134,20 +134,22 @@ export class RdmaExtension implements RouterExtension {
     return { sessions: this.sessions.size, ...rdma.rdmaStats(), cmListeners: this.cm.listening() };
   }
 
+  // Never throws: every descriptor that came with the request is closed here exactly once or
+  // handed on (took), so the caller must not close any of them again.
   handle(session: ClientSession, msg: WireMsg, payload: Buffer, fds: number[]): Answer {
     const fd = fds.length ? fds[0] : -1;
     for (const extra of fds.slice(1)) native.close(extra);
     let took = false;
-    if (msg.type === MsgType.RDMA_STATS) {
-      for (const f of fds) native.close(f);
-      return { ...answer(0), payload: Buffer.from(JSON.stringify(this.stats())) };
-    }
     try {
+      if (msg.type === MsgType.RDMA_STATS) return { ...answer(0), payload: Buffer.from(JSON.stringify(this.stats())) };
       const res = this.resources(session);
       if (!res) return fail(ENODEV);
       const a = readArgs(payload);
       if (this.cm.handles(msg.type)) return this.cm.handle(session, msg, a.h, payload.subarray(FF_RDMA_ARGS_SIZE), fd, () => (took = true));
       return this.dispatch(session, res, msg, a, fd, () => (took = true));
+    } catch (err) {
+      this.opts.log.warn({ pid: session.pid, type: msg.type, error: (err as Error).message }, 'rdma request failed');
+      return fail(EINVAL);
     } finally {
       if (fd >= 0 && !took) native.close(fd);
     }
