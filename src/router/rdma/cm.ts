@@ -9,7 +9,11 @@
 // the engines' transport, as JSON); the one with the listener answers and the handshake goes on
 // between the two routers with the same messages ('req', 'nol', 'acc', 'rej', 'rtu', 'disc').
 // Events are CM_EVENT records written to the channel's socket (SOCK_SEQPACKET) that the library
-// gave us; the router keeps that socket open until the process goes away.
+// gave us. A destroyed channel's socket stays open, so that a thread still blocked in
+// rdma_get_cm_event sees no EOF (as with the kernel's rdma_cm), but only for the last
+// KEEP_DESTROYED channels of a process: older ones are closed, and all when the process goes.
+// Ids and channels count against the session's cap (extension.ts, MAX_PER_SESSION), and so do
+// the ids a connection request creates on the listener's side (a full listener rejects it).
 // Messages from peer routers are checked field by field: a malformed one is dropped.
 import { randomInt } from 'node:crypto';
 import type { Logger } from '../../log.js';
@@ -21,10 +25,14 @@ const EINVAL = 22, ENOENT = 2, EADDRINUSE = 98, EADDRNOTAVAIL = 99, EPERM = 1;
 // enum rdma_cm_event_type
 const ADDR_RESOLVED = 0, ADDR_ERROR = 1, ROUTE_RESOLVED = 2, CONNECT_REQUEST = 4, REJECTED = 8, ESTABLISHED = 9, DISCONNECTED = 10;
 const REJ_NO_LISTENER = 28; // IB CM reject reason "invalid service ID", what rdma_cm reports
+const REJ_NO_RESOURCES = 3; // IB CM reject reason "no resources": the listener's process is at its cap
 const MAX_PRIVATE = 255;
 const CONNECT_RETRY_MS = 2000; // how long a connection request waits for a listener to appear
 
-interface Channel { h: number; fd: number; session: ClientSession }
+/** destroyed: ids still naming it get no more events; fd -1: its descriptor is closed. */
+interface Channel { h: number; fd: number; session: ClientSession; destroyed?: boolean }
+/** Destroyed event channels per process whose socket the router keeps open (see above). */
+export const KEEP_DESTROYED = 16;
 interface CmId {
   h: number;
   session: ClientSession;
@@ -51,6 +59,9 @@ export interface CmHost {
   qpOwnedBy(qpn: number, pid: number): boolean;
   /** Moves QP qpn to ERR if it still exists. */
   qpToErr(qpn: number): void;
+  /** 0 if the session may hold one more object (holdsFd: a channel, which keeps a descriptor
+   * open in the router), else the errno of the cap it reached. */
+  admit(session: ClientSession, holdsFd: boolean): number;
   /** True if a container process on this host has that overlay address. */
   isLocal(ip: string): boolean;
 }
@@ -82,6 +93,11 @@ export class ConnectionManager {
   private readonly listeners = new Map<string, CmId>();
   private next = 1;
   private readonly pending = new Map<number, { left: number; timer: NodeJS.Timeout }>(); // cross-host requests
+  /** Ids and open channels per session (what counts against its cap). */
+  private readonly owned = new Map<ClientSession, { ids: number; channels: number }>();
+  /** Destroyed channels whose descriptor is still open, oldest first, per session. */
+  private readonly kept = new Map<ClientSession, Channel[]>();
+  private keptCount = 0;
   net?: CmNet;
 
   constructor(private readonly host: CmHost, private readonly log: Logger) {}
@@ -89,6 +105,51 @@ export class ConnectionManager {
   /** "ip:port" of every rdma_cm listener on this host. */
   listening(): string[] {
     return [...this.listeners.keys()];
+  }
+
+  /** What the connection manager holds, for RDMA_STATS. */
+  held(): { ids: number; channels: number; kept: number; listeners: number; pending: number; sessions: number } {
+    return { ids: this.ids.size, channels: this.channels.size, kept: this.keptCount, listeners: this.listeners.size, pending: this.pending.size, sessions: this.owned.size };
+  }
+
+  ownedBy(session: ClientSession): { ids: number; channels: number } {
+    return this.owned.get(session) ?? { ids: 0, channels: 0 };
+  }
+
+  private own(session: ClientSession, ids: number, channels: number): void {
+    const o = this.owned.get(session) ?? { ids: 0, channels: 0 };
+    o.ids += ids;
+    o.channels += channels;
+    if (o.ids || o.channels) this.owned.set(session, o);
+    else this.owned.delete(session);
+  }
+
+  private addId(id: CmId): void {
+    this.ids.set(id.h, id);
+    this.own(id.session, 1, 0);
+  }
+
+  /** Destroys a channel: it no longer counts against the session's cap, and its descriptor is
+   * kept open (one of the session's last KEEP_DESTROYED) or closed now (close). */
+  private destroyChannel(ch: Channel, close: boolean): void {
+    if (this.channels.get(ch.h) !== ch) return;
+    this.channels.delete(ch.h);
+    ch.destroyed = true;
+    this.own(ch.session, 0, -1);
+    if (close) return this.closeFd(ch);
+    const kept = this.kept.get(ch.session) ?? [];
+    kept.push(ch);
+    this.kept.set(ch.session, kept);
+    this.keptCount++;
+    if (kept.length > KEEP_DESTROYED) {
+      this.keptCount--;
+      this.closeFd(kept.shift()!);
+    }
+  }
+
+  private closeFd(ch: Channel): void {
+    native.close(ch.fd);
+    ch.fd = -1;
   }
 
   handles(type: number): boolean {
@@ -99,22 +160,30 @@ export class ConnectionManager {
     if (priv.length > MAX_PRIVATE) return fail(EINVAL);
     if (msg.type === MsgType.CM_CREATE_CHANNEL) {
       if (fd < 0) return fail(EINVAL);
+      const errno = this.host.admit(session, true);
+      if (errno) return fail(errno);
       take();
       const ch: Channel = { h: this.next++, fd, session };
       this.channels.set(ch.h, ch);
+      this.own(session, 0, 1);
       return reply(0, [ch.h]);
     }
     if (msg.type === MsgType.CM_DESTROY_CHANNEL) {
+      // Ids left on the channel get no more events, as with the kernel's rdma_cm.
       const ch = this.channels.get(h[0]);
-      return ch && ch.session === session ? reply(0) : fail(ENOENT); // the socket stays open until the process goes
+      if (!ch || ch.session !== session) return fail(ENOENT);
+      this.destroyChannel(ch, false);
+      return reply(0);
     }
     if (msg.type === MsgType.CM_CREATE_ID) {
       const ch = this.channels.get(h[0]);
       const gid = this.host.gidOf(session);
       if (!ch || ch.session !== session) return fail(ENOENT);
       if (!gid) return fail(EADDRNOTAVAIL);
+      const errno = this.host.admit(session, false);
+      if (errno) return fail(errno);
       const id: CmId = { h: this.next++, session, channel: ch, gid, port: 0, qpn: 0, state: 'idle' };
-      this.ids.set(id.h, id);
+      this.addId(id);
       return reply(0, [id.h]);
     }
     const id = this.ids.get(h[0]);
@@ -221,8 +290,13 @@ export class ConnectionManager {
     if (this.ids.get(id.h) !== id || id.state !== 'connecting') return;
     const l = this.findListener(dst, port);
     if (l) {
+      if (this.host.admit(l.session, false)) {
+        id.state = 'done';
+        this.emit(id, REJECTED, { status: REJ_NO_RESOURCES });
+        return;
+      }
       const s: CmId = { h: this.next++, session: l.session, channel: l.channel, gid: l.gid, ip: dst, port, qpn: 0, peer: id, state: 'connecting' };
-      this.ids.set(s.h, s);
+      this.addId(s);
       id.peer = s;
       this.emit(l, CONNECT_REQUEST, { newId: s.h, peerQpn: id.qpn, peerGid: id.gid, local: [dst, port], remote: [id.ip!, id.port], priv });
       return;
@@ -320,8 +394,12 @@ export class ConnectionManager {
             else this.net?.send(conn, { t: 'nol', cid });
             return;
           }
+          if (this.host.admit(l.session, false)) {
+            this.net?.send(conn, { t: 'rej', cid, status: REJ_NO_RESOURCES });
+            return;
+          }
           const s: CmId = { h: this.next++, session: l.session, channel: l.channel, gid: l.gid, ip: dst, port, qpn: 0, remote: { conn, h: cid }, state: 'connecting' };
-          this.ids.set(s.h, s);
+          this.addId(s);
           this.emit(l, CONNECT_REQUEST, { newId: s.h, peerQpn: num(m.qpn), peerGid: gid, local: [dst, port], remote: [src, sport], priv });
         };
         attempt();
@@ -350,7 +428,7 @@ export class ConnectionManager {
         const c = this.ids.get(num(m.cid));
         if (c) {
           c.state = 'done';
-          this.emit(c, REJECTED, { status: REJ_NO_LISTENER, priv });
+          this.emit(c, REJECTED, { status: num(m.status, 0xffff) || REJ_NO_LISTENER, priv });
         }
         return;
       }
@@ -378,7 +456,10 @@ export class ConnectionManager {
     }
     this.disconnect(id, false);
     if (id.listenKey && this.listeners.get(id.listenKey) === id) this.listeners.delete(id.listenKey);
-    this.ids.delete(id.h);
+    if (this.ids.get(id.h) === id) {
+      this.ids.delete(id.h);
+      this.own(id.session, -1, 0);
+    }
   }
 
   sessionClosed(session: ClientSession): void {
@@ -387,14 +468,15 @@ export class ConnectionManager {
         if (id.listenKey) this.log.info({ pid: session.pid, listener: id.listenKey }, 'rdma_cm listener gone with its process');
         this.destroy(id);
       }
-    for (const ch of [...this.channels.values()])
-      if (ch.session === session) {
-        native.close(ch.fd);
-        this.channels.delete(ch.h);
-      }
+    for (const ch of [...this.channels.values()]) if (ch.session === session) this.destroyChannel(ch, true);
+    for (const ch of this.kept.get(session) ?? []) this.closeFd(ch);
+    this.keptCount -= this.kept.get(session)?.length ?? 0;
+    this.kept.delete(session);
+    this.owned.delete(session);
   }
 
   private emit(id: CmId, event: number, o: { newId?: number; peerQpn?: number; status?: number; peerGid?: Buffer; local?: [string, number]; remote?: [string, number]; priv?: Buffer }): void {
+    if (id.channel.destroyed) return; // nobody reads its events any more
     const m = emptyMsg(MsgType.CM_EVENT);
     if (o.peerGid) o.peerGid.copy(m.host_addr);
     if (o.local) {

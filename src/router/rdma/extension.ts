@@ -5,12 +5,13 @@
 // when the session closes. The data path never passes through here: work requests and
 // completions are shared-memory rings served by the engine's C++ thread.
 import { randomInt } from 'node:crypto';
+import { readdirSync, readFileSync } from 'node:fs';
 import type { Logger } from '../../log.js';
 import { native, READABLE } from '../../native.js';
 import { emptyMsg, FF_RDMA_ARGS_SIZE, ipv4ToWire, MsgType, wireToIpv4, type WireMsg } from '../../protocol/codec.js';
 import type { Answer, ClientSession } from '../client-session.js';
 import type { RouterExtension } from '../requests.js';
-import { ConnectionManager } from './cm.js';
+import { ConnectionManager, KEEP_DESTROYED } from './cm.js';
 
 interface RdmaNative {
   rdmaAddMr(key: number, pd: number, pid: number, addr: number, len: number, iova: number, access: number, viewFd: number, viewAddr: number, viewOff: number, viewLen: number): number;
@@ -30,11 +31,14 @@ interface RdmaNative {
   rdmaCmSend(conn: number, data: Buffer): boolean;
   rdmaCmPeers(): number[];
   rdmaCmTake(): { conn: number; data: Buffer }[];
-  rdmaStats(): { ops: number; bytes: number; errors: number; served: number; qps: number; mrs: number; cqs: number; mapped: number; placed: number };
+  rdmaStats(): {
+    ops: number; bytes: number; errors: number; served: number; qps: number; mrs: number; cqs: number; mapped: number; placed: number;
+    srqs: number; channels: number; views: number; pending: number;
+  };
 }
 const rdma = native as unknown as RdmaNative;
 
-const EPERM = 1, ENOENT = 2, EBUSY = 16, ENODEV = 19, EINVAL = 22, EOPNOTSUPP = 95;
+const EPERM = 1, ENOENT = 2, ENOMEM = 12, EBUSY = 16, ENODEV = 19, EINVAL = 22, EMFILE = 24, EOPNOTSUPP = 95;
 // enum ibv_qp_attr_mask bits the router looks at
 const QP_STATE = 1, QP_ACCESS_FLAGS = 1 << 3, QP_AV = 1 << 7, QP_DEST_QPN = 1 << 20;
 const QPT_RC = 2, QPT_UC = 3;
@@ -42,7 +46,22 @@ const MAX_MR = 2 ** 40;
 const PAGE = 4096; // unit of the REG_MR view fields (x86-64 and arm64 base pages)
 /** Default TCP port of the engines' router-to-router transport (the TCP-mode peer port + 1). */
 export const RDMA_PORT = 7472;
-const MAX_PER_SESSION = 65536;
+/** Objects one session may hold, of every kind together (PDs, MRs, CQs, QPs, SRQs, completion
+ * channels, rdma_cm ids and event channels); one more fails with ENOMEM. */
+export const MAX_PER_SESSION = 65536;
+/** Of those, the ones that keep a descriptor open in the router (completion channels and
+ * rdma_cm event channels); one more fails with EMFILE. */
+export const MAX_FDS_PER_SESSION = 1024;
+/** The router's soft limit on open files (what Node raised it to). */
+function openFileLimit(): number {
+  try {
+    const m = /^Max open files\s+(\d+)/m.exec(readFileSync('/proc/self/limits', 'utf8'));
+    if (m) return Number(m[1]);
+  } catch {
+    /* not Linux: keep the default below */
+  }
+  return 1024;
+}
 const CREATES = new Set<number>([MsgType.RDMA_CREATE_SRQ, MsgType.RDMA_ALLOC_PD, MsgType.RDMA_REG_MR, MsgType.RDMA_CREATE_CHANNEL, MsgType.RDMA_CREATE_CQ, MsgType.RDMA_CREATE_QP]);
 
 interface Args { h: number[]; v: number[] }
@@ -89,6 +108,13 @@ export class RdmaExtension implements RouterExtension {
   private readonly sessions = new Map<ClientSession, SessionRes>();
   private readonly usedKeys = new Set<number>();
   private readonly usedQpns = new Set<number>();
+  /** Completion channels of all sessions (each holds a descriptor in the engine). */
+  private channelFds = 0;
+  /** Descriptors all sessions together may keep open in the router through channels: half
+   * the process's limit, so that applications can never exhaust the router's descriptor table
+   * (its sockets, the engine's transport, the view files it maps). */
+  private readonly fdBudget = Math.max(64, Math.floor(openFileLimit() / 2));
+  private readonly capWarned = new WeakSet<ClientSession>();
   private nextId = 1;
   private nextQpn = 0x100 + randomInt(0x8000);
   private readonly cm: ConnectionManager;
@@ -102,6 +128,7 @@ export class RdmaExtension implements RouterExtension {
         qpToErr: (qpn) => {
           for (const r of this.sessions.values()) if (r.qps.has(qpn)) rdma.rdmaModifyQp(qpn, 6, -1, null, -1);
         },
+        admit: (session, holdsFd) => this.admit(session, this.sessions.get(session), holdsFd),
       },
       opts.log,
     );
@@ -130,8 +157,67 @@ export class RdmaExtension implements RouterExtension {
     return (type >= MsgType.RDMA_OPEN && type <= MsgType.RDMA_DESTROY_SRQ) || this.cm.handles(type);
   }
 
+  /** RDMA_STATS: the engine's counters, the rdma_cm listeners and, under `resources`, every
+   * kind of object the router holds for applications (all 0 once they are gone). */
   stats() {
-    return { sessions: this.sessions.size, ...rdma.rdmaStats(), cmListeners: this.cm.listening() };
+    const e = rdma.rdmaStats();
+    const held = { pds: 0, mrs: 0, cqs: 0, qps: 0, srqs: 0, channels: 0 };
+    for (const r of this.sessions.values()) {
+      held.pds += r.pds.size;
+      held.mrs += r.mrs.size;
+      held.cqs += r.cqs.size;
+      held.qps += r.qps.size;
+      held.srqs += r.srqs.size;
+      held.channels += r.channels.size;
+    }
+    const cm = this.cm.held();
+    const resources = {
+      sessions: this.sessions.size,
+      ...held,
+      mrKeys: this.usedKeys.size,
+      qpNumbers: this.usedQpns.size,
+      channelFds: this.channelFds,
+      cmIds: cm.ids,
+      cmChannels: cm.channels,
+      cmDestroyedChannelsOpen: cm.kept,
+      cmListeners: cm.listeners,
+      cmPending: cm.pending,
+      cmSessions: cm.sessions,
+      engineQps: e.qps,
+      engineMrs: e.mrs,
+      engineCqs: e.cqs,
+      engineSrqs: e.srqs,
+      engineChannels: e.channels,
+      engineViews: e.views,
+      enginePending: e.pending,
+    };
+    let fds = -1;
+    try {
+      fds = readdirSync('/proc/self/fd').length;
+    } catch {
+      /* not Linux */
+    }
+    const limits = { objectsPerSession: MAX_PER_SESSION, fdsPerSession: MAX_FDS_PER_SESSION, fdBudget: this.fdBudget, destroyedChannelsOpen: KEEP_DESTROYED };
+    return { sessions: this.sessions.size, ...e, cmListeners: this.cm.listening().slice(0, 1024), fds, limits, resources };
+  }
+
+  /** 0 if the session may create one more object (holdsFd: one that keeps a descriptor open
+   * in the router), else the errno to answer: ENOMEM over MAX_PER_SESSION objects, EMFILE
+   * over MAX_FDS_PER_SESSION descriptors or the router-wide budget. */
+  private admit(session: ClientSession, res: SessionRes | undefined, holdsFd: boolean): number {
+    const cm = this.cm.ownedBy(session);
+    let errno = 0;
+    if ((res ? this.count(res) : 0) + cm.ids + cm.channels >= MAX_PER_SESSION) errno = ENOMEM;
+    else if (holdsFd && (res?.channels.size ?? 0) + cm.channels >= MAX_FDS_PER_SESSION) errno = EMFILE;
+    else if (holdsFd && this.channelFds + this.cm.held().channels + this.cm.held().kept >= this.fdBudget) errno = EMFILE;
+    if (errno && !this.capWarned.has(session)) {
+      this.capWarned.add(session);
+      this.opts.log.warn(
+        { pid: session.pid, maxObjects: MAX_PER_SESSION, maxFds: MAX_FDS_PER_SESSION, routerFdBudget: this.fdBudget, error: errno === ENOMEM ? 'ENOMEM' : 'EMFILE' },
+        'rdma: a process reached its resource cap; further creations fail',
+      );
+    }
+    return errno;
   }
 
   // Never throws: every descriptor that came with the request is closed here exactly once or
@@ -172,7 +258,10 @@ export class RdmaExtension implements RouterExtension {
 
   private dispatch(session: ClientSession, res: SessionRes, msg: WireMsg, a: Args, fd: number, take: () => void): Answer {
     const { h, v } = a;
-    if (CREATES.has(msg.type) && this.count(res) >= MAX_PER_SESSION) return fail(EBUSY);
+    if (CREATES.has(msg.type)) {
+      const errno = this.admit(session, res, msg.type === MsgType.RDMA_CREATE_CHANNEL);
+      if (errno) return fail(errno);
+    }
     switch (msg.type) {
       case MsgType.RDMA_OPEN: {
         // With the GID goes a descriptor of the engine's doorbell page (sealed memfd, struct
@@ -226,13 +315,15 @@ export class RdmaExtension implements RouterExtension {
         const rc = rdma.rdmaAddChannel(id, fd); // the engine owns (or has closed) fd now
         if (rc < 0) return fail(-rc);
         res.channels.add(id);
+        this.channelFds++;
         return answer(0, [id]);
       }
       case MsgType.RDMA_DESTROY_CHANNEL: {
         if (!res.channels.has(h[0])) return fail(ENOENT);
         if ([...res.cqs.values()].includes(h[0])) return fail(EBUSY);
-        rdma.rdmaDelChannel(h[0]);
+        rdma.rdmaDelChannel(h[0]); // closes the engine's descriptor
         res.channels.delete(h[0]);
+        this.channelFds--;
         return answer(0);
       }
       case MsgType.RDMA_CREATE_CQ: {
@@ -335,6 +426,7 @@ export class RdmaExtension implements RouterExtension {
     }
     for (const cq of res.cqs.keys()) rdma.rdmaDelCq(cq);
     for (const ch of res.channels) rdma.rdmaDelChannel(ch);
+    this.channelFds -= res.channels.size;
     this.opts.log.debug({ pid: session.pid, qps: res.qps.size, mrs: res.mrs.size }, 'rdma session closed; resources freed');
   }
 }
