@@ -3,39 +3,16 @@
 // other's handles. Prints one JSON object with the status of every attempt.
 import { fstatSync, ftruncateSync, openSync, unlinkSync } from 'node:fs';
 import { constants } from 'node:os';
-import { native, READABLE } from '../../src/native.js';
-import { decode, emptyMsg, encode, FF_RDMA_ARGS_SIZE, MSG_SIZE, MsgType } from '../../src/protocol/codec.js';
+import { native } from '../../src/native.js';
+import { MsgType } from '../../src/protocol/codec.js';
+import { RawSession } from './raw-client.js';
 
 const socket = process.argv[2];
 let seq = 1;
+const a = new RawSession(socket);
+const b = new RawSession(socket);
+const call = (s: RawSession, type: number, h: number[] = [], v: number[] = [], fds: number[] = [], payload?: Buffer) => s.call(type, h, v, fds, payload);
 
-function call(fd: number, type: number, h: number[] = [], v: number[] = [], fds: number[] = [], payload?: Buffer): Promise<{ status: number; h: number[]; fds: number[] }> {
-  const m = emptyMsg(type);
-  m.seq = seq++;
-  m.pid = process.pid;
-  let args = payload;
-  if (!args) {
-    args = Buffer.alloc(FF_RDMA_ARGS_SIZE);
-    h.forEach((x, i) => args!.writeUInt32LE(x >>> 0, i * 4));
-    v.forEach((x, i) => args!.writeBigUInt64LE(BigInt(x), 24 + i * 8));
-  }
-  native.sendMsg(fd, encode(m, args), fds);
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error('no reply')), 3000);
-    const w = native.watch(fd, READABLE, () => {
-      const r = native.recvMsg(fd, MSG_SIZE + 65536);
-      clearTimeout(timer);
-      native.unwatch(w);
-      if (typeof r === 'number') return reject(new Error(`closed ${r}`));
-      const rep = decode(r.data);
-      const p = r.data.subarray(MSG_SIZE);
-      resolve({ status: rep.status, h: [0, 1, 2, 3, 4, 5].map((i) => (p.length >= (i + 1) * 4 ? p.readUInt32LE(i * 4) : 0)), fds: r.fds });
-    });
-  });
-}
-
-const a = native.seqpacketConnect(socket);
-const b = native.seqpacketConnect(socket);
 const out: Record<string, number> = {};
 // The doorbell page comes with RDMA_OPEN; the router maps it too, so it must not shrink.
 const opened = await call(a, MsgType.RDMA_OPEN);
@@ -66,7 +43,7 @@ out.deregOwn = (await call(a, MsgType.RDMA_DEREG_MR, [mr.h[0]])).status;
 out.deallocOwn = (await call(a, MsgType.RDMA_DEALLOC_PD, [pd])).status;
 // Files without seals (a plain tmpfs file), big enough for what they claim to hold.
 const unsealed = () => {
-  const path = `/dev/shm/ff-raw-${process.pid}-${seq}`;
+  const path = `/dev/shm/ff-raw-${process.pid}-${seq++}`;
   const fd = openSync(path, 'w+');
   ftruncateSync(fd, 1 << 20);
   unlinkSync(path);
@@ -77,6 +54,6 @@ const pd2 = (await call(a, MsgType.RDMA_ALLOC_PD)).h[0];
 out.mrUnsealedView = (await call(a, MsgType.RDMA_REG_MR, [pd2, 7, 16, 0], [0x100000, 1 << 20, 0x100000, 0x100000], [unsealed()])).status;
 out.afterwards = (await call(a, MsgType.RDMA_DEALLOC_PD, [pd2])).status;
 console.log(JSON.stringify(out));
-native.close(a);
-native.close(b);
+a.close();
+b.close();
 process.exit(0);
