@@ -1,6 +1,7 @@
 // Helpers for the RDMA-mode tests: running verbs programs with FreeFlow's libibverbs inside the
 // testbed, and asking a router for its RDMA resource counters.
 import { join } from 'node:path';
+import type { Test } from 'tap';
 import { native, READABLE } from '../../src/native.js';
 import { decode, emptyMsg, encode, MSG_SIZE, MsgType } from '../../src/protocol/codec.js';
 import { ROOT, type RunResult, type Started, type Testbed } from '../lib/testbed.js';
@@ -8,7 +9,18 @@ import { ROOT, type RunResult, type Started, type Testbed } from '../lib/testbed
 export const VERBS_ENV = { LD_LIBRARY_PATH: join(ROOT, 'build/verbs') };
 export const RDMA_CHECK = join(ROOT, 'build/test-apps/rdma_check');
 
-export interface RdmaStats { sessions: number; qps: number; mrs: number; cqs: number; ops: number; bytes: number; errors: number; served: number; mapped: number; placed: number; cmListeners: string[] }
+export interface RdmaStats {
+  sessions: number; qps: number; mrs: number; cqs: number; ops: number; bytes: number; errors: number; served: number; mapped: number; placed: number;
+  cmListeners: string[];
+  /** Open descriptors of the router process. */
+  fds: number;
+  limits: { objectsPerSession: number; fdsPerSession: number; fdBudget: number; destroyedChannelsOpen: number };
+  /** Every kind of object the router holds for applications, by kind: all 0 when none runs. */
+  resources: Record<string, number>;
+}
+
+/** Kinds of `resources` the tests expect (so that a renamed counter cannot drop out of the checks). */
+export const RESOURCE_KINDS = ['sessions', 'pds', 'mrs', 'cqs', 'qps', 'srqs', 'channels', 'mrKeys', 'qpNumbers', 'channelFds', 'cmIds', 'cmChannels', 'cmDestroyedChannelsOpen', 'cmListeners', 'cmPending', 'cmSessions', 'engineQps', 'engineMrs', 'engineCqs', 'engineSrqs', 'engineChannels', 'engineViews', 'enginePending'];
 
 export function rdmaStats(tb: Testbed, host: string, timeoutMs = 2000): Promise<RdmaStats> {
   const fd = native.seqpacketConnect(join(tb.socketDir(host), 'ffrouter.sock'));
@@ -32,6 +44,24 @@ export function rdmaStats(tb: Testbed, host: string, timeoutMs = 2000): Promise<
       done(JSON.parse(r.data.subarray(MSG_SIZE).toString()) as RdmaStats);
     });
   });
+}
+
+/** Waits (up to timeoutMs) until the router of host holds nothing for any application (every
+ * count under `resources` is 0); returns its last stats either way. */
+export async function resourcesFreed(tb: Testbed, host: string, timeoutMs = 5000): Promise<RdmaStats> {
+  const end = Date.now() + timeoutMs;
+  for (;;) {
+    const s = await rdmaStats(tb, host);
+    if (Object.values(s.resources).every((n) => n === 0) || Date.now() > end) return s;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+/** Asserts that every resource kind of a router's stats is back to 0. */
+export function assertFreed(t: Test, host: string, s: RdmaStats, what = ''): void {
+  t.same(RESOURCE_KINDS.filter((k) => !(k in s.resources)), [], `${host}: the router reports every resource kind`);
+  const left = Object.entries(s.resources).filter(([, n]) => n !== 0);
+  t.same(Object.fromEntries(left), {}, `${host}: nothing left${what} (${Object.keys(s.resources).join(', ')} all 0)`);
 }
 
 /** Waits until a TCP port listens in the node's namespace (perftest's stdout is a pipe, so
