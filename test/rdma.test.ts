@@ -84,6 +84,43 @@ t.test('the router checks every handle against the session that owns it', async 
   t.equal(o.doorbellShrink, -1 /* EPERM */, 'which an application cannot shrink (sealed)');
 });
 
+t.test('a process over its caps (objects, rdma_cm ids and channels, descriptors) gets errors; the router stays up', async (t) => {
+  const fds0 = (await rdmaStats(tb, 'h1')).fds;
+  const r = await tb.run('c11', ['node', '--import', 'tsx', join(ROOT, 'test/rdma/raw-caps.ts'), join(tb.socketDir('h1'), 'ffrouter.sock')], {
+    env: { NODE_PATH: join(ROOT, 'node_modules') },
+    timeoutMs: 120_000,
+  });
+  t.equal(r.code, 0, 'probe ran', { err: r.stderr });
+  const o = JSON.parse(r.stdout.trim() || '{}');
+  t.comment(`caps ${JSON.stringify(o.limits)}; ${o.cmIdsCreated} rdma_cm ids in ${o.idMs} ms`);
+  const { objectsPerSession: maxObjects, fdsPerSession: maxFds, fdBudget } = o.limits ?? {};
+  const ENOMEM = -12, EMFILE = -24;
+  t.equal(o.cmChannelsCreated, maxFds, `${maxFds} rdma_cm event channels (one descriptor passed again and again)`);
+  t.equal(o.cmChannelOverCap, EMFILE, 'one more fails with EMFILE');
+  t.equal(o.compChannelOverCap, EMFILE, 'and so does a completion channel (the same cap: both keep a descriptor)');
+  t.ok(o.routerFdsHeld >= maxFds && o.routerFdsHeld < maxFds + 16, `the router held ${o.routerFdsHeld} more descriptors for them`);
+  t.equal(o.cmChannelsDestroyed, maxFds, 'all destroyed');
+  // The last few destroyed channels keep their socket open (a thread blocked in
+  // rdma_get_cm_event must not see EOF); all others are closed.
+  const kept = o.limits.destroyedChannelsOpen;
+  t.ok(o.routerFdsAfterDestroy >= kept && o.routerFdsAfterDestroy <= kept + 4, `destroying them closed the router's descriptors but the last ${kept} (${o.routerFdsAfterDestroy} more than before)`);
+  t.equal(o.cmChannelsAgain, maxFds, 'and the session may create as many again');
+  t.equal(o.cmIdsCreated, maxObjects - 1, `${maxObjects - 1} rdma_cm ids besides their channel fill the ${maxObjects}-object cap`);
+  t.equal(o.cmIdOverCap, ENOMEM, 'one more id fails with ENOMEM');
+  t.equal(o.pdOverCap, ENOMEM, 'rdma_cm objects and verbs objects share the cap: a PD fails too');
+  t.equal(o.destroyOneId, 0, 'an id destroyed ...');
+  t.equal(o.pdAfterDestroy, 0, '... makes room for a PD');
+  t.equal(o.otherSessionPd, 0, "another session is not limited by this one's objects");
+  t.ok(o.budgetError === EMFILE && o.channelsAtBudget === fdBudget, `${o.sessionsUsed} sessions together got ${o.budgetHeld} more channels, up to the router-wide budget of ${fdBudget} descriptors (${o.channelsAtBudget} held), then EMFILE`);
+  t.ok(o.routerFdsAtBudget >= fdBudget && o.routerFdsAtBudget < fdBudget + 64, `the router then held ${o.routerFdsAtBudget} more descriptors, within its limit`);
+  t.equal(o.channelAfterBudget, 0, 'once those sessions closed, a new one gets a channel again');
+  t.equal(o.stillAnswers, 0, 'and a PD: the router kept serving the process');
+  t.ok((await tb.status('h1')).peers, 'and answers freeflow status');
+  const s = await resourcesFreed(tb, 'h1', 10_000);
+  assertFreed(t, 'h1', s, ' once the process is gone');
+  t.ok(s.fds - fds0 < 16, `its descriptors are closed (${s.fds} open, ${fds0} before)`);
+});
+
 let ppPort = 18600;
 for (const [server, sip] of [['c12', ip12], ['c21', ip21]])
 for (const events of [false, true]) {
