@@ -94,6 +94,14 @@ export async function cmListening(tb: Testbed, node: string, port: number, s?: S
   }
 }
 
+/** The exit code of s, or 'timeout' if it has not exited within ms (the timer does not outlive it). */
+export async function exitedWithin(s: Started, ms: number): Promise<number | null | 'timeout'> {
+  let timer: NodeJS.Timeout | undefined;
+  const r = await Promise.race([s.exited, new Promise<'timeout'>((r) => (timer = setTimeout(() => r('timeout'), ms)))]);
+  clearTimeout(timer);
+  return r;
+}
+
 /** Runs a server/client pair of the same verbs program; the client gets the server's overlay IP last. */
 export async function pair(tb: Testbed, server: string, client: string, serverIp: string, cmd: string[], opts: { ready?: RegExp; timeoutMs?: number; clientArgs?: string[] } = {}): Promise<{ srv: RunResult; cli: RunResult }> {
   const s: Started = tb.start(server, cmd, { env: VERBS_ENV });
