@@ -123,4 +123,8 @@ export const LIMITS = {
   MAX_PAYLOAD: 65536,
   MAX_CONNECT_SOCKETS: 32, // most host sockets one CONNECT gets (a prefetch batch; fds per reply)
   PEER_PORT: 7471, // default router <-> router TCP port on the host network
+  // Routers dial each other (peer port and RDMA engine port) from a source port in this
+  // privileged range, and accept peers only from it (docs/design.md, "Only routers speak").
+  PEER_SOURCE_PORT_FIRST: 512,
+  PEER_SOURCE_PORT_LAST: 1023,
 };

@@ -232,3 +232,24 @@ t.test('one client cannot make the router hold unlimited listeners', async (t) =
   }
   t.equal(s.listenersTotal, 0, 'all released when the client exits');
 });
+
+// Says whether a connection to ip:port from srcPort (0: any) is closed by the other end within
+// a second, before anything is sent: how a router's engine refuses a dialler.
+const ENGINE_PROBE = `
+import socket, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind((sys.argv[1], int(sys.argv[4])))
+s.connect((sys.argv[2], int(sys.argv[3]))); s.settimeout(1)
+try: print("closed" if s.recv(1) == b"" else "data")
+except socket.timeout: print("open")
+except OSError as e: print("closed", type(e).__name__)
+`;
+
+t.test("the RDMA engine's port, too, takes only routers: --peers addresses from a privileged port", async (t) => {
+  const enginePort = String(Limits.PEER_PORT + 1);
+  const probe = (asUser: boolean, srcPort: number) =>
+    tb.run('h2', [...(asUser ? ['setpriv', '--reuid=65534', '--regid=65534', '--clear-groups', '/usr/bin/python3'] : ['python3']), '-c', ENGINE_PROBE, hostIp('h2'), hostIp('h1'), enginePort, String(srcPort)]);
+  const user = await probe(true, 0);
+  t.match(user.stdout, /^closed/, `an unprivileged process on a peer host is cut off (${user.stdout.trim()}${user.stderr.trim()})`);
+  const root = await probe(false, Limits.PEER_SOURCE_PORT_FIRST + 7);
+  t.match(root.stdout, /^open/, `a privileged source port on a peer host is kept, as a router's engine (${root.stdout.trim()}${root.stderr.trim()})`);
+});

@@ -23,6 +23,7 @@
 #include <thread>
 
 #include "ff_rdma_shm.h"
+#include "ff_wire.h"
 #include "realtime.h"
 #include "transport.h"
 
@@ -155,7 +156,7 @@ class TcpTransport : public Transport {
  public:
   TcpTransport(const std::string& host_ip, int port, const std::vector<std::string>& peers, std::function<void()> kick,
                Placement placement)
-      : peers_(peers), port_(port), kick_(std::move(kick)), placement_(std::move(placement)) {
+      : peers_(peers), host_ip_(host_ip), port_(port), kick_(std::move(kick)), placement_(std::move(placement)) {
     for (size_t i = 0; i < kMaxConns; i++) conns_[i] = std::make_unique<Conn>();
     std::thread([this, host_ip] { Accept(host_ip); }).detach();
     for (size_t i = 0; i < peers_.size() && i < kMaxPeers; i++) std::thread([this, i] { Dial(int(i)); }).detach();
@@ -332,6 +333,24 @@ class TcpTransport : public Transport {
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   }
 
+  // Binds fd to this host's address and a free port of the privileged range peers accept
+  // engines from (as the routers' peer mesh does): only root or CAP_NET_BIND_SERVICE can.
+  bool BindPeerSourcePort(int fd) {
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    sockaddr_in src{};
+    src.sin_family = AF_INET;
+    if (inet_pton(AF_INET, host_ip_.c_str(), &src.sin_addr) != 1) return false;
+    const int first = FF_LIMIT_PEER_SOURCE_PORT_FIRST, span = FF_LIMIT_PEER_SOURCE_PORT_LAST - first + 1;
+    int start = int(uint32_t(std::chrono::steady_clock::now().time_since_epoch().count()) % uint32_t(span));
+    for (int i = 0; i < span; i++) {
+      src.sin_port = htons(uint16_t(first + (start + i) % span));
+      if (bind(fd, reinterpret_cast<sockaddr*>(&src), sizeof src) == 0) return true;
+      if (errno != EADDRINUSE) return false;
+    }
+    return false;
+  }
+
   void Dial(int idx) {
     for (;;) {
       sockaddr_in sa{};
@@ -339,7 +358,7 @@ class TcpTransport : public Transport {
       sa.sin_port = htons(uint16_t(port_));
       if (inet_pton(AF_INET, peers_[idx].c_str(), &sa.sin_addr) != 1) return;
       int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-      if (fd >= 0 && connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) == 0) {
+      if (fd >= 0 && BindPeerSourcePort(fd) && connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) == 0) {
         Tune(fd);
         Conn& c = *conns_[idx];
         c.fd = fd;
@@ -379,7 +398,9 @@ class TcpTransport : public Transport {
       int peer = -1;
       for (size_t k = 0; k < peers_.size() && peer < 0; k++)
         if (peers_[k] == ip) peer = int(k);
-      if (peer < 0) {  // only the configured peer routers may inject work requests
+      // Only the configured peer routers may inject work requests: their addresses, from a
+      // privileged source port (an unprivileged process on a peer host cannot bind one).
+      if (peer < 0 || ntohs(from.sin_port) > FF_LIMIT_PEER_SOURCE_PORT_LAST) {
         close(fd);
         continue;
       }
@@ -405,6 +426,7 @@ class TcpTransport : public Transport {
   }
 
   std::vector<std::string> peers_;
+  std::string host_ip_;
   int port_;
   std::function<void()> kick_;
   Placement placement_;

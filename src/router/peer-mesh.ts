@@ -11,13 +11,13 @@
 // records and announcements naming another host are ignored.
 import net from 'node:net';
 import type { Logger } from '../log.js';
-import { decode, emptyMsg, encode, FIELD_LAYOUT, ipv4ToWire, MSG_SIZE, MsgType, OFFSET, wireToIpv4, type WireMsg } from '../protocol/codec.js';
+import { decode, emptyMsg, encode, FIELD_LAYOUT, ipv4ToWire, Limits, MSG_SIZE, MsgType, OFFSET, wireToIpv4, type WireMsg } from '../protocol/codec.js';
 import { listenerKey, type AnnouncementBatch, type AnnouncementChannel, type Directory, type ListenerRecord } from './directory.js';
 
 const RECONNECT_MS = 500;
 const MAX_FRAME = MSG_SIZE + 65536;
 /** Routers dial their peers from a port in this range; peers accept nothing from above it. */
-export const PEER_SOURCE_PORTS = { first: 512, last: 1023 } as const;
+export const PEER_SOURCE_PORTS = { first: Limits.PEER_SOURCE_PORT_FIRST, last: Limits.PEER_SOURCE_PORT_LAST } as const;
 const SOURCE_PORT_TRIES = 16; // then wait RECONNECT_MS: the range is busy
 /** Unsent bytes to a peer beyond which it counts as unreachable (connects use the overlay). */
 const MAX_PEER_BACKLOG = 16 << 20;

@@ -7,6 +7,7 @@
 // engine messages with random headers, and framing that breaks the protocol. Prints "late
 // requests sent" when the latePort requests are out, then one JSON object.
 import { connect, type Socket } from 'node:net';
+import { Limits } from '../../src/protocol/codec.js';
 import { Rng } from './fuzz-rng.js';
 
 const [host, portArg, listenerIp, listenerPortArg, latePortArg, seedArg] = process.argv.slice(2);
@@ -29,9 +30,17 @@ function hdr(type: number, len: number, magic = MAGIC): Buffer {
   return b;
 }
 
+// A privileged source port, as a router's engine dials from (peers refuse anything else), a
+// fresh one per connection: the router closes first, so an old one may sit in TIME_WAIT.
+let sourcePort = Limits.PEER_SOURCE_PORT_FIRST + rng.int(200);
+function nextSourcePort(): number {
+  const p = sourcePort;
+  sourcePort = p >= Limits.PEER_SOURCE_PORT_LAST ? Limits.PEER_SOURCE_PORT_FIRST : p + 1;
+  return p;
+}
 function open(): Promise<Socket> {
   return new Promise((resolve, reject) => {
-    const s = connect({ host, port }, () => resolve(s));
+    const s = connect({ host, port, localPort: nextSourcePort() }, () => resolve(s));
     s.on('error', (e) => (out.connections ? out.dropped++ : reject(e)));
     s.on('data', () => {}); // answers (HAVE, ACK, nol, ...) are not looked at
     out.connections++;
