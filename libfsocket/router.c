@@ -18,6 +18,16 @@
 
 #define FF_REPLY_TIMEOUT_MS 2000
 #define FF_RETRY_AFTER_NS (1000LL * 1000 * 1000)
+/* A router that accepts but does not answer (hung, stopped, starved) costs the caller a whole
+ * FF_REPLY_TIMEOUT_MS inside connect(): after such a timeout stay away for 5 s, doubling with
+ * every further timeout in a row up to 80 s, so that the application runs on the overlay
+ * instead of stalling every few seconds. A refused or missing socket costs nothing, so that
+ * is retried every second. */
+#define FF_SILENT_BACKOFF_NS (5000LL * 1000 * 1000)
+#define FF_SILENT_BACKOFF_MAX_SHIFT 4
+/* wait_reply's result when the router said nothing within FF_REPLY_TIMEOUT_MS (-1: the
+ * connection failed or closed). */
+#define FF_REPLY_TIMED_OUT (-2)
 #define FF_HIGH_FD 800
 
 static pthread_mutex_t call_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -31,6 +41,7 @@ static pid_t self(void) {
   return my_pid;
 }
 static long long retry_at_ns;
+static int silent_in_row; /* reply timeouts since the router last answered */
 static uint32_t next_seq;
 /* The outstanding prefetch, if any (seq 0: none). */
 static uint32_t prefetch_seq;
@@ -67,6 +78,7 @@ void ff_router_after_fork(void) {
   if (router_fd >= 0) ff_real.close(router_fd);
   router_fd = -1;
   retry_at_ns = 0;
+  silent_in_row = 0;
   pthread_mutex_init(&call_lock, NULL);
 }
 
@@ -77,11 +89,29 @@ void ff_router_release_fd(void) {
   router_fd = -1;
 }
 
-static void drop_connection(bool backoff) {
+static void drop_connection(void) {
   prefetch_seq = 0;
   if (router_fd >= 0 && router_owner == self()) ff_real.close(router_fd);
   router_fd = -1;
-  if (backoff) retry_at_ns = now_ns() + FF_RETRY_AFTER_NS;
+}
+
+/* After waiting for a reply (r: wait_reply's result, or -1 if the request was not sent): a
+ * router that did not answer in time is left alone for a while (see above), a connection that
+ * failed is retried after a second, like a refused socket. */
+static void after_reply(int r) {
+  if (r >= 0) {
+    silent_in_row = 0;
+    return;
+  }
+  drop_connection();
+  if (r == FF_REPLY_TIMED_OUT) {
+    FF_DEBUG("router did not answer: plain overlay for a while");
+    int shift = silent_in_row < FF_SILENT_BACKOFF_MAX_SHIFT ? silent_in_row : FF_SILENT_BACKOFF_MAX_SHIFT;
+    retry_at_ns = now_ns() + (FF_SILENT_BACKOFF_NS << shift);
+    silent_in_row++;
+  } else {
+    retry_at_ns = now_ns() + FF_RETRY_AFTER_NS;
+  }
 }
 
 static int open_connection(void) {
@@ -160,11 +190,12 @@ static int wait_reply(uint32_t seq, struct ff_msg *rep, int *fds, uint16_t *port
   uint16_t all_ports[FF_MAX_REPLY_FDS];
   for (;;) {
     int left = (int)((deadline - now_ns()) / 1000000);
-    if (left <= 0) return -1;
+    if (left <= 0) return FF_REPLY_TIMED_OUT;
     struct pollfd p = {router_fd, POLLIN, 0};
     int r = ff_real.poll(&p, 1, left);
     if (r < 0 && errno == EINTR) continue;
-    if (r <= 0) return -1;
+    if (r == 0) return FF_REPLY_TIMED_OUT;
+    if (r < 0) return -1;
     int nfds;
     int got = ff_recv_msg(router_fd, rep, all, all_ports, FF_MAX_REPLY_FDS, &nfds, 1);
     if (got < 0 && (errno == EAGAIN || errno == EINTR)) continue;
@@ -211,8 +242,9 @@ bool ff_router_collect(const struct ff_endpoint *dst) {
       memcmp(&prefetch_dst.addr, &dst->addr, sizeof dst->addr) == 0) {
     struct ff_msg rep;
     int fds[FF_MAX_REPLY_FDS];
-    got = wait_reply(prefetch_seq, &rep, fds, NULL, FF_MAX_REPLY_FDS) >= 0;
-    if (!got) drop_connection(true);
+    int r = wait_reply(prefetch_seq, &rep, fds, NULL, FF_MAX_REPLY_FDS);
+    got = r >= 0;
+    after_reply(r);
   }
   pthread_mutex_unlock(&call_lock);
   errno = saved_errno;
@@ -236,14 +268,12 @@ int ff_router_call(struct ff_msg *req, struct ff_msg *rep, int *fds, uint16_t *p
     ssize_t n = send(router_fd, req, sizeof *req, MSG_NOSIGNAL);
     if (n < 0 && earlier && attempt == 0 && router_went_away(errno)) {
       FF_DEBUG("router connection lost: reconnecting once");
-      drop_connection(false);
+      drop_connection();
       continue;
     }
     if (n == (ssize_t)sizeof *req) rc = wait_reply(req->seq, rep, fds, ports, max);
-    if (rc < 0) {
-      FF_DEBUG("router did not answer: plain overlay for a while");
-      drop_connection(true);
-    }
+    after_reply(rc);
+    if (rc < 0) rc = -1;
     break;
   }
   pthread_mutex_unlock(&call_lock);

@@ -192,3 +192,67 @@ t.test('router killed mid-transfer: established connections keep going; new ones
   await tb.startRouter('h1');
   await tb.startRouter('h2');
 });
+
+// An echo server (argv: port) that serves one connection after another.
+const ECHO_SERVER = `
+import socket, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(('0.0.0.0', int(sys.argv[1]))); s.listen(64); print('listening', flush=True)
+while True:
+    c, _ = s.accept(); c.settimeout(5)
+    try:
+        got = b''
+        while len(got) < 100:
+            d = c.recv(100 - len(got))
+            if not d: break
+            got += d
+        c.sendall(got)
+    except OSError: pass
+    c.close()`;
+
+// Connects to ip:port again and again for `secs` seconds (an echo of 100 bytes each), timing
+// every connect; prints JSON: how many, how many echoed, and the times of the slow ones.
+const CONNECT_LOOP = `
+import json, socket, sys, time
+ip, port, secs = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+start = time.monotonic(); n = ok = 0; slow = []
+while time.monotonic() - start < secs:
+    t0 = time.monotonic()
+    c = socket.socket(); c.settimeout(10); c.connect((ip, port)); dt = time.monotonic() - t0
+    n += 1
+    if dt > 1.0: slow.append([round(t0 - start, 2), round(dt, 2)])
+    c.sendall(b"x" * 100); got = b""
+    while len(got) < 100:
+        d = c.recv(100)
+        if not d: break
+        got += d
+    ok += got == b"x" * 100
+    c.close(); time.sleep(0.1)
+print(json.dumps({"n": n, "ok": ok, "slow": slow}))
+`;
+
+t.test('a router that stops answering: one stall, then the overlay for a while, not a stall every few seconds', async (t) => {
+  const srv = tb.start('c21', ['python3', '-c', ECHO_SERVER, '7109'], { preload: true });
+  await srv.waitFor(/listening/);
+  await tb.waitListener('h1', overlayIp('c21'), 7109);
+  tb.pauseRouter('h1'); // accepts connections (the kernel queues them) but answers nothing
+  let run;
+  try {
+    run = await vxlanBytesDuring(tb, 'h1', () => tb.run('c11', ['python3', '-c', CONNECT_LOOP, overlayIp('c21'), '7109', '14'], { preload: true, timeoutMs: 60_000 }));
+  } finally {
+    tb.resumeRouter('h1');
+  }
+  const out = JSON.parse(run.result.stdout.trim() || '{}');
+  t.equal(run.result.code, 0, `client ran (${run.result.stderr.trim().slice(-300)})`);
+  t.ok(out.n > 20 && out.ok === out.n, `all ${out.n} connections echoed`);
+  // The first connect waits out the reply timeout (2 s); after it the library leaves the router
+  // alone for 5 s, then 10 s: in 14 s at most two stalls (with a 1 s back-off: five).
+  t.ok(out.slow.length >= 1 && out.slow.length <= 2, `connects that stalled: ${JSON.stringify(out.slow)} ([start s, seconds])`);
+  t.ok(run.bytes > out.n * 200, `VXLAN carried ${run.bytes} bytes: the overlay served them`);
+  // A process that starts now finds the router again.
+  const before = (await tb.status('h1')).counters['connect:host-network'] ?? 0;
+  const again = await tb.run('c11', ['python3', '-c', CONNECT_LOOP, overlayIp('c21'), '7109', '0.5'], { preload: true });
+  t.equal(JSON.parse(again.stdout.trim() || '{}').slow?.length, 0, 'no stall once the router answers');
+  t.ok(((await tb.status('h1')).counters['connect:host-network'] ?? 0) > before, 'and its connects take the host path again');
+  await tb.stop(srv);
+});
