@@ -4,7 +4,7 @@
 // receives the peers' on the connections they open to it. A peer that goes away takes its
 // listeners with it; reconnecting resends the full local state.
 //
-// Who counts as a peer (docs/design.md, "Router to router"): a connection from one of the
+// Who counts as a peer (docs/design.md, "Only routers speak as routers"): a connection from one of the
 // `--peers` addresses and from a privileged source port (below 1024, which only root or
 // CAP_NET_BIND_SERVICE can bind), so an unprivileged process on a peer host cannot feed the
 // directory or announce connections; and a peer speaks only for its own host: listener
@@ -36,6 +36,7 @@ interface Outbound {
   connected: boolean;
   timer?: NodeJS.Timeout;
   portTries: number; // source ports found busy in a row
+  saidNoPrivilege?: boolean; // logged that we may not bind a privileged port (once)
 }
 
 function randomSourcePort(): number {
@@ -211,7 +212,10 @@ export class PeerMesh implements Directory, AnnouncementChannel {
     s.on('data', () => {}); // peers send us nothing on this connection
     s.on('error', (err: NodeJS.ErrnoException) => {
       sourcePortBusy = err.code === 'EADDRINUSE' || err.code === 'EADDRNOTAVAIL';
-      if (err.code === 'EACCES') this.opts.log.error({ peer: o.ip }, `cannot dial peers from a privileged port (${PEER_SOURCE_PORTS.first}-${PEER_SOURCE_PORTS.last}): run the router as root or with CAP_NET_BIND_SERVICE`);
+      if (err.code === 'EACCES' && !o.saidNoPrivilege) {
+        o.saidNoPrivilege = true;
+        this.opts.log.error({ peer: o.ip }, `cannot dial peers from a privileged port (${PEER_SOURCE_PORTS.first}-${PEER_SOURCE_PORTS.last}): run the router as root or with CAP_NET_BIND_SERVICE`);
+      }
     });
     s.on('close', () => {
       if (o.connected) this.opts.log.warn({ peer: o.ip }, 'lost peer router');
