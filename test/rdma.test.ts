@@ -146,6 +146,8 @@ t.test('garbage for every RDMA and rdma_cm message type leaves the router up and
   t.equal(o.sequences?.['connect without resolve, with descriptor'], EINVAL, 'also with a stray descriptor attached');
   for (const k of ['accept without request', 'reject without request', 'connect twice']) t.equal(o.sequences?.[k], EINVAL, `${k}: EINVAL`);
   t.equal(o.sequences?.['listen twice on one address'], -98, 'a second listener on one address: EADDRINUSE');
+  t.equal(o.sequences?.['bind a listening id elsewhere'], EINVAL, 'a listening id cannot be bound elsewhere (its listener would be left behind)');
+  t.equal(o.sequences?.['listen again on a listening id'], 0, 'rdma_listen on a listening id is a no-op');
   t.equal(o.sequences?.['destroy channel with ids, then events for them'], 0, 'an id outlives its destroyed channel');
   t.equal(o.after, 0, 'a new session of the fuzzing process is served');
   t.same(faults('h1', log0), [], 'no internal fault in h1 (nothing thrown, nothing caught by a last resort)');

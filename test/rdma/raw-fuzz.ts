@@ -139,6 +139,21 @@ await seq('listen twice on one address', async (ch) => {
   await s.call(MsgType.CM_BIND, [id], [], [], undefined, { local_addr: listener.remote_addr, local_port: listener.remote_port });
   return s.call(MsgType.CM_LISTEN, [id]);
 });
+// A listening id moved elsewhere and listening again would leave its first listener behind
+// (a leak seed 174236260 found): the move is refused, a second rdma_listen is a no-op.
+const elsewhere = { local_addr: listener.remote_addr, local_port: listener.remote_port + 1 };
+await seq('bind a listening id elsewhere', async (ch) => {
+  const id = await newId(ch);
+  await s.call(MsgType.CM_BIND, [id], [], [], undefined, elsewhere);
+  await s.call(MsgType.CM_LISTEN, [id]);
+  return s.call(MsgType.CM_BIND, [id], [], [], undefined, { ...elsewhere, local_port: elsewhere.local_port + 1 });
+});
+await seq('listen again on a listening id', async (ch) => {
+  const id = await newId(ch);
+  await s.call(MsgType.CM_BIND, [id], [], [], undefined, { ...elsewhere, local_port: elsewhere.local_port + 2 });
+  await s.call(MsgType.CM_LISTEN, [id]);
+  return s.call(MsgType.CM_LISTEN, [id]);
+});
 await seq('destroy channel with ids, then events for them', async (ch) => {
   const id = await newId(ch);
   await s.call(MsgType.CM_DESTROY_CHANNEL, [ch]);

@@ -190,6 +190,9 @@ export class ConnectionManager {
     if (!id || id.session !== session) return fail(ENOENT);
     switch (msg.type) {
       case MsgType.CM_BIND: {
+        // A listening id keeps its address (the kernel's rdma_bind_addr wants an idle id):
+        // moving it would leave its old listener entry behind.
+        if (id.listenKey) return fail(EINVAL);
         const ip = wireToIpv4(msg.local_addr) ?? '0.0.0.0';
         if (ip !== '0.0.0.0' && !session.ownership.owns(ip)) return fail(EADDRNOTAVAIL);
         id.ip = ip;
@@ -201,6 +204,7 @@ export class ConnectionManager {
       }
       case MsgType.CM_LISTEN: {
         if (id.ip === undefined || !id.port) return fail(EINVAL);
+        if (id.listenKey) return reply(0); // listening already: rdma_listen again changes only the backlog
         const key = `${id.ip}:${id.port}`;
         if (this.listeners.has(key)) return fail(EADDRINUSE);
         this.listeners.set(key, id);
