@@ -16,8 +16,6 @@ import { listenerKey, type AnnouncementBatch, type AnnouncementChannel, type Dir
 
 const RECONNECT_MS = 500;
 const MAX_FRAME = MSG_SIZE + 65536;
-/** Routers dial their peers from a port in this range; peers accept nothing from above it. */
-export const PEER_SOURCE_PORTS = { first: Limits.PEER_SOURCE_PORT_FIRST, last: Limits.PEER_SOURCE_PORT_LAST } as const;
 const SOURCE_PORT_TRIES = 16; // then wait RECONNECT_MS: the range is busy
 /** Unsent bytes to a peer beyond which it counts as unreachable (connects use the overlay). */
 const MAX_PEER_BACKLOG = 16 << 20;
@@ -39,8 +37,11 @@ interface Outbound {
   saidNoPrivilege?: boolean; // logged that we may not bind a privileged port (once)
 }
 
+/** Routers dial their peers from a port of the wire spec's privileged range; peers accept
+ * nothing from above it. */
 function randomSourcePort(): number {
-  return PEER_SOURCE_PORTS.first + Math.floor(Math.random() * (PEER_SOURCE_PORTS.last - PEER_SOURCE_PORTS.first + 1));
+  const { PEER_SOURCE_PORT_FIRST: first, PEER_SOURCE_PORT_LAST: last } = Limits;
+  return first + Math.floor(Math.random() * (last - first + 1));
 }
 
 export function recordToMsg(type: number, rec: ListenerRecord): WireMsg {
@@ -214,7 +215,7 @@ export class PeerMesh implements Directory, AnnouncementChannel {
       sourcePortBusy = err.code === 'EADDRINUSE' || err.code === 'EADDRNOTAVAIL';
       if (err.code === 'EACCES' && !o.saidNoPrivilege) {
         o.saidNoPrivilege = true;
-        this.opts.log.error({ peer: o.ip }, `cannot dial peers from a privileged port (${PEER_SOURCE_PORTS.first}-${PEER_SOURCE_PORTS.last}): run the router as root or with CAP_NET_BIND_SERVICE`);
+        this.opts.log.error({ peer: o.ip }, `cannot dial peers from a privileged port (${Limits.PEER_SOURCE_PORT_FIRST}-${Limits.PEER_SOURCE_PORT_LAST}): run the router as root or with CAP_NET_BIND_SERVICE`);
       }
     });
     s.on('close', () => {
@@ -231,7 +232,7 @@ export class PeerMesh implements Directory, AnnouncementChannel {
   private acceptPeer(s: net.Socket): void {
     const ip = (s.remoteAddress ?? '').replace(/^::ffff:/, '');
     const port = s.remotePort ?? 65535;
-    if (!this.opts.peers.includes(ip) || port > PEER_SOURCE_PORTS.last) {
+    if (!this.opts.peers.includes(ip) || port > Limits.PEER_SOURCE_PORT_LAST) {
       const why = this.opts.peers.includes(ip) ? 'from an unprivileged port (not a router)' : 'from an address not in --peers';
       this.opts.log.warn({ from: `${ip}:${port}` }, `refused peer connection ${why}`);
       s.destroy();
