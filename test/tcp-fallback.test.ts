@@ -65,10 +65,11 @@ t.test('unset VNET_PREFIX accelerates nothing (unlike the original, which took 0
 // A plain server inside VNET_PREFIX (or an accelerated client of a mix-and-match pair): the
 // library remembers for a second that the router had no accelerated listener there, so each
 // connect() does not pay a router round trip before falling back (docs/design.md).
-const PLAIN_SERVER = `
-import socket
+// Also the echo server of the frozen-router test, there preloaded (argv: port).
+const ECHO_SERVER = `
+import socket, sys
 s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(('0.0.0.0', 7107)); s.listen(64); print('listening', flush=True)
+s.bind(('0.0.0.0', int(sys.argv[1]))); s.listen(64); print('listening', flush=True)
 while True:
     c, _ = s.accept(); c.sendall(c.recv(16)); c.close()`;
 // argv: how many connections in each round; rounds are \`pause\` seconds apart.
@@ -82,7 +83,7 @@ for i, n in enumerate(int(a) for a in sys.argv[1:]):
 print('ok', flush=True)`;
 
 t.test('accelerated client -> plain server: one router question per second and destination, not per connect', async (t) => {
-  const srv = tb.start('c21', ['python3', '-c', PLAIN_SERVER]);
+  const srv = tb.start('c21', ['python3', '-c', ECHO_SERVER, '7107']);
   await srv.waitFor(/listening/);
   const fallbacks = async () => (await tb.status('h1')).counters['connect:overlay-fallback'] ?? 0;
   const py = (pause: number, ...counts: number[]) =>
@@ -193,24 +194,7 @@ t.test('router killed mid-transfer: established connections keep going; new ones
   await tb.startRouter('h2');
 });
 
-// An echo server (argv: port) that serves one connection after another.
-const ECHO_SERVER = `
-import socket, sys
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(('0.0.0.0', int(sys.argv[1]))); s.listen(64); print('listening', flush=True)
-while True:
-    c, _ = s.accept(); c.settimeout(5)
-    try:
-        got = b''
-        while len(got) < 100:
-            d = c.recv(100 - len(got))
-            if not d: break
-            got += d
-        c.sendall(got)
-    except OSError: pass
-    c.close()`;
-
-// Connects to ip:port again and again for `secs` seconds (an echo of 100 bytes each), timing
+// Connects to ip:port again and again for `secs` seconds (an echo of 16 bytes each), timing
 // every connect; prints JSON: how many, how many echoed, and the times of the slow ones.
 const CONNECT_LOOP = `
 import json, socket, sys, time
@@ -221,12 +205,12 @@ while time.monotonic() - start < secs:
     c = socket.socket(); c.settimeout(10); c.connect((ip, port)); dt = time.monotonic() - t0
     n += 1
     if dt > 1.0: slow.append([round(t0 - start, 2), round(dt, 2)])
-    c.sendall(b"x" * 100); got = b""
-    while len(got) < 100:
-        d = c.recv(100)
+    c.sendall(b"x" * 16); got = b""
+    while len(got) < 16:
+        d = c.recv(16)
         if not d: break
         got += d
-    ok += got == b"x" * 100
+    ok += got == b"x" * 16
     c.close(); time.sleep(0.1)
 print(json.dumps({"n": n, "ok": ok, "slow": slow}))
 `;
@@ -248,7 +232,7 @@ t.test('a router that stops answering: one stall, then the overlay for a while, 
   // The first connect waits out the reply timeout (2 s); after it the library leaves the router
   // alone for 5 s, then 10 s: in 14 s at most two stalls (with a 1 s back-off: five).
   t.ok(out.slow.length >= 1 && out.slow.length <= 2, `connects that stalled: ${JSON.stringify(out.slow)} ([start s, seconds])`);
-  t.ok(run.bytes > out.n * 200, `VXLAN carried ${run.bytes} bytes: the overlay served them`);
+  t.ok(run.bytes > out.n * 32, `VXLAN carried ${run.bytes} bytes: the overlay served them`);
   // A process that starts now finds the router again.
   const before = (await tb.status('h1')).counters['connect:host-network'] ?? 0;
   const again = await tb.run('c11', ['python3', '-c', CONNECT_LOOP, overlayIp('c21'), '7109', '0.5'], { preload: true });

@@ -1,27 +1,18 @@
 // Sends one hand-made request to a router socket and prints the reply as JSON. Run inside a
 // testbed namespace to ask "as" a container: node --import tsx test/lib/raw-request.ts
 //   <socket> <CONNECT|LISTEN> <localIp> <localPort> <remoteIp> <remotePort>
-import { native, READABLE } from '../../src/native.js';
-import { decode, emptyMsg, encode, ipv4ToWire, MSG_SIZE, MsgType } from '../../src/protocol/codec.js';
+import { native } from '../../src/native.js';
+import { emptyMsg, encode, ipv4ToWire, MsgType, type WireMsg } from '../../src/protocol/codec.js';
+import { RawSession } from './raw-session.js';
 
-export function rawRequest(socket: string, bytes: Buffer, fds: number[] = [], timeoutMs = 2000): Promise<{ reply?: ReturnType<typeof decode>; fds: number[]; closed?: boolean }> {
-  const fd = native.seqpacketConnect(socket);
-  if (fd < 0) return Promise.reject(new Error(`connect ${socket}: ${native.strerror(-fd)}`));
-  native.sendMsg(fd, bytes, fds);
-  return new Promise((resolve, reject) => {
-    const finish = (v: { reply?: ReturnType<typeof decode>; fds: number[]; closed?: boolean } | Error) => {
-      clearTimeout(timer);
-      native.unwatch(w);
-      native.close(fd);
-      v instanceof Error ? reject(v) : resolve(v);
-    };
-    const timer = setTimeout(() => finish(new Error('no reply')), timeoutMs);
-    const w = native.watch(fd, READABLE, () => {
-      const r = native.recvMsg(fd, MSG_SIZE + 65536);
-      if (typeof r === 'number') return finish({ fds: [], closed: true });
-      finish({ reply: decode(r.data), fds: r.fds });
-    });
-  });
+export async function rawRequest(socket: string, bytes: Buffer, fds: number[] = [], timeoutMs = 2000): Promise<{ reply?: WireMsg; fds: number[]; closed?: boolean }> {
+  const s = new RawSession(socket, timeoutMs);
+  try {
+    const r = await s.raw(bytes, fds);
+    return r.closed ? { fds: [], closed: true } : { reply: r.msg, fds: r.fds };
+  } finally {
+    s.close();
+  }
 }
 
 export function request(type: 'CONNECT' | 'LISTEN', local: [string, number], remote: [string, number]): Buffer {

@@ -5,7 +5,7 @@
 import { openSync } from 'node:fs';
 import { native } from '../../src/native.js';
 import { MsgType } from '../../src/protocol/codec.js';
-import { RawSession, type Reply } from './raw-client.js';
+import { RawSession, type Reply } from '../lib/raw-session.js';
 
 const socket = process.argv[2];
 const out: Record<string, unknown> = {};

@@ -8,7 +8,7 @@ import { openSync, ftruncateSync, unlinkSync } from 'node:fs';
 import { native } from '../../src/native.js';
 import { emptyMsg, encode, FF_RDMA_ARGS_SIZE, ipv4ToWire, MSG_SIZE, MsgType, OFFSET } from '../../src/protocol/codec.js';
 import { Rng } from './fuzz-rng.js';
-import { RawSession, rdmaArgs, type Reply } from './raw-client.js';
+import { RawSession, rdmaArgs, type Reply } from '../lib/raw-session.js';
 
 const [socket, ownIp] = process.argv.slice(2, 4);
 const seed = Number(process.argv[4] ?? Date.now() % 1e9);

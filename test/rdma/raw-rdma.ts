@@ -5,7 +5,7 @@ import { fstatSync, ftruncateSync, openSync, unlinkSync } from 'node:fs';
 import { constants } from 'node:os';
 import { native } from '../../src/native.js';
 import { MsgType } from '../../src/protocol/codec.js';
-import { RawSession } from './raw-client.js';
+import { RawSession } from '../lib/raw-session.js';
 
 const socket = process.argv[2];
 let seq = 1;

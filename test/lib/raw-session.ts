@@ -1,10 +1,11 @@
-// A hand-made RDMA-mode client for the tests that talk to the router without libibverbs
-// (raw-rdma.ts, raw-caps.ts, raw-fuzz.ts): one router session (socket connection) sending
-// requests, possibly many at once, and taking the replies in order.
+// A hand-made router client for the tests that talk to the router without libfsocket or
+// libibverbs (raw-request.ts, listen-many.ts, test/rdma/raw-*.ts): one router session (socket
+// connection) sending requests, possibly many at once, and taking the replies in order.
 import { native, READABLE } from '../../src/native.js';
 import { decode, emptyMsg, encode, FF_RDMA_ARGS_SIZE, MSG_SIZE, type WireMsg } from '../../src/protocol/codec.js';
 
-export interface Reply { status: number; h: number[]; fds: number[]; payload: Buffer; closed?: boolean }
+/** A reply: its header (msg), and for RDMA mode the handles of its ff_rdma_args payload (h). */
+export interface Reply { status: number; msg?: WireMsg; h: number[]; fds: number[]; payload: Buffer; closed?: boolean }
 
 /** The ff_rdma_args payload of a request: six u32 handles, four u64 values. */
 export function rdmaArgs(h: number[] = [], v: (number | bigint)[] = []): Buffer {
@@ -42,7 +43,8 @@ export class RawSession {
       }
       const w = this.waiting.shift();
       const p = r.data.subarray(MSG_SIZE);
-      const reply: Reply = { status: decode(r.data).status, h: [0, 1, 2, 3, 4, 5].map((i) => (p.length >= (i + 1) * 4 ? p.readUInt32LE(i * 4) : 0)), fds: r.fds, payload: p };
+      const msg = decode(r.data);
+      const reply: Reply = { status: msg.status, msg, h: [0, 1, 2, 3, 4, 5].map((i) => (p.length >= (i + 1) * 4 ? p.readUInt32LE(i * 4) : 0)), fds: r.fds, payload: p };
       if (!w) {
         native.closeAll(r.fds);
         continue;
