@@ -123,7 +123,7 @@ t.test('malformed requests get a clear refusal and never take the router down', 
   for (let i = 0; i < 300; i++) await rawRequest(sock('h1'), randomBytes(1 + Math.floor(Math.random() * 300)), [], 1000).catch(() => {});
   // Garbage on the router-to-router port too.
   // From a privileged port, as a router dials, so that the junk reaches the frame parser.
-  const junk = await tb.run('h2', ['python3', '-c', 'import socket,os; s=socket.create_connection(("192.168.77.1",7471), source_address=("192.168.77.2",702)); s.sendall(os.urandom(5000)); s.close()']);
+  const junk = await tb.run('h2', ['python3', '-c', 'import socket,os\nfor p in range(702, 742):\n    try: s = socket.create_connection(("192.168.77.1",7471), source_address=("192.168.77.2",p)); break\n    except OSError:\n        if p == 741: raise\ns.sendall(os.urandom(5000)); s.close()']);
   t.equal(junk.code, 0, 'sent junk to the peer port');
   const s = await tb.status('h1');
   t.ok(s.pid, 'router h1 still answers');
@@ -143,8 +143,14 @@ t.test('malformed requests get a clear refusal and never take the router down', 
 const FORGER = `
 import socket, sys, time
 peer, src, src_port, frames, ep_ip, ep_port, fwd_src, fwd_port = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5], int(sys.argv[6]), sys.argv[7], int(sys.argv[8])
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind((src, src_port))
-s.connect((peer, ${Limits.PEER_PORT})); s.sendall(bytes.fromhex(frames)); time.sleep(0.5)
+for port in ([0] if src_port == 0 else range(src_port, src_port + 40)): # skip ports the routers' own connections hold
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        s.bind((src, port)); s.connect((peer, ${Limits.PEER_PORT})); break
+    except OSError:
+        s.close()
+        if port in (0, src_port + 39): raise
+s.sendall(bytes.fromhex(frames)); time.sleep(0.5)
 c = socket.socket(); c.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); c.bind((fwd_src, fwd_port)); c.settimeout(3)
 c.connect((ep_ip, ep_port)); c.sendall(b"forged")
 try:
@@ -191,12 +197,12 @@ t.test('only routers speak as routers: --peers addresses, privileged source port
   t.match(user.stdout, /PEER closed/, 'and its peer connection is dropped');
   t.match(tb.routerOutput('h2'), /refused peer connection from an unprivileged port/, 'router says why');
 
-  const outsider = await forge(false, stranger, 703, stranger, stranger, 40002, stranger);
+  const outsider = await forge(false, stranger, 600, stranger, stranger, 40002, stranger);
   t.match(outsider.stdout, /GOT b''|ERR/, `root on an address outside --peers is not admitted (${outsider.stdout.trim()})`);
   t.match(tb.routerOutput('h2'), /refused peer connection from an address not in --peers/, 'router says why');
 
   // A peer (root, privileged port) announcing a connection from another host, and a listener there.
-  const foreign = await forge(false, hostIp('h1'), 704, stranger, stranger, 40003, stranger);
+  const foreign = await forge(false, hostIp('h1'), 700, stranger, stranger, 40003, stranger);
   t.match(foreign.stdout, /GOT b''|ERR/, `a peer cannot get another host's connection admitted (${foreign.stdout.trim()})`);
   t.match(foreign.stdout, /PEER closed/, 'a listener record for another host drops the peer connection');
   t.notOk(await forged(), 'no forged listener in the directory');
@@ -204,7 +210,7 @@ t.test('only routers speak as routers: --peers addresses, privileged source port
 
   // Control: the same frames from a peer for its own host are honoured (root on a peer host is
   // trusted, docs/design.md), so the refusals above are the checks' doing, not a broken forger.
-  const peer = await forge(false, hostIp('h1'), 705, hostIp('h1'), hostIp('h1'), 40004, hostIp('h1'));
+  const peer = await forge(false, hostIp('h1'), 800, hostIp('h1'), hostIp('h1'), 40004, hostIp('h1'));
   t.match(peer.stdout, /GOT b'forged'/, 'a real peer\'s announcement admits its connection');
   await srv.waitFor(new RegExp(`ACCEPTED ${overlayIp('c11').replace(/\./g, '\\.')} 40004`));
   t.match(peer.stdout, /PEER open/, 'and its connection stays up');
@@ -233,12 +239,20 @@ t.test('one client cannot make the router hold unlimited listeners', async (t) =
   t.equal(s.listenersTotal, 0, 'all released when the client exits');
 });
 
-// Says whether a connection to ip:port from srcPort (0: any) is closed by the other end within
-// a second, before anything is sent: how a router's engine refuses a dialler.
+// Says whether a connection to ip:port from a source port of [first, last] (0 0: any) is
+// closed by the other end within a second, before anything is sent: how a router's engine
+// refuses a dialler. Ports the routers' own connections hold are skipped.
 const ENGINE_PROBE = `
 import socket, sys
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind((sys.argv[1], int(sys.argv[4])))
-s.connect((sys.argv[2], int(sys.argv[3]))); s.settimeout(1)
+first, last = int(sys.argv[4]), int(sys.argv[5])
+for port in range(first, last + 1):
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        s.bind((sys.argv[1], port)); s.connect((sys.argv[2], int(sys.argv[3]))); break
+    except OSError:
+        s.close()
+        if port == last: raise
+s.settimeout(1)
 try: print("closed" if s.recv(1) == b"" else "data")
 except socket.timeout: print("open")
 except OSError as e: print("closed", type(e).__name__)
@@ -246,10 +260,10 @@ except OSError as e: print("closed", type(e).__name__)
 
 t.test("the RDMA engine's port, too, takes only routers: --peers addresses from a privileged port", async (t) => {
   const enginePort = String(Limits.PEER_PORT + 1);
-  const probe = (asUser: boolean, srcPort: number) =>
-    tb.run('h2', [...(asUser ? ['setpriv', '--reuid=65534', '--regid=65534', '--clear-groups', '/usr/bin/python3'] : ['python3']), '-c', ENGINE_PROBE, hostIp('h2'), hostIp('h1'), enginePort, String(srcPort)]);
-  const user = await probe(true, 0);
+  const probe = (asUser: boolean, ports: [number, number]) =>
+    tb.run('h2', [...(asUser ? ['setpriv', '--reuid=65534', '--regid=65534', '--clear-groups', '/usr/bin/python3'] : ['python3']), '-c', ENGINE_PROBE, hostIp('h2'), hostIp('h1'), enginePort, ...ports.map(String)]);
+  const user = await probe(true, [0, 0]);
   t.match(user.stdout, /^closed/, `an unprivileged process on a peer host is cut off (${user.stdout.trim()}${user.stderr.trim()})`);
-  const root = await probe(false, Limits.PEER_SOURCE_PORT_FIRST + 7);
+  const root = await probe(false, [Limits.PEER_SOURCE_PORT_FIRST, Limits.PEER_SOURCE_PORT_LAST]);
   t.match(root.stdout, /^open/, `a privileged source port on a peer host is kept, as a router's engine (${root.stdout.trim()}${root.stderr.trim()})`);
 });

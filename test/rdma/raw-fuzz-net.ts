@@ -38,12 +38,21 @@ function nextSourcePort(): number {
   sourcePort = p >= Limits.PEER_SOURCE_PORT_LAST ? Limits.PEER_SOURCE_PORT_FIRST : p + 1;
   return p;
 }
-function open(): Promise<Socket> {
+function open(tries = 40): Promise<Socket> {
   return new Promise((resolve, reject) => {
-    const s = connect({ host, port, localPort: nextSourcePort() }, () => resolve(s));
-    s.on('error', (e) => (out.connections ? out.dropped++ : reject(e)));
+    let up = false;
+    const s = connect({ host, port, localPort: nextSourcePort() }, () => {
+      up = true;
+      out.connections++;
+      resolve(s);
+    });
+    s.on('error', (e: NodeJS.ErrnoException) => {
+      if (up) out.dropped++;
+      // A source port a router's own connection holds: the next one.
+      else if ((e.code === 'EADDRNOTAVAIL' || e.code === 'EADDRINUSE') && tries > 1) open(tries - 1).then(resolve, reject);
+      else reject(e);
+    });
     s.on('data', () => {}); // answers (HAVE, ACK, nol, ...) are not looked at
-    out.connections++;
   });
 }
 
