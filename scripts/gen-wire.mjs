@@ -85,8 +85,9 @@ const outputs = [
 const check = process.argv.includes('--check');
 let stale = 0;
 for (const [path, text] of outputs) {
+  const current = existsSync(path) && readFileSync(path, 'utf8') === text;
   if (check) {
-    if (!existsSync(path) || readFileSync(path, 'utf8') !== text) { console.error(`stale: ${path}`); stale++; }
-  } else writeFileSync(path, text);
+    if (!current) { console.error(`stale: ${path}`); stale++; }
+  } else if (!current) writeFileSync(path, text); // unchanged files keep their mtime: make rebuilds nothing
 }
 process.exit(stale ? 1 : 0);
