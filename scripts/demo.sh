@@ -6,8 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 export FF_TB=${FF_TB:-ffdemo$$}
-# Many short repetitions rather than a few long ones: on a shared VM single runs swing 2x
-# (hypervisor steal), and the median of 9 paired ratios is steadier than the median of 5.
+# Many short repetitions rather than a few long ones: single runs swing (hypervisor steal on a
+# shared VM, and the reordering below), and the median of 9 paired ratios is steadier than of 5.
 REPS=${DEMO_REPS:-9}
 SECS=${DEMO_SECONDS:-3}
 # BBR, this VM's default, when the kernel has it: the veth link reorders a flow sent from two
