@@ -201,6 +201,13 @@ export class RdmaExtension implements RouterExtension {
     return { sessions: this.sessions.size, ...e, cmListeners: this.cm.listening().slice(0, 1024), fds, limits, resources };
   }
 
+  /** Descriptors the connection manager keeps open: live event channels and destroyed ones
+   * still held for their last events. */
+  private cmDescriptors(): number {
+    const { channels, kept } = this.cm.held();
+    return channels + kept;
+  }
+
   /** 0 if the session may create one more object (holdsFd: one that keeps a descriptor open
    * in the router), else the errno to answer: ENOMEM over MAX_PER_SESSION objects, EMFILE
    * over MAX_FDS_PER_SESSION descriptors or the router-wide budget. */
@@ -209,7 +216,7 @@ export class RdmaExtension implements RouterExtension {
     let errno = 0;
     if ((res ? this.count(res) : 0) + cm.ids + cm.channels >= MAX_PER_SESSION) errno = ENOMEM;
     else if (holdsFd && (res?.channels.size ?? 0) + cm.channels >= MAX_FDS_PER_SESSION) errno = EMFILE;
-    else if (holdsFd && this.channelFds + this.cm.held().channels + this.cm.held().kept >= this.fdBudget) errno = EMFILE;
+    else if (holdsFd && this.channelFds + this.cmDescriptors() >= this.fdBudget) errno = EMFILE;
     if (errno && !this.capWarned.has(session)) {
       this.capWarned.add(session);
       this.opts.log.warn(
