@@ -8,7 +8,10 @@
 #include <netinet/tcp.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
+#include <stdio.h>
 #include <sys/un.h>
 #include <unistd.h>
 #include <algorithm>
@@ -68,7 +71,46 @@ Napi::Value SeqpacketConnect(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, fd);
 }
 
-// acceptUnix(fd) -> {fd, pid, uid, gid} | -errno (EAGAIN when none pending)
+// The kernel's ioctl for a pidfd's network namespace (Linux 6.11, include/uapi/linux/pidfd.h);
+// Debian bookworm's headers predate it.
+#ifndef SO_PEERPIDFD
+#define SO_PEERPIDFD 77
+#endif
+#define FF_PIDFD_GET_NET_NAMESPACE _IO(0xFF, 4)
+
+// The network namespace (nsfs inode) of the process at the other end of a Unix socket, read
+// without a pid race: SO_PEERPIDFD pins the process that connected, so a pid that is reused
+// after it exits can never lend its namespace. Returns 0 and sets *ino, or -errno (ESRCH: the
+// caller has already exited).
+int PeerNetns(int fd, uint64_t* ino) {
+  int pidfd = -1;
+  socklen_t len = sizeof pidfd;
+  if (getsockopt(fd, SOL_SOCKET, SO_PEERPIDFD, &pidfd, &len) < 0) return -errno;
+  int ns = ioctl(pidfd, FF_PIDFD_GET_NET_NAMESPACE, 0);
+  struct stat st;
+  int rc = 0;
+  if (ns >= 0) {
+    rc = fstat(ns, &st) < 0 ? -errno : 0;
+    close(ns);
+  } else {
+    // Kernels before 6.11: read /proc/<pid>/ns/net, then check that the pidfd's process is
+    // still alive, so the pid cannot have been reused while we looked.
+    pid_t pid = 0;
+    ucred cred{};
+    socklen_t cl = sizeof cred;
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &cl) == 0) pid = cred.pid;
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/ns/net", int(pid));
+    rc = stat(path, &st) < 0 ? -errno : 0;
+    if (rc == 0 && syscall(SYS_pidfd_send_signal, pidfd, 0, nullptr, 0) < 0) rc = -ESRCH;
+  }
+  close(pidfd);
+  if (rc == 0) *ino = uint64_t(st.st_ino);
+  return rc;
+}
+
+// acceptUnix(fd) -> {fd, pid, uid, gid, netns} | -errno (EAGAIN when none pending). netns: the
+// caller's network namespace inode, or 0 when it cannot be read (the caller is then unknown).
 Napi::Value AcceptUnix(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int lfd = info[0].As<Napi::Number>().Int32Value();
@@ -81,11 +123,14 @@ Napi::Value AcceptUnix(const Napi::CallbackInfo& info) {
     close(fd);
     return Err(env, e);
   }
+  uint64_t netns = 0;
+  PeerNetns(fd, &netns);
   Napi::Object o = Napi::Object::New(env);
   o.Set("fd", fd);
   o.Set("pid", cred.pid);
   o.Set("uid", cred.uid);
   o.Set("gid", cred.gid);
+  o.Set("netns", double(netns));
   return o;
 }
 

@@ -33,13 +33,16 @@ export const FIELDS = [
 
 export const TYPES = {
   // container library -> router
-  // The router checks every overlay address against the caller's netns (SO_PEERCRED pid).
+  // The router checks every overlay address against the addresses registered for the caller's
+  // network namespace (read through SO_PEERPIDFD at accept; docs/security.md).
   CONNECT: 2, // remote_* = overlay destination; local_* = overlay source (port 0 if unbound);
   //             flags = sockets wanted (SOCKETS_MASK) | PAIR_OK; reply payload = uint16 LE host
   //             port of each fd, in order; reply flags PAIR: the fd is a connected AF_UNIX end
   LISTEN: 3, // local_* = overlay address/port the application listens on; reply fds: accept
   //            channel, host listener, admission table (sealed memfd, struct ff_admit_table)
   STATUS: 4, // CLI asks for the router's state; reply carries JSON payload
+  REGISTRY_CHANGED: 6, // root in the router's own netns (freeflow register, the CNI plugin): re-read
+  //                      the namespace registry from the state directory; reply ACCEL, or FALLBACK
   REPLY: 5, // router -> library answer to any request (same seq)
   // router -> library, on a listener's accept channel
   ACCEPTED: 10, // one host connection (fd attached) from overlay peer remote_* to local_*;
@@ -102,6 +105,7 @@ export const FALLBACK = {
   BAD_REQUEST: 3,
   INTERNAL: 4,
   LIMIT: 5, // a per-client limit of the router is reached (e.g. accelerated listeners)
+  UNREGISTERED: 6, // the caller's network namespace is not registered (freeflow register, CNI plugin)
 };
 
 // Fixed payload records, emitted as C structs and TS layouts: [name, C type, byte size].

@@ -8,7 +8,8 @@ export interface RecvResult { data: Buffer; fds: number[]; truncated: boolean }
 export interface NativeApi {
   seqpacketListen(path: string, mode: number): number;
   seqpacketConnect(path: string): number;
-  acceptUnix(fd: number): { fd: number; pid: number; uid: number; gid: number } | number;
+  /** netns: the caller's network namespace inode (0 if it could not be read), via SO_PEERPIDFD. */
+  acceptUnix(fd: number): { fd: number; pid: number; uid: number; gid: number; netns: number } | number;
   seqpacketPair(): [number, number] | number;
   recvMsg(fd: number, max: number): RecvResult | number;
   sendMsg(fd: number, data: Buffer, fds?: number[]): number;

@@ -7,11 +7,35 @@ import { Router, socketPath } from '../router/router.js';
 import { createRdmaExtension } from '../router/rdma/extension.js';
 import { hostAddressIn, inPrefix, parsePrefix } from './host-address.js';
 import { fetchStatus, formatStatus, waitForStatus } from './status-client.js';
+import { defaultStateDir, parseIps, register, unregister } from '../registry/store.js';
+import { notifyRouter } from '../registry/notify.js';
+import { cniErrorJson, runCni } from '../registry/cni.js';
 
 const common = {
   name: { type: 'string', default: process.env.FFR_NAME || 'ffrouter', describe: 'router name; the socket is <socket-dir>/<name>.sock (env FFR_NAME)' },
   'socket-dir': { type: 'string', default: process.env.FFR_SOCKET_DIR || '/freeflow', describe: 'directory shared with containers (env FFR_SOCKET_DIR)' },
 } as const;
+
+const stateDirOption = {
+  'state-dir': {
+    type: 'string',
+    default: process.env.FFR_STATE_DIR,
+    defaultDescription: '/run/freeflow/<name>',
+    describe: 'root-only directory of the router\'s registry of container network namespaces, never shared with containers (env FFR_STATE_DIR)',
+  },
+} as const;
+
+/** Registration changes are root's on the host: the registry is what makes a container who it is. */
+function needRoot(cmd: string): void {
+  if (process.getuid?.() !== 0) throw new Error(`${cmd} must run as root on the host`);
+}
+
+async function tellRouter(socketDir: string, name: string): Promise<void> {
+  const path = socketPath(socketDir, name);
+  const r = await notifyRouter(path);
+  if (r === 'no-router') console.error(`freeflow: no router at ${path}; it reads the registration when it starts`);
+  else if (r === 'refused') throw new Error(`the router at ${path} refused to reload its registry (run this as root in the host network namespace)`);
+}
 
 function splitList(v: unknown): string[] {
   const items = Array.isArray(v) ? v : v === undefined ? [] : [v];
@@ -36,6 +60,7 @@ await yargs(hideBin(process.argv))
     (y) =>
       y.options({
         ...common,
+        ...stateDirOption,
         'host-ip-prefix': { type: 'string', default: process.env.HOST_IP_PREFIX, describe: 'host network prefix; picks this host\'s address (env HOST_IP_PREFIX)', demandOption: !process.env.HOST_IP_PREFIX },
         peers: { type: 'string', array: true, default: splitList(process.env.FFR_PEERS), describe: 'host addresses of the other routers, comma or space separated (env FFR_PEERS); only these may connect as peers' },
         'peer-port': { type: 'number', default: Limits.PEER_PORT, coerce: integerIn('peer-port', 1, 65534), describe: 'TCP port for router-to-router messages (RDMA engines use the next port); routers dial it from a privileged source port (512-1023)' },
@@ -58,6 +83,7 @@ await yargs(hideBin(process.argv))
       const router = new Router({
         name: argv.name,
         socketDir: argv['socket-dir'],
+        stateDir: argv['state-dir'] || defaultStateDir(argv.name),
         hostIp,
         peers,
         peerPort: argv['peer-port'],
@@ -91,7 +117,63 @@ await yargs(hideBin(process.argv))
       console.log(argv.json ? JSON.stringify(s, null, 2) : formatStatus(s));
     },
   )
-  .demandCommand(1, 'name a command: router or status')
+  .command(
+    'register',
+    'register a container network namespace and the overlay addresses it was given (root on the host; the CNI plugin does this for runtime-made containers)',
+    (y) =>
+      y.options({
+        ...common,
+        ...stateDirOption,
+        netns: { type: 'string', demandOption: true, describe: 'network namespace file, e.g. /run/netns/NAME or /proc/PID/ns/net' },
+        ip: { type: 'string', array: true, demandOption: true, describe: 'overlay IPv4 address(es) of that namespace, comma separated or repeated' },
+        network: { type: 'string', default: 'default', describe: 'overlay network name (addresses are unique within a network)' },
+      }),
+    async (argv) => {
+      needRoot('freeflow register');
+      const reg = register(argv['state-dir'] || defaultStateDir(argv.name), argv.netns, parseIps(argv.ip), argv.network);
+      await tellRouter(argv['socket-dir'], argv.name);
+      console.log(`registered ${argv.netns} (netns inode ${reg.ino}): ${reg.ips.join(', ')} in network ${reg.network}`);
+    },
+  )
+  .command(
+    'unregister',
+    'remove a network namespace from the registry (root on the host); its processes fall back to the plain overlay',
+    (y) =>
+      y.options({
+        ...common,
+        ...stateDirOption,
+        netns: { type: 'string', demandOption: true, describe: 'network namespace file given at registration' },
+      }),
+    async (argv) => {
+      needRoot('freeflow unregister');
+      const gone = unregister(argv['state-dir'] || defaultStateDir(argv.name), { netnsPath: argv.netns });
+      await tellRouter(argv['socket-dir'], argv.name);
+      console.log(gone.length ? `unregistered ${argv.netns}: ${gone.flatMap((r) => r.ips).join(', ')}` : `${argv.netns} was not registered`);
+    },
+  )
+  .command(
+    'cni',
+    false, // the CNI plugin's entry point (build/cni/freeflow); not for people
+    (y) => y,
+    async () => {
+      let stdin = '';
+      for await (const chunk of process.stdin) stdin += chunk;
+      let version = '1.0.0';
+      try {
+        version = JSON.parse(stdin || '{}').cniVersion ?? version;
+      } catch {
+        /* reported by runCni */
+      }
+      try {
+        const out = await runCni(process.env, stdin);
+        if (out) process.stdout.write(out + '\n');
+      } catch (err) {
+        process.stdout.write(cniErrorJson(err, version) + '\n');
+        process.exit(1);
+      }
+    },
+  )
+  .demandCommand(1, 'name a command: router, status, register or unregister')
   .strict()
   .fail((msg, err, y) => {
     console.error(`freeflow: ${err ? err.message : msg}`);

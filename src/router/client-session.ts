@@ -4,7 +4,14 @@
 import type { Logger } from '../log.js';
 import { native, EAGAIN, READABLE, errnoText } from '../native.js';
 import { decode, emptyMsg, encode, Fallback, Limits, MSG_SIZE, MsgType, Reply, WireError, type WireMsg } from '../protocol/codec.js';
-import { NetnsOwnership } from './netns.js';
+import type { NetnsOwnership } from './netns.js';
+
+/** What the kernel told the router about the process at the other end when it accepted it. */
+export interface Peer {
+  pid: number;
+  uid: number;
+  ownership: NetnsOwnership;
+}
 
 export interface Answer {
   reply: WireMsg;
@@ -29,18 +36,22 @@ export function fallback(reason: number): Answer {
 }
 
 export class ClientSession {
+  readonly pid: number;
+  readonly uid: number;
   readonly ownership: NetnsOwnership;
   private watchId = 0;
   private closed = false;
 
   constructor(
     readonly fd: number,
-    readonly pid: number,
+    peer: Peer,
     private readonly handler: RequestHandler,
     private readonly log: Logger,
     private readonly onClose: (s: ClientSession) => void,
   ) {
-    this.ownership = new NetnsOwnership(pid);
+    this.pid = peer.pid;
+    this.uid = peer.uid;
+    this.ownership = peer.ownership;
   }
 
   start(): void {

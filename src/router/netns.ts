@@ -1,50 +1,92 @@
-// Which IPv4 addresses belong to a process's network namespace, read from /proc/<pid>/net
-// (which shows the namespace of that process). The router uses it to refuse overlay addresses
-// a container does not own: a container cannot listen or connect as another container.
-import { readFileSync } from 'node:fs';
+// Who a caller is: the network namespace it connected from (read by the kernel, through
+// SO_PEERPIDFD, when the router accepted it; native/syscalls.cc) and the overlay addresses
+// registered for that namespace (src/registry/store.ts). Nothing the caller can change about
+// its own namespace (an address on `lo`, a fresh `unshare -Urn`) adds an address here.
+import { closeSync, fstatSync, openSync } from 'node:fs';
+import type { Logger } from '../log.js';
+import { readRegistrations, type Registration } from '../registry/store.js';
 
-/** Parses /proc/net/fib_trie: an address followed by a "/32 host LOCAL" leaf is local. */
-export function parseLocalAddresses(fibTrie: string): Set<string> {
-  const out = new Set<string>();
-  const lines = fibTrie.split('\n');
-  for (let i = 0; i < lines.length - 1; i++) {
-    const m = /^[\s|]*[|+]-- (\d+\.\d+\.\d+\.\d+)\s*$/.exec(lines[i]);
-    if (m && /\/32 host LOCAL/.test(lines[i + 1])) out.add(m[1]);
-  }
-  return out;
+interface Pinned {
+  reg: Registration;
+  /** An open descriptor of the namespace: it cannot be freed while registered, so its inode
+   * cannot be reused by a later namespace that would inherit the registration. */
+  pin: number;
 }
 
-export function localAddressesOf(pid: number): Set<string> {
+export class NetnsRegistry {
+  private byIno = new Map<number, Pinned>();
+
+  constructor(private readonly stateDir: string, private readonly log: Logger) {}
+
+  /** Re-reads the state directory: new registrations are pinned after checking that their path
+   * still names the same namespace, removed ones are released. */
+  reload(): void {
+    const next = new Map<number, Pinned>();
+    for (const reg of readRegistrations(this.stateDir)) {
+      const old = this.byIno.get(reg.ino);
+      if (old && old.reg.at === reg.at) {
+        next.set(reg.ino, old);
+        continue;
+      }
+      const pin = pinNamespace(reg);
+      if (pin < 0) {
+        this.log.warn({ netns: reg.netns, ino: reg.ino, ips: reg.ips }, 'registered network namespace is gone or replaced; ignoring its registration');
+        continue;
+      }
+      if (old) closeSync(old.pin);
+      next.set(reg.ino, { reg, pin });
+      this.log.info({ netns: reg.netns, ino: reg.ino, ips: reg.ips, network: reg.network }, 'network namespace registered');
+    }
+    for (const [ino, p] of this.byIno)
+      if (next.get(ino) !== p) {
+        if (!next.has(ino)) this.log.info({ netns: p.reg.netns, ino, ips: p.reg.ips }, 'network namespace unregistered');
+        if (next.get(ino)?.pin !== p.pin) closeSync(p.pin);
+      }
+    this.byIno = next;
+  }
+
+  addressesOf(ino: number): string[] | undefined {
+    return this.byIno.get(ino)?.reg.ips;
+  }
+
+  list(): Registration[] {
+    return [...this.byIno.values()].map((p) => p.reg);
+  }
+
+  close(): void {
+    for (const p of this.byIno.values()) closeSync(p.pin);
+    this.byIno.clear();
+  }
+}
+
+function pinNamespace(reg: Registration): number {
+  let fd = -1;
   try {
-    return parseLocalAddresses(readFileSync(`/proc/${pid}/net/fib_trie`, 'utf8'));
+    fd = openSync(reg.netns, 'r');
+    if (fstatSync(fd).ino === reg.ino) return fd;
   } catch {
-    return new Set();
+    /* gone */
   }
+  if (fd >= 0) closeSync(fd);
+  return -1;
 }
 
-const MISS_REREAD_MS = 1000;
-
-/** Per-process cache; re-reads on a miss (at most once a second, so a client repeating a
- * refused request cannot make the router read /proc in a loop) to accept new addresses. */
+/** One session's view: the addresses registered for the namespace it connected from. Looked up
+ * at every request, so a registration made after the process connected counts at once and an
+ * unregistration revokes at once. */
 export class NetnsOwnership {
-  private addrs: Set<string> | undefined;
-  private readAt = 0;
-  constructor(private readonly pid: number) {}
+  constructor(private readonly registry: NetnsRegistry, readonly netnsIno: number) {}
+
+  get registered(): boolean {
+    return this.netnsIno !== 0 && this.registry.addressesOf(this.netnsIno) !== undefined;
+  }
 
   owns(ip: string): boolean {
-    if (this.addrs?.has(ip)) return true;
-    if (this.addrs && Date.now() - this.readAt < MISS_REREAD_MS) return false;
-    this.addrs = localAddressesOf(this.pid);
-    this.readAt = Date.now();
-    return this.addrs.has(ip);
+    return this.overlayAddresses().includes(ip);
   }
 
-  /** The namespace's own non-loopback addresses (what a wildcard listener listens on). */
+  /** The namespace's registered overlay addresses (what a wildcard listener listens on). */
   overlayAddresses(): string[] {
-    if (!this.addrs) {
-      this.addrs = localAddressesOf(this.pid);
-      this.readAt = Date.now();
-    }
-    return [...this.addrs].filter((a) => !a.startsWith('127.'));
+    return (this.netnsIno && this.registry.addressesOf(this.netnsIno)) || [];
   }
 }

@@ -17,10 +17,13 @@ export interface RequestContext {
   endpoints: HostEndpoints;
   connections: ConnectionLog;
   status: () => unknown;
+  /** Re-reads the namespace registry if this session may ask (root on the host); false if not. */
+  reloadRegistry: (session: ClientSession) => boolean;
   log: Logger;
 }
 
 const HOST_BACKLOG = 4096;
+const UNREGISTERED_WHY = 'caller\'s network namespace is not registered (CNI plugin or freeflow register)';
 /** Accelerated listeners one client connection (process) may hold: each costs the router a
  * host listener, an accept channel and a 256 KiB admission table. Beyond it: plain overlay. */
 export const MAX_LISTENERS_PER_CLIENT = 1024;
@@ -68,6 +71,10 @@ export class RequestDispatcher implements RequestHandler {
         return this.listen(session, msg);
       case MsgType.STATUS:
         return { reply: ok(), payload: Buffer.from(JSON.stringify(this.ctx.status())) };
+      case MsgType.REGISTRY_CHANGED:
+        if (this.ctx.reloadRegistry(session)) return { reply: ok() };
+        this.ctx.log.warn({ pid: session.pid, uid: session.uid }, 'registry reload refused: only root in the host namespace may ask');
+        return fallback(Fallback.NOT_OWNER);
       default:
         this.ctx.log.warn({ pid: session.pid, type: msg.type }, 'unknown request type');
         return fallback(Fallback.BAD_REQUEST);
@@ -86,7 +93,8 @@ export class RequestDispatcher implements RequestHandler {
       this.ctx.connections.add({ role: 'connect', path: 'overlay-fallback', src: `${srcIp}:${msg.local_port}`, dst, reason: why, pid: session.pid });
       return fallback(reason);
     };
-    if (!session.ownership.owns(srcIp)) return fall(Fallback.NOT_OWNER, 'source address not in caller netns');
+    if (!session.ownership.registered) return fall(Fallback.UNREGISTERED, UNREGISTERED_WHY);
+    if (!session.ownership.owns(srcIp)) return fall(Fallback.NOT_OWNER, 'source address not registered for the caller\'s network namespace');
     const rec = this.ctx.directory.lookup(dstIp, msg.remote_port);
     if (!rec) return fall(Fallback.NO_LISTENER, 'no accelerated listener');
 
@@ -146,14 +154,19 @@ export class RequestDispatcher implements RequestHandler {
   private listen(session: ClientSession, msg: WireMsg): Answer {
     const ip = wireToIpv4(msg.local_addr);
     if (!ip || !msg.local_port) return fallback(Fallback.BAD_REQUEST);
+    const refuse = (reason: number, why: string): Answer => {
+      this.ctx.connections.add({ role: 'listen', path: 'overlay-fallback', src: `${ip}:${msg.local_port}`, dst: '-', reason: why, pid: session.pid });
+      return fallback(reason);
+    };
+    if (!session.ownership.registered) return refuse(Fallback.UNREGISTERED, UNREGISTERED_WHY);
     let overlayIps: string[];
     if (ip === '0.0.0.0') overlayIps = session.ownership.overlayAddresses();
     else if (session.ownership.owns(ip)) overlayIps = [ip];
     else {
       this.ctx.log.warn({ pid: session.pid, ip, port: msg.local_port }, 'refused listener on an address the caller does not own');
-      return fallback(Fallback.NOT_OWNER);
+      return refuse(Fallback.NOT_OWNER, 'address not registered for the caller\'s network namespace');
     }
-    if (!overlayIps.length) return fallback(Fallback.NOT_OWNER);
+    if (!overlayIps.length) return refuse(Fallback.NOT_OWNER, 'no address registered for the caller\'s network namespace');
     if (this.ctx.endpoints.countOwnedBy(session) >= MAX_LISTENERS_PER_CLIENT) {
       this.ctx.log.warn({ pid: session.pid, port: msg.local_port, limit: MAX_LISTENERS_PER_CLIENT }, 'too many accelerated listeners for one client; this one stays on the overlay');
       return fallback(Fallback.LIMIT);

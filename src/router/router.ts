@@ -1,10 +1,12 @@
 // One router per host, in the host network namespace: serves the FreeFlow socket
 // (FFR_SOCKET_DIR/FFR_NAME.sock) to containers and joins the other routers' directory.
-import { mkdirSync } from 'node:fs';
+import { mkdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Logger } from '../log.js';
 import { native, EAGAIN, READABLE, errnoText } from '../native.js';
 import { ClientSession } from './client-session.js';
+import { NetnsOwnership, NetnsRegistry } from './netns.js';
+import { ensurePrivateDir } from '../registry/store.js';
 import { HostEndpoints } from './host-endpoints.js';
 import { PeerMesh } from './peer-mesh.js';
 import { RequestDispatcher, type RouterExtension } from './requests.js';
@@ -13,6 +15,8 @@ import { ConnectionLog } from './status.js';
 export interface RouterOptions {
   name: string;
   socketDir: string;
+  /** Root-only directory of the namespace registry (src/registry/store.ts); never shared with containers. */
+  stateDir: string;
   hostIp: string;
   peers: string[];
   peerPort: number;
@@ -33,6 +37,9 @@ export class Router {
   private readonly mesh: PeerMesh;
   private readonly endpoints: HostEndpoints;
   private readonly dispatcher: RequestDispatcher;
+  private readonly registry: NetnsRegistry;
+  /** The router's own network namespace: root callers from it may tell it the registry changed. */
+  private readonly hostNetns = statSync('/proc/self/ns/net').ino;
   private serverFd = -1;
   private serverWatch = 0;
   readonly path: string;
@@ -41,6 +48,7 @@ export class Router {
     this.path = socketPath(opts.socketDir, opts.name);
     this.mesh = new PeerMesh({ hostIp: opts.hostIp, port: opts.peerPort, peers: opts.peers, log: opts.log });
     this.endpoints = new HostEndpoints(this.mesh, opts.log);
+    this.registry = new NetnsRegistry(opts.stateDir, opts.log);
     this.mesh.onAnnouncements((records, fromIp) => this.endpoints.expect(records, fromIp));
     this.dispatcher = new RequestDispatcher({
       hostIp: opts.hostIp,
@@ -49,12 +57,16 @@ export class Router {
       endpoints: this.endpoints,
       connections: this.connections,
       status: () => this.status(),
+      reloadRegistry: (session) => this.reloadRegistry(session),
       log: opts.log,
     });
   }
 
   async start(): Promise<void> {
     mkdirSync(this.opts.socketDir, { recursive: true });
+    ensurePrivateDir(this.opts.stateDir);
+    // Read before serving: a registration written while the router was down counts at once.
+    this.registry.reload();
     await this.mesh.start();
     const fd = native.seqpacketListen(this.path, 0o777);
     if (fd < 0) throw new Error(`cannot serve ${this.path}: ${errnoText(fd)}`);
@@ -69,6 +81,15 @@ export class Router {
     for (const s of [...this.sessions]) s.close();
     this.endpoints.closeAll();
     this.mesh.close();
+    this.registry.close();
+  }
+
+  /** REGISTRY_CHANGED: only root in the router's own namespace (the host's) may ask, so a
+   * container cannot make the router re-read the directory in a loop. */
+  private reloadRegistry(session: ClientSession): boolean {
+    if (session.uid !== 0 || session.ownership.netnsIno !== this.hostNetns) return false;
+    this.registry.reload();
+    return true;
   }
 
   /** Serves another feature (RDMA mode) on the same socket; see RouterExtension. */
@@ -92,6 +113,7 @@ export class Router {
       pid: process.pid,
       peers: this.mesh.peerStates(),
       clients: this.sessions.size,
+      registered: this.registry.list().slice(0, STATUS_LIST_MAX).map((r) => ({ netns: r.netns, ino: r.ino, ips: r.ips, network: r.network })),
       listeners: listeners.slice(0, STATUS_LIST_MAX).map((l) => ({ host: `${this.opts.hostIp}:${l.hostPort}`, overlay: l.records.map((r) => `${r.overlayIp}:${r.port}`) })),
       listenersTotal: listeners.length,
       directory: directory.slice(0, STATUS_LIST_MAX),
@@ -109,7 +131,8 @@ export class Router {
         if (c !== -EAGAIN) this.opts.log.warn({ error: errnoText(c) }, 'accept on router socket failed');
         return;
       }
-      const s = new ClientSession(c.fd, c.pid, this.dispatcher, this.opts.log, (gone) => this.sessions.delete(gone));
+      const peer = { pid: c.pid, uid: c.uid, ownership: new NetnsOwnership(this.registry, c.netns) };
+      const s = new ClientSession(c.fd, peer, this.dispatcher, this.opts.log, (gone) => this.sessions.delete(gone));
       this.sessions.add(s);
       s.start();
     }

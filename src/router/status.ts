@@ -5,7 +5,7 @@ export type PathTaken = 'host-network' | 'same-host' | 'same-host-unix' | 'overl
 
 export interface ConnectionRecord {
   at: string;
-  role: 'connect' | 'accept';
+  role: 'connect' | 'accept' | 'listen';
   path: PathTaken;
   src: string; // overlay ip:port
   dst: string; // overlay ip:port
