@@ -12,7 +12,7 @@ export interface RepResult {
   sample?: Sample;
   cpuValue?: number; // workload's CPU metric for this rep
   cpu?: CpuWindow;
-  vxlanBytes: number; // h1 vx0 tx+rx during the run
+  vxlanBytes: number; // h1 flannel.1 (VXLAN) tx+rx during the run
   routerCpuSec?: number; // CPU both routers used during the run (whole client run, not the narrowed window)
   routerDeltas?: Record<string, number>; // growth of every router counter (h1:…, h2:…) during the run
   routerConnects?: number; // growth of the path's router counter on h1 (FreeFlow paths)

@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # FreeFlow testbed: emulated hosts + containers on a VXLAN overlay, built
-# entirely out of Linux network namespaces (no docker daemon needed).
+# entirely out of Linux network namespaces (no docker daemon needed). Containers are made as
+# Kubernetes makes them: through the CNI plugins of Debian's containernetworking-plugins
+# (bridge + host-local IPAM), chained with FreeFlow's plugin (build/cni/freeflow), which
+# registers each container's namespace with its host's router; hosts are joined by a VXLAN
+# device set up as Flannel's vxlan backend sets it up (one /24 per host, routed).
 #
 #   scripts/testbed.sh up                 build the testbed (runs `down` first if needed)
 #   scripts/testbed.sh down               tear everything with this prefix down
 #   scripts/testbed.sh exec NODE CMD...   run CMD inside NODE's namespace with node env vars
 #   scripts/testbed.sh env NODE           print `export` lines for NODE
 #   scripts/testbed.sh list               print "NAME ROLE IP" for each node
-#   scripts/testbed.sh counters HOST [DEV] print "tx_bytes rx_bytes" of HOST's vx0 (or DEV, e.g. lo)
+#   scripts/testbed.sh counters HOST [DEV] print "tx_bytes rx_bytes" of HOST's flannel.1 (or DEV, e.g. lo)
 #
 # Environment:
 #   FF_TB             name prefix (default fftb); namespaces are "${FF_TB}-<node>"
@@ -28,11 +32,13 @@ FF_TB_CONTAINERS="${FF_TB_CONTAINERS:-2}"
 
 HOST_NET=192.168.77            # underlay: 192.168.77.<i>/24 on phy0
 HOST_IP_PREFIX_DEFAULT=192.168.77.0/24
-VNET_PREFIX_DEFAULT=10.244.0.0/16   # overlay: 10.244.<host>.<10+k>/16 on eth0
-VXLAN_ID=42
-VXLAN_PORT=4789
+VNET_PREFIX_DEFAULT=10.244.0.0/16   # overlay: 10.244.<host>.<10+k>/24 on eth0, one /24 per host
+OVL_DEV=flannel.1              # Flannel's names and defaults: VNI 1, UDP port 8472
+VXLAN_ID=1
+VXLAN_PORT=8472
 PHY_MTU=1500
 OVL_MTU=1450
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
 PROG="${0##*/}"
 
@@ -117,6 +123,7 @@ node_vars() {
         peers="${peers:+$peers,}${HOST_NET}.$j"
       done
       echo "FFR_SOCKET_DIR=$(tb_dir)/h$h"
+      echo "FFR_STATE_DIR=$(state_dir "$h")"
       echo "HOST_IP_PREFIX=${HOST_IP_PREFIX:-$HOST_IP_PREFIX_DEFAULT}"
       echo "FF_NODE_IP=${HOST_NET}.$h"
       echo "FF_PEERS=${FF_PEERS-$peers}"
@@ -124,6 +131,28 @@ node_vars() {
     switch) ;;
     *) die "unknown node '$node'" ;;
   esac
+}
+
+# The router's registry of container namespaces (root-only, never shared with containers).
+state_dir() { echo "$(tb_dir)/state/h$1"; }
+
+# Flannel gives each host's VXLAN device a MAC address it publishes; ours is derived from the index.
+ovl_mac() { printf '02:f1:00:00:%02x:%02x' $(($1 / 256)) $(($1 % 256)); }
+
+# The CNI network configuration list of host i: the bridge plugin with host-local IPAM (this
+# host's /24; containers from .11 on, so c<i><k> gets 10.244.<i>.<10+k>), then FreeFlow's plugin.
+write_conflist() {
+  local i="$1" d
+  d="$(tb_dir)/cni"
+  cat > "$d/h$i.conflist" <<JSON
+{"cniVersion": "1.0.0", "name": "overlay", "plugins": [
+  {"type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": false, "mtu": $OVL_MTU, "hairpinMode": true,
+   "ipam": {"type": "host-local", "dataDir": "$d/ipam-h$i",
+            "ranges": [[{"subnet": "10.244.$i.0/24", "rangeStart": "10.244.$i.11", "gateway": "10.244.$i.1"}]],
+            "routes": [{"dst": "10.244.0.0/16"}]}},
+  {"type": "freeflow", "routerName": "ffrouter", "socketDir": "$(tb_dir)/h$i", "stateDir": "$(state_dir "$i")"}
+]}
+JSON
 }
 
 need_node() {
@@ -216,7 +245,7 @@ ns_base_config() {
   local ns="$1"
   ip -n "$ns" link set lo up
   # rp_filter off; IPv6 off on every interface created from now on (keeps
-  # IPv6 DAD/MLD/RS multicast off the overlay so vx0 byte counters only see
+  # IPv6 DAD/MLD/RS multicast off the overlay so flannel.1 byte counters only see
   # real test traffic). lo keeps ::1.
   ip netns exec "$ns" sh -c '
     echo 0 > /proc/sys/net/ipv4/conf/all/rp_filter
@@ -289,33 +318,37 @@ do_up() {
     ip -n "$hns" addr add "${HOST_NET}.$i/24" dev phy0
   done
 
-  # 3. per-host overlay: br0 + vx0 (+ flood entries to every other host)
+  # 3. per-host overlay as Flannel's vxlan backend makes it: a VXLAN device with the host's
+  # subnet .0 address, a route to every other host's /24 via that host's .0 (onlink), a
+  # permanent neighbour entry for it and a forwarding entry to its underlay address.
+  [[ -x "$ROOT/build/cni/freeflow" ]] || die "build/cni/freeflow is missing: run 'npm run build' first"
+  mkdir -p -- "$(tb_dir)/cni"
   for ((i = 1; i <= H; i++)); do
     hns="$(ns_of "h$i")"
-    # mcast_snooping 0: otherwise the bridge joins 224.0.0.106 and sends
-    # IGMP reports over the overlay at link-up (noise in vx0 counters).
-    ip -n "$hns" link add br0 type bridge stp_state 0 mcast_snooping 0
-    ip -n "$hns" link add vx0 type vxlan id "$VXLAN_ID" dstport "$VXLAN_PORT" \
-      local "${HOST_NET}.$i" dev phy0 learning
-    ip -n "$hns" link set vx0 mtu "$OVL_MTU" master br0 up
+    ip netns exec "$hns" sh -c 'echo 1 > /proc/sys/net/ipv4/ip_forward'
+    ip -n "$hns" link add "$OVL_DEV" type vxlan id "$VXLAN_ID" dstport "$VXLAN_PORT" \
+      local "${HOST_NET}.$i" dev phy0 nolearning
+    ip -n "$hns" link set "$OVL_DEV" address "$(ovl_mac "$i")" mtu "$OVL_MTU" up
+    ip -n "$hns" addr add "10.244.$i.0/32" dev "$OVL_DEV"
     for ((j = 1; j <= H; j++)); do
       ((j == i)) && continue
-      bridge -n "$hns" fdb append 00:00:00:00:00:00 dev vx0 dst "${HOST_NET}.$j"
+      ip -n "$hns" route add "10.244.$j.0/24" via "10.244.$j.0" dev "$OVL_DEV" onlink
+      ip -n "$hns" neigh replace "10.244.$j.0" lladdr "$(ovl_mac "$j")" dev "$OVL_DEV" nud permanent
+      bridge -n "$hns" fdb append "$(ovl_mac "$j")" dev "$OVL_DEV" dst "${HOST_NET}.$j"
     done
 
-    # 4. containers
+    # 4. containers, through the CNI chain run in the host's namespace (the bridge plugin
+    # makes its bridge and veth ends where it runs)
+    mkdir -p -- "$(tb_dir)/h$i"
+    write_conflist "$i"
     for ((k = 1; k <= C; k++)); do
       c="c$i$k"
       cns="$(ns_of "$c")"
-      ip -n "$hns" link add "vc$i$k" mtu "$OVL_MTU" type veth peer name eth0 netns "$cns"
-      ip -n "$hns" link set "vc$i$k" master br0 up
-      ip -n "$cns" link set eth0 mtu "$OVL_MTU" up
-      ip -n "$cns" addr add "$(node_ip "$c")/16" dev eth0
+      local got
+      got="$(ip netns exec "$hns" node "$ROOT/scripts/cni-chain.mjs" ADD "$(tb_dir)/cni/h$i.conflist" \
+        "$FF_TB-$c" "/run/netns/$cns" eth0)"
+      [[ "$got" == *"\"$(node_ip "$c")/24\""* ]] || die "CNI gave $c an unexpected address: $got"
     done
-    ip -n "$hns" link set br0 mtu "$OVL_MTU" up
-
-    # 5. router socket dir
-    mkdir -p -- "$(tb_dir)/h$i"
   done
 
   trap - ERR INT TERM
@@ -357,7 +390,7 @@ do_exec() {
 }
 
 do_counters() {
-  local node="${1:-}" dev="${2:-vx0}" out
+  local node="${1:-}" dev="${2:-$OVL_DEV}" out
   need_node "$node"
   [[ "$(node_role "$node")" == host ]] || die "counters: '$node' is not a host node"
   [[ "$dev" =~ ^[A-Za-z0-9_.-]+$ ]] || die "counters: bad device name '$dev'"

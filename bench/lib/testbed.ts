@@ -95,12 +95,12 @@ export class Testbed {
     return t / 100;
   }
 
-  /** vx0 tx+rx bytes on a host: what crossed the overlay. Read from /proc/<router pid>/net/dev
+  /** flannel.1 (VXLAN) tx+rx bytes on a host: what crossed the overlay. Read from /proc/<router pid>/net/dev
    * (the router lives in the host's namespace), without spawning anything; script as fallback. */
   async vxlanBytes(host: string): Promise<number> {
     const pid = this.routers[Number(host.slice(1)) - 1]?.proc.pid;
     try {
-      const line = readFileSync(`/proc/${pid}/net/dev`, 'utf8').split('\n').find((l) => /^\s*vx0:/.test(l));
+      const line = readFileSync(`/proc/${pid}/net/dev`, 'utf8').split('\n').find((l) => /^\s*flannel\.1:/.test(l));
       if (line) {
         const f = line.split(':')[1].trim().split(/\s+/).map(Number);
         return f[0] + f[8]; // rx bytes + tx bytes

@@ -231,7 +231,7 @@ export class Testbed {
 
   /** Bytes sent and received by host's VXLAN device (the overlay's path), or another of its
    * devices (`lo`: the host's loopback, same-host TCP's path). */
-  counters(host: string, dev = 'vx0'): { tx: number; rx: number } {
+  counters(host: string, dev = 'flannel.1'): { tx: number; rx: number } {
     const r = spawnSync('bash', [join(ROOT, 'scripts/testbed.sh'), 'counters', host, dev], { env: { ...process.env, FF_TB: this.prefix }, encoding: 'utf8' });
     const [tx, rx] = r.stdout.trim().split(/\s+/).map(Number);
     return { tx, rx };
