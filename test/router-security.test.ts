@@ -68,9 +68,9 @@ t.test('a container cannot listen or connect as another container', async (t) =>
   t.same([own.status, own.gotFd], [Reply.ACCEL, true], 'but may on its own');
   const spoof = await asC11('CONNECT', [overlayIp('c12'), 0], [overlayIp('c11'), 7202]);
   t.same([spoof.status, spoof.flags], [Reply.FALLBACK, Fallback.NOT_OWNER], "c11 may not connect with c12's source address");
-  // The test process itself is in the root namespace, which owns no overlay address.
+  // The test process itself is in the root namespace, which nobody registered.
   const root = await rawRequest(sock('h2'), request('LISTEN', [overlayIp('c21'), 7203], ['0.0.0.0', 0]));
-  t.equal(root.reply?.flags, Fallback.NOT_OWNER, 'nor may a process outside the container');
+  t.equal(root.reply?.flags, Fallback.UNREGISTERED, 'nor may a process outside the container');
   t.notOk((await tb.status('h1')).directory.some((d: any) => d.port === 7203 || (d.overlayIp === overlayIp('c12') && d.port === 7202)), 'no stolen entry in the directory');
 });
 
