@@ -51,6 +51,7 @@ export function formatStatus(s: any): string {
   const lines: string[] = [];
   lines.push(`router ${s.name} (pid ${s.pid}) host ${s.hostIp} socket ${s.socket}`);
   lines.push(`peers: ${s.peers.map((p: any) => `${p.ip} ${p.connected ? 'up' : 'down'}`).join(', ') || 'none'}`);
+  lines.push(`registered namespaces: ${(s.registered ?? []).map((r: any) => `${r.netns} (${r.ips.join(',')})`).join(', ') || 'none (every caller gets the plain overlay)'}`);
   lines.push(`clients: ${s.clients}   pairing: ${s.pairing.announced} announced, ${s.pairing.parked} waiting`);
   lines.push('listeners (this host):');
   for (const l of s.listeners) lines.push(`  ${l.overlay.join(' ')}  ->  host ${l.host}`);

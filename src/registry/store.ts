@@ -112,20 +112,20 @@ export function isLive(r: Registration): boolean {
   }
 }
 
-/** Registers a namespace with its addresses. An address registered to another namespace of the
- * same network that still exists is a conflict (two containers never share an identity); a
- * registration whose namespace is gone is removed instead. Re-registering a namespace replaces
- * its entry. */
+/** Registers a namespace with its addresses. An address registered to another namespace that
+ * still exists is a conflict (two containers never share an identity); a registration whose
+ * namespace is gone is removed instead. Re-registering a namespace replaces its entry. The
+ * check spans all networks while the directory is keyed by address alone (docs/security.md). */
 export function register(stateDir: string, netnsPath: string, ips: string[], network = 'default', containerId?: string): Registration {
   const ino = netnsInode(netnsPath);
   const dir = netnsDir(stateDir);
   ensurePrivateDir(stateDir);
   ensurePrivateDir(dir);
   for (const other of readRegistrations(stateDir)) {
-    if (other.ino === ino || other.network !== network) continue;
+    if (other.ino === ino) continue;
     const shared = other.ips.filter((ip) => ips.includes(ip));
     if (!shared.length) continue;
-    if (isLive(other)) throw new RegistryError(`${shared.join(', ')} already registered to network namespace ${other.netns} (inode ${other.ino}) in network ${network}`);
+    if (isLive(other)) throw new RegistryError(`${shared.join(', ')} already registered to network namespace ${other.netns} (inode ${other.ino}, network ${other.network})`);
     removeFile(join(dir, `${other.ino}.json`));
   }
   const reg: Registration = { netns: netnsPath, ino, ips, network, ...(containerId ? { containerId } : {}), at: new Date().toISOString() };

@@ -33,15 +33,15 @@ export class NetnsRegistry {
         this.log.warn({ netns: reg.netns, ino: reg.ino, ips: reg.ips }, 'registered network namespace is gone or replaced; ignoring its registration');
         continue;
       }
-      if (old) closeSync(old.pin);
       next.set(reg.ino, { reg, pin });
       this.log.info({ netns: reg.netns, ino: reg.ino, ips: reg.ips, network: reg.network }, 'network namespace registered');
     }
-    for (const [ino, p] of this.byIno)
-      if (next.get(ino) !== p) {
-        if (!next.has(ino)) this.log.info({ netns: p.reg.netns, ino, ips: p.reg.ips }, 'network namespace unregistered');
-        if (next.get(ino)?.pin !== p.pin) closeSync(p.pin);
-      }
+    // Release every pin the new map does not keep (replaced or removed registrations).
+    for (const [ino, p] of this.byIno) {
+      if (next.get(ino) === p) continue;
+      if (!next.has(ino)) this.log.info({ netns: p.reg.netns, ino, ips: p.reg.ips }, 'network namespace unregistered');
+      closeSync(p.pin);
+    }
     this.byIno = next;
   }
 
