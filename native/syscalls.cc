@@ -184,15 +184,23 @@ Napi::Value SendMsg(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, n);
 }
 
+// The mark of every client host socket the router hands out (src/router/listener-fence.ts):
+// netfilter lets a SYN reach a host listener only from a socket that carries it.
+uint32_t host_socket_mark = 0;
+
 // An unconnected host-namespace TCP socket bound to *sa (port 0 = kernel picks, and we learn it
 // now so the peer router can be told). Returns the fd (sa updated) or -errno.
+// No SO_REUSEADDR: while the socket lives, no other socket can bind its port, so nobody else
+// can dial from the address and port its announcement names (docs/security.md). The price:
+// bind(port 0) skips ports held by TIME_WAIT sockets instead of reusing them.
 int BoundTcpSocket(sockaddr_in* sa) {
   int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) return -errno;
-  int one = 1;
-  // SO_REUSEADDR lets bind(port 0) fall back to ports held by TIME_WAIT sockets instead of
-  // failing once the ephemeral range is exhausted by short connections.
-  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  if (host_socket_mark && setsockopt(fd, SOL_SOCKET, SO_MARK, &host_socket_mark, sizeof host_socket_mark) < 0) {
+    int e = errno;
+    close(fd);
+    return -e;
+  }
   socklen_t len = sizeof *sa;
   if (bind(fd, reinterpret_cast<sockaddr*>(sa), sizeof *sa) < 0 || getsockname(fd, reinterpret_cast<sockaddr*>(sa), &len) < 0) {
     int e = errno;
@@ -200,6 +208,12 @@ int BoundTcpSocket(sockaddr_in* sa) {
     return -e;
   }
   return fd;
+}
+
+// setHostSocketMark(mark): SO_MARK for the client host sockets made from now on.
+Napi::Value SetHostSocketMark(const Napi::CallbackInfo& info) {
+  host_socket_mark = info[0].As<Napi::Number>().Uint32Value();
+  return info.Env().Undefined();
 }
 
 // tcpSockets(ip, count) -> {fds: [fd...], ports: Buffer of uint16 LE} | -errno: a batch for
@@ -290,6 +304,7 @@ void InitSyscalls(Napi::Env env, Napi::Object exports) {
   exports.Set("sendMsg", Napi::Function::New(env, SendMsg));
   exports.Set("tcpSockets", Napi::Function::New(env, TcpSockets));
   exports.Set("tcpListen", Napi::Function::New(env, TcpListen));
+  exports.Set("setHostSocketMark", Napi::Function::New(env, SetHostSocketMark));
   exports.Set("close", Napi::Function::New(env, Close));
   exports.Set("closeAll", Napi::Function::New(env, CloseAll));
   exports.Set("strerror", Napi::Function::New(env, StrError));

@@ -106,6 +106,7 @@ export const FALLBACK = {
   INTERNAL: 4,
   LIMIT: 5, // a per-client limit of the router is reached (e.g. accelerated listeners)
   UNREGISTERED: 6, // the caller's network namespace is not registered (freeflow register, CNI plugin)
+  PENDING: 7, // the listener is known but this host has not fenced its endpoint yet (a few ms)
 };
 
 // Fixed payload records, emitted as C structs and TS layouts: [name, C type, byte size].

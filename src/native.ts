@@ -17,6 +17,8 @@ export interface NativeApi {
    * none): their fds, and their ports as uint16 LE back to back (the CONNECT reply's payload). */
   tcpSockets(ip: string, count: number): { fds: number[]; ports: Buffer } | number;
   tcpListen(ip: string, port: number, backlog: number): { fd: number; port: number } | number;
+  /** SO_MARK of the client host sockets tcpSockets makes from now on (listener-fence.ts). */
+  setHostSocketMark(mark: number): void;
   close(fd: number): number;
   closeAll(fds: number[]): void;
   strerror(errno: number): string;

@@ -5,6 +5,7 @@ import t from 'tap';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { MAX_LISTENERS_PER_CLIENT } from '../src/router/requests.js';
+import { ROUTER_SOCKET_MARK } from '../src/router/listener-fence.js';
 import { Fallback, Limits, MsgType, Reply, MSG_SIZE, emptyMsg, encode, ipv4ToWire } from '../src/protocol/codec.js';
 import { native } from '../src/native.js';
 import { EDGE, ROOT, Testbed, hostIp, overlayIp } from './lib/testbed.js';
@@ -28,9 +29,11 @@ while True:
 `;
 const PROBE = `
 import socket, sys, time
-c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3)
-c.sendall(b"hello"); c.settimeout(6)
 try:
+    c = socket.socket()
+    if len(sys.argv) > 3: c.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, int(sys.argv[3], 0))
+    c.settimeout(3); c.connect((sys.argv[1], int(sys.argv[2])))
+    c.sendall(b"hello"); c.settimeout(6)
     d = c.recv(100); print("GOT", repr(d))
 except Exception as e: print("ERR", type(e).__name__)
 `;
@@ -41,14 +44,20 @@ t.test('a host process dialling a host endpoint directly reaches no container', 
   await tb.waitListener('h1', overlayIp('c21'), 7201);
   const entry = (await tb.status('h2')).directory.find((d: any) => d.overlayIp === overlayIp('c21') && d.port === 7201);
   t.ok(entry, 'listener published with a host endpoint');
-  const before = (await tb.status('h2')).counters['accept:refused-unannounced'] ?? 0;
+  const refused = async () => (await tb.status('h2')).counters['accept:refused-unannounced'] ?? 0;
+  const before = await refused();
+  // The fence (listener-fence.ts): a host process's SYN to a host listener never leaves its host.
   for (const host of ['h2', 'h1']) {
     const r = await tb.run(host, ['python3', '-c', PROBE, entry.hostIp, String(entry.hostPort)], { timeoutMs: 20_000 });
-    t.match(r.stdout, /GOT b''|ERR/, `${host}: the direct connection got nothing and was closed (${r.stdout.trim()})`);
+    t.equal(r.stdout.trim(), 'ERR ConnectionRefusedError', `${host}: the host's netfilter refuses the direct connection`);
   }
+  t.equal(await refused(), before, 'so it never reached the router');
+  // Behind the fence, the admission table: root on h1 forging the router's mark gets through
+  // netfilter, but its connection was never announced, and the router closes it.
+  const marked = await tb.run('h1', ['python3', '-c', PROBE, entry.hostIp, String(entry.hostPort), String(ROUTER_SOCKET_MARK)], { timeoutMs: 20_000 });
+  t.match(marked.stdout, /GOT b''|ERR ConnectionResetError/, `a marked but unannounced connection got nothing (${marked.stdout.trim()})`);
+  t.equal((await refused()) - before, 1, 'the router refused it');
   t.notMatch(srv.output(), /ACCEPTED/, 'the container never saw those connections');
-  const after = (await tb.status('h2')).counters['accept:refused-unannounced'] ?? 0;
-  t.equal(after - before, 2, 'router refused both unannounced connections');
   // A connection the routers set up does get through, with the client's overlay address.
   const ok = await tb.run('c11', ['python3', '-c', PROBE, overlayIp('c21'), '7201'], { preload: true });
   t.match(ok.stdout, /GOT b'hello'/, 'accelerated client is served');
@@ -152,8 +161,12 @@ for port in ([0] if src_port == 0 else range(src_port, src_port + 40)): # skip p
         if port in (0, src_port + 39): raise
 s.sendall(bytes.fromhex(frames)); time.sleep(0.5)
 c = socket.socket(); c.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); c.bind((fwd_src, fwd_port)); c.settimeout(3)
-c.connect((ep_ip, ep_port)); c.sendall(b"forged")
+# Root forges the router's socket mark too, so the fence (listener-fence.ts) lets it through and
+# the admission layer behind it is what is tested; an unprivileged user cannot set it.
+try: c.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, ${ROUTER_SOCKET_MARK})
+except OSError: pass
 try:
+    c.connect((ep_ip, ep_port)); c.sendall(b"forged")
     d = c.recv(100); print("GOT", repr(d))
 except Exception as e: print("ERR", type(e).__name__)
 s.settimeout(0.5)

@@ -69,7 +69,7 @@ export class Testbed {
     const end = Date.now() + timeoutMs;
     for (;;) {
       const s = await this.status(host);
-      if (s.directory.some((d: any) => d.overlayIp === ip && d.port === port)) return;
+      if (s.directory.some((d: any) => d.overlayIp === ip && d.port === port && d.fenced !== false)) return;
       if (Date.now() > end) throw new Error(`listener ${ip}:${port} not in ${host}'s router directory`);
       await sleep(50);
     }

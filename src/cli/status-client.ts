@@ -36,7 +36,7 @@ export async function waitForStatus(path: string, timeoutMs: number, listener?: 
     try {
       const s = await fetchStatus(path, 1000);
       const down = s.peers.filter((p: any) => !p.connected).map((p: any) => p.ip);
-      const known = !listener || s.directory.some((d: any) => `${d.overlayIp}:${d.port}` === listener);
+      const known = !listener || s.directory.some((d: any) => `${d.overlayIp}:${d.port}` === listener && d.fenced !== false);
       if (!down.length && known) return s;
       problem = down.length ? `peers not connected: ${down.join(', ')}` : `listener ${listener} not in the directory`;
     } catch (err) {

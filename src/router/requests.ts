@@ -8,6 +8,7 @@ import { fallback, type Answer, type ClientSession, type RequestHandler } from '
 import type { AnnouncementChannel, Directory, ListenerRecord } from './directory.js';
 import { announcementRecords } from './peer-mesh.js';
 import type { HostEndpoints } from './host-endpoints.js';
+import type { ListenerFence } from './listener-fence.js';
 import type { ConnectionLog } from './status.js';
 
 export interface RequestContext {
@@ -15,6 +16,7 @@ export interface RequestContext {
   directory: Directory;
   announcer: AnnouncementChannel;
   endpoints: HostEndpoints;
+  fence: Pick<ListenerFence, 'isFenced'>;
   connections: ConnectionLog;
   status: () => unknown;
   /** Re-reads the namespace registry if this session may ask (root on the host); false if not. */
@@ -102,6 +104,8 @@ export class RequestDispatcher implements RequestHandler {
       const pair = this.samePair(session, srcIp, msg.local_port, dstIp, msg.remote_port, rec.hostPort);
       if (pair) return pair;
     }
+    // Host sockets only towards a listener that nobody else on this host can dial (listener-fence.ts).
+    if (!this.ctx.fence.isFenced(rec)) return fall(Fallback.PENDING, 'listener not fenced on this host yet');
     const count = msg.local_port ? 1 : Math.min(Math.max(msg.flags & ConnectFlags.SOCKETS_MASK, 1), Limits.MAX_CONNECT_SOCKETS);
     const socks = native.tcpSockets(this.ctx.hostIp, count);
     if (typeof socks === 'number') return fall(Fallback.INTERNAL, `host socket: ${errnoText(socks)}`);

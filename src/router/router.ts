@@ -9,6 +9,7 @@ import { NetnsOwnership, NetnsRegistry } from './netns.js';
 import { ensurePrivateDir } from '../registry/store.js';
 import { HostEndpoints } from './host-endpoints.js';
 import { PeerMesh } from './peer-mesh.js';
+import { ListenerFence, ROUTER_SOCKET_MARK } from './listener-fence.js';
 import { RequestDispatcher, type RouterExtension } from './requests.js';
 import { ConnectionLog } from './status.js';
 
@@ -38,6 +39,7 @@ export class Router {
   private readonly endpoints: HostEndpoints;
   private readonly dispatcher: RequestDispatcher;
   private readonly registry: NetnsRegistry;
+  private readonly fence: ListenerFence;
   /** The router's own network namespace: root callers from it may tell it the registry changed. */
   private readonly hostNetns = statSync('/proc/self/ns/net').ino;
   private serverFd = -1;
@@ -49,12 +51,14 @@ export class Router {
     this.mesh = new PeerMesh({ hostIp: opts.hostIp, port: opts.peerPort, peers: opts.peers, log: opts.log });
     this.endpoints = new HostEndpoints(this.mesh, opts.log);
     this.registry = new NetnsRegistry(opts.stateDir, opts.log);
+    this.fence = new ListenerFence(opts.name, this.mesh, opts.log);
     this.mesh.onAnnouncements((records, fromIp) => this.endpoints.expect(records, fromIp));
     this.dispatcher = new RequestDispatcher({
       hostIp: opts.hostIp,
       directory: this.mesh,
       announcer: this.mesh,
       endpoints: this.endpoints,
+      fence: this.fence,
       connections: this.connections,
       status: () => this.status(),
       reloadRegistry: (session) => this.reloadRegistry(session),
@@ -67,6 +71,8 @@ export class Router {
     ensurePrivateDir(this.opts.stateDir);
     // Read before serving: a registration written while the router was down counts at once.
     this.registry.reload();
+    this.fence.start();
+    native.setHostSocketMark(ROUTER_SOCKET_MARK);
     await this.mesh.start();
     const fd = native.seqpacketListen(this.path, 0o777);
     if (fd < 0) throw new Error(`cannot serve ${this.path}: ${errnoText(fd)}`);
@@ -82,6 +88,7 @@ export class Router {
     this.endpoints.closeAll();
     this.mesh.close();
     this.registry.close();
+    this.fence.stop();
   }
 
   /** REGISTRY_CHANGED: only root in the router's own namespace (the host's) may ask, so a
@@ -116,7 +123,7 @@ export class Router {
       registered: this.registry.list().slice(0, STATUS_LIST_MAX).map((r) => ({ netns: r.netns, ino: r.ino, ips: r.ips, network: r.network })),
       listeners: listeners.slice(0, STATUS_LIST_MAX).map((l) => ({ host: `${this.opts.hostIp}:${l.hostPort}`, overlay: l.records.map((r) => `${r.overlayIp}:${r.port}`) })),
       listenersTotal: listeners.length,
-      directory: directory.slice(0, STATUS_LIST_MAX),
+      directory: directory.slice(0, STATUS_LIST_MAX).map((d) => ({ ...d, fenced: this.fence.has(d) })),
       directoryTotal: directory.length,
       pairing: { announced: accepts.announced, parked: accepts.parked },
       counters: { ...this.connections.counters, 'accept:host-network': accepts.delivered, 'accept:admitted-by-library': accepts.admitted, 'accept:refused-unannounced': accepts.refused },

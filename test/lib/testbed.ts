@@ -218,12 +218,13 @@ export class Testbed {
     }
   }
 
-  /** Waits until the router on `host` knows the accelerated listener overlayIp:port. */
+  /** Waits until the router on `host` knows the accelerated listener overlayIp:port and has
+   * fenced its host endpoint (from then on its connects to it take the host path). */
   async waitListener(host: string, ip: string, port: number, timeoutMs = 10_000): Promise<void> {
     const end = Date.now() + timeoutMs;
     for (;;) {
       const s = await this.status(host);
-      if (s.directory.some((d: any) => d.overlayIp === ip && d.port === port)) return;
+      if (s.directory.some((d: any) => d.overlayIp === ip && d.port === port && d.fenced !== false)) return;
       if (Date.now() > end) throw new Error(`listener ${ip}:${port} not in ${host}'s directory`);
       await sleep(50);
     }
