@@ -6,7 +6,7 @@ import t from 'tap';
 import { spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { LIB, ROOT, Testbed, VNET, overlayIp } from './lib/testbed.js';
+import { LIB, ROOT, Testbed, VNET, hostIp, overlayIp } from './lib/testbed.js';
 
 const tb = await Testbed.up(t);
 const FREEFLOW = join(ROOT, 'bin/freeflow.js');
@@ -186,5 +186,62 @@ t.test('a restarted router knows the registrations from its state directory', as
   await srv.waitFor(/listening/);
   await tb.waitListener('h2', overlayIp('c11'), 7308);
   t.equal(await ask('c21', overlayIp('c11'), 7308), 'GOT I am c11', 'and serves them');
+  await tb.stop(srv);
+});
+
+// A preloaded client that makes a few connections (so the library holds prefetched, announced
+// host sockets), prints the host port of each spare, and holds them until the file argv[3] exists.
+const HOLDER = `
+import os, socket, sys, time
+for i in range(4):
+    c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3); c.recv(100); c.close()
+for fd in map(int, os.listdir("/proc/self/fd")):
+    try:
+        s = socket.socket(fileno=os.dup(fd)); name = s.getsockname(); s.detach()
+    except OSError: continue
+    if isinstance(name, tuple) and name[0].startswith("192.168.77."): print("SPARE", name[1], flush=True)
+print("HOLDING", flush=True)
+while not os.path.exists(sys.argv[3]): time.sleep(0.05)
+`;
+// A host process that takes a given host port and dials a host endpoint from it.
+const TAKER = `
+import socket, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+try: s.bind((sys.argv[1], int(sys.argv[2])))
+except OSError as e: print("BIND", type(e).__name__, flush=True); sys.exit()
+print("BOUND", flush=True); s.settimeout(3)
+try:
+    s.connect((sys.argv[3], int(sys.argv[4]))); print("GOT", s.recv(100).decode().strip(), flush=True)
+except Exception as e: print("ERR", type(e).__name__, flush=True)
+`;
+
+t.test('an announced host port cannot be taken, and after its socket closed it admits nobody', async (t) => {
+  const srv = tb.start('c21', ['python3', '-c', GREETER, '0.0.0.0', '7309', 'c21'], { preload: true });
+  await srv.waitFor(/listening/);
+  await tb.waitListener('h1', overlayIp('c21'), 7309);
+  const entry = (await tb.status('h1')).directory.find((d: any) => d.overlayIp === overlayIp('c21') && d.port === 7309);
+  const go = `/tmp/${tb.prefix}/release-spares`;
+  const holder = tb.start('c11', ['python3', '-c', HOLDER, overlayIp('c21'), '7309', go], { preload: true });
+  await holder.waitFor(/HOLDING/);
+  const spares = [...holder.output().matchAll(/SPARE (\d+)/g)].map((m) => Number(m[1]));
+  t.ok(spares.length >= 1, `the client holds announced spare host sockets (ports ${spares.join(', ')})`);
+  t.equal((await tb.status('h2')).pairing.announced >= spares.length, true, "h2's admission tables hold their announcements");
+  const take = (port: number) => tb.run('h1', ['python3', '-c', TAKER, hostIp('h1'), String(port), entry.hostIp, String(entry.hostPort)]);
+
+  const accepted = () => (srv.output().match(/ACCEPTED/g) ?? []).length;
+  const acceptedBefore = accepted();
+  const whileHeld = await take(spares[0]);
+  t.equal(whileHeld.stdout.trim(), 'BIND OSError', 'while the socket lives, a host process cannot bind its port (even with SO_REUSEADDR)');
+  spawnSync('touch', [go]);
+  await holder.exited;
+  const afterClose = await take(spares[0]);
+  t.match(afterClose.stdout, /BOUND/, 'once the socket is gone, the port is free again');
+  t.match(afterClose.stdout, /ERR ConnectionRefusedError/, 'but a connection from it to the host listener is refused on its own host (the announcement admits nobody)');
+  t.equal(accepted(), acceptedBefore, 'c21 never saw a connection from it');
+
+  // Control: the legitimate client's own connections are admitted as c11.
+  t.equal(await ask('c11', overlayIp('c21'), 7309), 'GOT I am c21', 'the legitimate client is served');
+  await srv.waitFor(/ACCEPTED 10\.244\.1\.11/);
+  t.ok((await pathsTo('h1', `${overlayIp('c21')}:7309`)).includes('host-network'), 'on the host network');
   await tb.stop(srv);
 });
