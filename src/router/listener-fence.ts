@@ -4,9 +4,9 @@
 // traffic is masqueraded to the host's address) would be admitted as the container that was
 // announced. The router therefore fences every host listener in the directory (this host's and
 // its peers'), in the host's netfilter: a SYN to one of them leaves this host only from a socket
-// carrying the router's mark (SO_MARK, which needs CAP_NET_ADMIN in the host namespace and
-// which the kernel scrubs from packets that cross from a container's namespace), and is never
-// forwarded for a container. A connect() takes the host path only once its listener is fenced.
+// carrying the router's mark (SO_MARK, which needs CAP_NET_ADMIN in the host namespace; matched
+// on the socket, not the packet, whose mark other rules such as kube-proxy's may rewrite), and
+// is never forwarded for a container. A connect() takes the host path only once its listener is fenced.
 import { spawn, spawnSync } from 'node:child_process';
 import type { Logger } from '../log.js';
 import type { Directory, ListenerRecord } from './directory.js';
@@ -38,7 +38,7 @@ table inet ${this.table} {
   set listeners { type ipv4_addr . inet_service; }
   chain output {
     type filter hook output priority filter; policy accept;
-    tcp flags & (syn | ack) == syn ip daddr . tcp dport @listeners meta mark != ${ROUTER_SOCKET_MARK} counter reject with tcp reset
+    tcp flags & (syn | ack) == syn ip daddr . tcp dport @listeners socket mark != ${ROUTER_SOCKET_MARK} counter reject with tcp reset
   }
   chain forward {
     type filter hook forward priority filter; policy accept;
