@@ -1,30 +1,11 @@
 // `freeflow status`: asks a running router for its state over its FreeFlow socket.
-import { native, READABLE, errnoText } from '../native.js';
-import { decode, emptyMsg, encode, MSG_SIZE, MsgType, Reply } from '../protocol/codec.js';
+import { askRouter } from '../client/ask-router.js';
+import { MSG_SIZE, MsgType, Reply } from '../protocol/codec.js';
 
-export function fetchStatus(path: string, timeoutMs = 3000): Promise<any> {
-  const fd = native.seqpacketConnect(path);
-  if (fd < 0) return Promise.reject(new Error(`no router at ${path}: ${errnoText(fd)}`));
-  const req = emptyMsg(MsgType.STATUS);
-  req.pid = process.pid;
-  req.seq = 1;
-  native.sendMsg(fd, encode(req));
-  return new Promise((resolve, reject) => {
-    const done = (err?: Error, value?: unknown) => {
-      clearTimeout(timer);
-      native.unwatch(watch);
-      native.close(fd);
-      err ? reject(err) : resolve(value);
-    };
-    const timer = setTimeout(() => done(new Error(`router at ${path} did not answer`)), timeoutMs);
-    const watch = native.watch(fd, READABLE, () => {
-      const r = native.recvMsg(fd, MSG_SIZE + (1 << 20));
-      if (typeof r === 'number') return done(new Error(`router closed the connection (${r})`));
-      const m = decode(r.data);
-      if (m.type !== MsgType.REPLY || m.status !== Reply.ACCEL) return done(new Error('router refused the status request'));
-      done(undefined, JSON.parse(r.data.subarray(MSG_SIZE, MSG_SIZE + m.payload_len).toString('utf8')));
-    });
-  });
+export async function fetchStatus(path: string, timeoutMs = 3000): Promise<any> {
+  const { reply, payload } = await askRouter(path, MsgType.STATUS, timeoutMs, MSG_SIZE + (1 << 20));
+  if (reply.type !== MsgType.REPLY || reply.status !== Reply.ACCEL) throw new Error('router refused the status request');
+  return JSON.parse(payload.toString('utf8'));
 }
 
 /** Polls until the router answers, all its peers are connected and (optionally) the
