@@ -19,6 +19,7 @@
 #include <vector>
 #include "addon.h"
 #include "fdpass.h"
+#include "host_socket_guard.h"
 
 namespace {
 
@@ -216,21 +217,26 @@ Napi::Value SetHostSocketMark(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
-// tcpSockets(ip, count) -> {fds: [fd...], ports: Buffer of uint16 LE} | -errno: a batch for
-// prefetching clients. Flat on purpose: this runs for every connection a busy client makes,
+// tcpSockets(ip, count, dstIp, dstPort) -> {fds: [fd...], ports: Buffer of uint16 LE} | -errno:
+// a batch for prefetching clients, each guarded to reach dstIp:dstPort only. Flat on purpose: this runs for every connection a busy client makes,
 // and an object per socket was a measurable share of the router's CPU (docs/performance.md).
 Napi::Value TcpSockets(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   std::string ip = info[0].As<Napi::String>();
   uint32_t count = std::min<uint32_t>(info[1].As<Napi::Number>().Uint32Value(), kMaxPassedFds);
-  sockaddr_in sa;
-  if (!ParseIPv4(ip, 0, &sa)) return Err(env, EINVAL);
+  sockaddr_in sa, dst;
+  if (!ParseIPv4(ip, 0, &sa) || !ParseIPv4(info[2].As<Napi::String>(), uint16_t(info[3].As<Napi::Number>().Uint32Value()), &dst)) return Err(env, EINVAL);
   int fds[kMaxPassedFds];
   uint8_t ports[2 * kMaxPassedFds];
   uint32_t n = 0;
   for (; n < count; n++) {
     sockaddr_in bound = sa;
     int fd = BoundTcpSocket(&bound);
+    int marked = fd < 0 ? fd : HostSocketGuardMarkClient(fd, dst.sin_addr.s_addr, dst.sin_port);
+    if (marked < 0 && fd >= 0) {
+      close(fd);
+      fd = marked;
+    }
     if (fd < 0) {
       if (n == 0) return Err(env, -fd);
       break;
@@ -266,6 +272,12 @@ Napi::Value TcpListen(const Napi::CallbackInfo& info) {
     int e = errno;
     close(fd);
     return Err(env, e);
+  }
+  // Marked once bound and listening: from here on neither it nor what it accepts may connect or bind.
+  int marked = HostSocketGuardMarkListener(fd);
+  if (marked < 0) {
+    close(fd);
+    return Err(env, -marked);
   }
   Napi::Object o = Napi::Object::New(env);
   o.Set("fd", fd);

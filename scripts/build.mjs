@@ -22,6 +22,10 @@ function nodeDir() {
 }
 
 run('node', ['scripts/gen-wire.mjs']);
+// The host socket guard's BPF programs (clang's BPF target; Debian's headers for asm/types.h).
+const multiarch = execFileSync('gcc', ['-print-multiarch'], { encoding: 'utf8' }).trim();
+mkdirSync(join(root, 'build/bpf'), { recursive: true });
+run('clang', ['-O2', '-g', '-target', 'bpf', `-I/usr/include/${multiarch}`, '-Inative/bpf', '-c', 'native/bpf/host_socket_guard.bpf.c', '-o', 'build/bpf/host_socket_guard.bpf.o']);
 const gyp = join(root, 'node_modules/node-gyp/bin/node-gyp.js');
 const nativeDir = join(root, 'native');
 const mk = join(nativeDir, 'build/Makefile');

@@ -14,11 +14,14 @@ export interface NativeApi {
   recvMsg(fd: number, max: number): RecvResult | number;
   sendMsg(fd: number, data: Buffer, fds?: number[]): number;
   /** count sockets bound to ip:0 in one call (fewer than asked if the host runs out; -errno if
-   * none): their fds, and their ports as uint16 LE back to back (the CONNECT reply's payload). */
-  tcpSockets(ip: string, count: number): { fds: number[]; ports: Buffer } | number;
+   * none): their fds, and their ports as uint16 LE back to back (the CONNECT reply's payload).
+   * Each is guarded (guard below) to reach dstIp:dstPort only. */
+  tcpSockets(ip: string, count: number, dstIp: string, dstPort: number): { fds: number[]; ports: Buffer } | number;
   tcpListen(ip: string, port: number, backlog: number): { fd: number; port: number } | number;
   /** SO_MARK of the client host sockets tcpSockets makes from now on (listener-fence.ts). */
   setHostSocketMark(mark: number): void;
+  /** The host socket guard (native/host_socket_guard.cc): start returns '' or what failed. */
+  guard: { start(objectPath: string): string; stop(): void };
   close(fd: number): number;
   closeAll(fds: number[]): void;
   strerror(errno: number): string;
@@ -53,6 +56,9 @@ function load(): NativeApi {
 }
 
 export const native: NativeApi = load();
+
+/** The guard's BPF programs, compiled by `npm run build` (native/bpf/host_socket_guard.bpf.c). */
+export const HOST_SOCKET_GUARD_OBJECT = join(root, 'build/bpf/host_socket_guard.bpf.o');
 
 /** Message for a negative errno returned by the addon. */
 export function errnoText(code: number): string {

@@ -107,7 +107,7 @@ export class RequestDispatcher implements RequestHandler {
     // Host sockets only towards a listener that nobody else on this host can dial (listener-fence.ts).
     if (!this.ctx.fence.isFenced(rec)) return fall(Fallback.PENDING, 'listener not fenced on this host yet');
     const count = msg.local_port ? 1 : Math.min(Math.max(msg.flags & ConnectFlags.SOCKETS_MASK, 1), Limits.MAX_CONNECT_SOCKETS);
-    const socks = native.tcpSockets(this.ctx.hostIp, count);
+    const socks = native.tcpSockets(this.ctx.hostIp, count, rec.hostIp, rec.hostPort);
     if (typeof socks === 'number') return fall(Fallback.INTERNAL, `host socket: ${errnoText(socks)}`);
     const records = announcementRecords(
       { clientHostIp: this.ctx.hostIp, listenerHostPort: rec.hostPort, srcIp, srcPort: msg.local_port, dstIp, dstPort: msg.remote_port },

@@ -3,7 +3,7 @@
 import { mkdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Logger } from '../log.js';
-import { native, EAGAIN, READABLE, errnoText } from '../native.js';
+import { native, EAGAIN, HOST_SOCKET_GUARD_OBJECT, READABLE, errnoText } from '../native.js';
 import { ClientSession } from './client-session.js';
 import { NetnsOwnership, NetnsRegistry } from './netns.js';
 import { ensurePrivateDir } from '../registry/store.js';
@@ -73,6 +73,9 @@ export class Router {
     this.registry.reload();
     this.fence.start();
     native.setHostSocketMark(ROUTER_SOCKET_MARK);
+    // No host socket may leave the router unless it can reach only its endpoint (docs/security.md).
+    const guard = native.guard.start(HOST_SOCKET_GUARD_OBJECT);
+    if (guard) throw new Error(`cannot start the host socket guard: ${guard}. The router needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN for cgroups), cgroup v2 and a build with clang (npm run build)`);
     await this.mesh.start();
     const fd = native.seqpacketListen(this.path, 0o777);
     if (fd < 0) throw new Error(`cannot serve ${this.path}: ${errnoText(fd)}`);
@@ -89,6 +92,7 @@ export class Router {
     this.mesh.close();
     this.registry.close();
     this.fence.stop();
+    native.guard.stop();
   }
 
   /** REGISTRY_CHANGED: only root in the router's own namespace (the host's) may ask, so a
