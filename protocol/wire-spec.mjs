@@ -128,8 +128,25 @@ export const LIMITS = {
   MAX_PAYLOAD: 65536,
   MAX_CONNECT_SOCKETS: 32, // most host sockets one CONNECT gets (a prefetch batch; fds per reply)
   PEER_PORT: 7471, // default router <-> router TCP port on the host network
-  // Routers dial each other (peer port and RDMA engine port) from a source port in this
-  // privileged range, and accept peers only from it (docs/design.md, "Only routers speak").
-  PEER_SOURCE_PORT_FIRST: 512,
-  PEER_SOURCE_PORT_LAST: 1023,
+};
+
+// The cluster-key handshake that opens every router <-> router connection, on the peer port
+// (src/router/peer-auth.ts) and on the RDMA engines' port (native/rdma/peer_auth.cc), before
+// any frame (docs/security-cluster-key.md). Both ends send HELLO at once: MAGIC (uint32 LE)
+// then a random nonce; on the other's HELLO each sends its PROOF, HMAC-SHA256(cluster key,
+// LABEL | role byte | dialler's nonce | acceptor's nonce | the prover's own host address as
+// 16 bytes IPv4-mapped), and checks the other's against the address it sees at the other end.
+// Frames follow the proofs on the same stream.
+const PEER_AUTH_NONCE = 32;
+export const PEER_AUTH = {
+  LABEL: 'freeflow peer auth v1', // domain separation: the key proves nothing else
+  MAGIC: 0x314b4646, // "FFK1" read little-endian
+  KEY_SIZE: 32, // the cluster key (freeflow keygen): 256 random bits
+  NONCE_SIZE: PEER_AUTH_NONCE,
+  HELLO_SIZE: 4 + PEER_AUTH_NONCE,
+  MAC_SIZE: 32, // HMAC-SHA256
+  ROLE_DIALLER: 1, // the end that opened the connection
+  ROLE_ACCEPTOR: 2,
+  TIMEOUT_MS: 3000, // a connection without both proofs by then is closed
+  MAX_PENDING: 64, // handshakes in progress per port; more connections are closed at once
 };

@@ -19,6 +19,13 @@ function layout() {
   return { fields: out, size: off };
 }
 
+// A spec value as C source: numbers as they are, strings (ASCII) as string literals.
+function cValue(v) {
+  if (typeof v === 'number') return String(v);
+  if (!/^[\x20-\x7e]*$/.test(v) || /["\\]/.test(v)) throw new Error(`spec string not plain ASCII: ${v}`);
+  return `"${v}"`;
+}
+
 function cHeader() {
   const { fields, size } = layout();
   const l = [`/* ${banner} */`, '#ifndef FF_WIRE_H', '#define FF_WIRE_H', '#include <stdint.h>', ''];
@@ -26,8 +33,8 @@ function cHeader() {
   l.push('#ifdef __cplusplus', '#define FF_STATIC_ASSERT static_assert', '#else', '#define FF_STATIC_ASSERT _Static_assert', '#endif');
   l.push(`#define FF_WIRE_MAGIC 0x${spec.MAGIC.toString(16)}u`, `#define FF_WIRE_VERSION ${spec.VERSION}`);
   l.push(`#define FF_WIRE_MSG_SIZE ${size}`);
-  for (const [group, obj] of [['T', spec.TYPES], ['REPLY', spec.REPLY], ['FALLBACK', spec.FALLBACK], ['CONNECT', spec.CONNECT_FLAGS], ['LIMIT', spec.LIMITS]])
-    for (const [k, v] of Object.entries(obj)) l.push(`#define FF_${group}_${k} ${v}`);
+  for (const [group, obj] of [['T', spec.TYPES], ['REPLY', spec.REPLY], ['FALLBACK', spec.FALLBACK], ['CONNECT', spec.CONNECT_FLAGS], ['LIMIT', spec.LIMITS], ['PEER_AUTH', spec.PEER_AUTH]])
+    for (const [k, v] of Object.entries(obj)) l.push(`#define FF_${group}_${k} ${cValue(v)}`);
   l.push('', 'struct ff_msg {');
   for (const f of fields) {
     const m = /^(\w+)\[(\d+)\]$/.exec(f.ctype);
@@ -56,7 +63,7 @@ function tsModule() {
   const l = [`// ${banner}`, ''];
   l.push(`export const MAGIC = 0x${spec.MAGIC.toString(16)};`, `export const VERSION = ${spec.VERSION};`);
   l.push(`export const MSG_SIZE = ${size};`);
-  for (const [name, obj] of [['MsgType', spec.TYPES], ['Reply', spec.REPLY], ['Fallback', spec.FALLBACK], ['ConnectFlags', spec.CONNECT_FLAGS], ['Limits', spec.LIMITS]])
+  for (const [name, obj] of [['MsgType', spec.TYPES], ['Reply', spec.REPLY], ['Fallback', spec.FALLBACK], ['ConnectFlags', spec.CONNECT_FLAGS], ['Limits', spec.LIMITS], ['PeerAuth', spec.PEER_AUTH]])
     l.push(`export const ${name} = ${JSON.stringify(obj)} as const;`);
   l.push('', 'export interface WireMsg {');
   for (const f of fields) l.push(`  ${f.name}: ${f.ctype.includes('[') ? 'Buffer' : 'number'};`);

@@ -14,7 +14,7 @@ fi
 
 PKGS=(iproute2 iputils-ping procps psmisc make g++ python3 curl
       iperf3 nginx-light wrk redis-server redis-tools sockperf
-      rdma-core ibverbs-utils rdmacm-utils perftest libibverbs-dev librdmacm-dev binutils
+      rdma-core ibverbs-utils rdmacm-utils perftest libibverbs-dev librdmacm-dev binutils libssl-dev
       containernetworking-plugins nftables util-linux clang llvm libbpf-dev)
 missing=()
 for p in "${PKGS[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p"); done

@@ -38,7 +38,7 @@ VXLAN_ID=1
 VXLAN_PORT=8472
 PHY_MTU=1500
 OVL_MTU=1450
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+REPO_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
 PROG="${0##*/}"
 
@@ -124,6 +124,7 @@ node_vars() {
       done
       echo "FFR_SOCKET_DIR=$(tb_dir)/h$h"
       echo "FFR_STATE_DIR=$(state_dir "$h")"
+      echo "FFR_CLUSTER_KEY_FILE=$(tb_dir)/cluster.key"
       echo "HOST_IP_PREFIX=${HOST_IP_PREFIX:-$HOST_IP_PREFIX_DEFAULT}"
       echo "FF_NODE_IP=${HOST_NET}.$h"
       echo "FF_PEERS=${FF_PEERS-$peers}"
@@ -321,8 +322,10 @@ do_up() {
   # 3. per-host overlay as Flannel's vxlan backend makes it: a VXLAN device with the host's
   # subnet .0 address, a route to every other host's /24 via that host's .0 (onlink), a
   # permanent neighbour entry for it and a forwarding entry to its underlay address.
-  [[ -x "$ROOT/build/cni/freeflow" ]] || die "build/cni/freeflow is missing: run 'npm run build' first"
+  [[ -x "$REPO_DIR/build/cni/freeflow" ]] || die "build/cni/freeflow is missing: run 'npm run build' first"
   mkdir -p -- "$(tb_dir)/cni"
+  # The cluster key every router of this testbed proves to its peers (root-only, like on a real host).
+  (umask 077 && node "$REPO_DIR/bin/freeflow.js" keygen > "$(tb_dir)/cluster.key")
   for ((i = 1; i <= H; i++)); do
     hns="$(ns_of "h$i")"
     ip netns exec "$hns" sh -c 'echo 1 > /proc/sys/net/ipv4/ip_forward'
@@ -345,7 +348,7 @@ do_up() {
       c="c$i$k"
       cns="$(ns_of "$c")"
       local got
-      got="$(ip netns exec "$hns" node "$ROOT/scripts/cni-chain.mjs" ADD "$(tb_dir)/cni/h$i.conflist" \
+      got="$(ip netns exec "$hns" node "$REPO_DIR/scripts/cni-chain.mjs" ADD "$(tb_dir)/cni/h$i.conflist" \
         "$FF_TB-$c" "/run/netns/$cns" eth0)"
       [[ "$got" == *"\"$(node_ip "$c")/24\""* ]] || die "CNI gave $c an unexpected address: $got"
     done

@@ -3,6 +3,7 @@
 
 #include "../addon.h"
 #include "engine.h"
+#include "ff_wire.h"
 
 namespace {
 
@@ -60,11 +61,16 @@ Napi::Value SetRate(const Napi::CallbackInfo& i) {
   ffrdma::SetRateLimit(U64(i, 0));
   return i.Env().Undefined();
 }
+// startTransport(hostIp, port, peers, clusterKey): -EINVAL unless the key is a Buffer of
+// FF_PEER_AUTH_KEY_SIZE bytes (no engine port without it).
 Napi::Value StartTransport(const Napi::CallbackInfo& i) {
   std::vector<std::string> peers;
   Napi::Array a = i[2].As<Napi::Array>();
   for (uint32_t k = 0; k < a.Length(); k++) peers.push_back(a.Get(k).As<Napi::String>().Utf8Value());
-  return Num(i, ffrdma::StartTransport(i[0].As<Napi::String>().Utf8Value(), I32(i, 1), peers));
+  if (!i[3].IsBuffer() || i[3].As<Napi::Buffer<uint8_t>>().Length() != FF_PEER_AUTH_KEY_SIZE) return Num(i, -22);
+  auto k = i[3].As<Napi::Buffer<uint8_t>>();
+  std::vector<uint8_t> key(k.Data(), k.Data() + k.Length());
+  return Num(i, ffrdma::StartTransport(i[0].As<Napi::String>().Utf8Value(), I32(i, 1), peers, key));
 }
 Napi::Value CmSend(const Napi::CallbackInfo& i) {
   auto b = i[1].As<Napi::Buffer<uint8_t>>();

@@ -1456,11 +1456,11 @@ void OnNetworkMessage() {
   Kick();
 }
 
-int StartTransport(const std::string& host_ip, int port, const std::vector<std::string>& peers) {
+int StartTransport(const std::string& host_ip, int port, const std::vector<std::string>& peers, const std::vector<uint8_t>& key) {
   std::lock_guard<std::mutex> g(mu);
   if (transport) return cm_eventfd;
   cm_eventfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-  transport = StartTcpTransport(host_ip, port, peers, OnNetworkMessage, Placement{PlaceTarget, PlaceDone});
+  transport = StartTcpTransport(host_ip, port, peers, key, OnNetworkMessage, Placement{PlaceTarget, PlaceDone});
   EnsureThread();
   return cm_eventfd;
 }

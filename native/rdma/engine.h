@@ -28,9 +28,10 @@ int AddQp(uint32_t qpn, int pid, uint32_t pd, uint32_t scq, uint32_t rcq, int fd
 // dest_qpn < 0 and dgid == nullptr leave those unchanged.
 int ModifyQp(uint32_t qpn, uint32_t state, int64_t dest_qpn, const uint8_t* dgid, int32_t access);
 int DelQp(uint32_t qpn);
-// Cross-host: serve and reach the peer routers' engines over TCP on host_ip:port.
+// Cross-host: serve and reach the peer routers' engines over TCP on host_ip:port, with the
+// routers' cluster key (FF_PEER_AUTH_KEY_SIZE bytes) proved on every connection.
 // Returns an eventfd that is readable while connection-manager messages wait in CmTake().
-int StartTransport(const std::string& host_ip, int port, const std::vector<std::string>& peers);
+int StartTransport(const std::string& host_ip, int port, const std::vector<std::string>& peers, const std::vector<uint8_t>& key);
 // Connection-manager messages between the routers, carried by the same transport.
 bool CmSend(int conn, const uint8_t* data, uint32_t len);
 std::vector<int> CmPeers();

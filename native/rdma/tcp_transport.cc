@@ -1,7 +1,8 @@
 // TCP carrier of the engine's cross-host messages (see transport.h). One listening socket on
 // the host network; one outgoing connection per peer router (reconnected every second when
 // down) for requests, whose answers come back on the same connection. Each connection has a
-// reader thread that queues complete messages for the engine thread.
+// reader thread that queues complete messages for the engine thread. Every connection, either
+// way, starts with the cluster-key handshake (peer_auth.h); no frame is read before it.
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -24,6 +25,7 @@
 
 #include "ff_rdma_shm.h"
 #include "ff_wire.h"
+#include "peer_auth.h"
 #include "realtime.h"
 #include "transport.h"
 
@@ -154,9 +156,9 @@ class InBuf {
 
 class TcpTransport : public Transport {
  public:
-  TcpTransport(const std::string& host_ip, int port, const std::vector<std::string>& peers, std::function<void()> kick,
-               Placement placement)
-      : peers_(peers), host_ip_(host_ip), port_(port), kick_(std::move(kick)), placement_(std::move(placement)) {
+  TcpTransport(const std::string& host_ip, int port, const std::vector<std::string>& peers, const std::vector<uint8_t>& key,
+               std::function<void()> kick, Placement placement)
+      : peers_(peers), host_ip_(host_ip), port_(port), key_(key), kick_(std::move(kick)), placement_(std::move(placement)) {
     for (size_t i = 0; i < kMaxConns; i++) conns_[i] = std::make_unique<Conn>();
     std::thread([this, host_ip] { Accept(host_ip); }).detach();
     for (size_t i = 0; i < peers_.size() && i < kMaxPeers; i++) std::thread([this, i] { Dial(int(i)); }).detach();
@@ -333,22 +335,13 @@ class TcpTransport : public Transport {
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   }
 
-  // Binds fd to this host's address and a free port of the privileged range peers accept
-  // engines from (as the routers' peer mesh does): only root or CAP_NET_BIND_SERVICE can.
-  bool BindPeerSourcePort(int fd) {
-    int one = 1;
-    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  // Binds fd to this host's address (any port: the key is the proof, not the port), so that
+  // the peer sees the address it checks the proof against.
+  bool BindHostAddress(int fd) {
     sockaddr_in src{};
     src.sin_family = AF_INET;
     if (inet_pton(AF_INET, host_ip_.c_str(), &src.sin_addr) != 1) return false;
-    const int first = FF_LIMIT_PEER_SOURCE_PORT_FIRST, span = FF_LIMIT_PEER_SOURCE_PORT_LAST - first + 1;
-    int start = int(uint32_t(std::chrono::steady_clock::now().time_since_epoch().count()) % uint32_t(span));
-    for (int i = 0; i < span; i++) {
-      src.sin_port = htons(uint16_t(first + (start + i) % span));
-      if (bind(fd, reinterpret_cast<sockaddr*>(&src), sizeof src) == 0) return true;
-      if (errno != EADDRINUSE) return false;
-    }
-    return false;
+    return bind(fd, reinterpret_cast<sockaddr*>(&src), sizeof src) == 0;
   }
 
   void Dial(int idx) {
@@ -358,7 +351,8 @@ class TcpTransport : public Transport {
       sa.sin_port = htons(uint16_t(port_));
       if (inet_pton(AF_INET, peers_[idx].c_str(), &sa.sin_addr) != 1) return;
       int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-      if (fd >= 0 && BindPeerSourcePort(fd) && connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) == 0) {
+      if (fd >= 0 && BindHostAddress(fd) && connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) == 0 &&
+          PeerHandshake(fd, key_, PeerRole::kDialler, host_ip_, peers_[idx])) {
         Tune(fd);
         Conn& c = *conns_[idx];
         c.fd = fd;
@@ -383,7 +377,6 @@ class TcpTransport : public Transport {
       close(ls);
       return;
     }
-    size_t next = kMaxPeers;
     for (;;) {
       sockaddr_in from{};
       socklen_t fl = sizeof from;
@@ -398,36 +391,52 @@ class TcpTransport : public Transport {
       int peer = -1;
       for (size_t k = 0; k < peers_.size() && peer < 0; k++)
         if (peers_[k] == ip) peer = int(k);
-      // Only the configured peer routers may inject work requests: their addresses, from a
-      // privileged source port (an unprivileged process on a peer host cannot bind one).
-      if (peer < 0 || ntohs(from.sin_port) > FF_LIMIT_PEER_SOURCE_PORT_LAST) {
+      // Only the configured peer routers may inject work requests: their addresses (a
+      // filter), then the proof of the cluster key, on the connection's own thread so that a
+      // connection that proves nothing holds up no other. Bounded: a hostile container behind
+      // a peer host's NAT could otherwise make threads by the thousand.
+      if (peer < 0 || handshakes_.fetch_add(1) >= FF_PEER_AUTH_MAX_PENDING) {
+        if (peer >= 0) handshakes_--;
         close(fd);
         continue;
       }
-      // Find a free slot for the incoming connection.
-      size_t idx = 0;
-      for (size_t tries = 0; tries < kMaxConns - kMaxPeers; tries++) {
-        size_t i = kMaxPeers + (next - kMaxPeers + tries) % (kMaxConns - kMaxPeers);
-        if (!conns_[i]->up && conns_[i]->fd < 0) {
-          idx = i;
-          break;
+      std::string peer_ip = ip;
+      std::thread([this, fd, peer, peer_ip] {
+        bool ok = PeerHandshake(fd, key_, PeerRole::kAcceptor, host_ip_, peer_ip);
+        handshakes_--;
+        int idx = ok ? TakeInboundSlot(fd) : -1;
+        if (idx < 0) {
+          close(fd);
+          return;
         }
-      }
-      if (!idx) {
-        close(fd);
-        continue;
-      }
-      next = idx + 1 >= kMaxConns ? kMaxPeers : idx + 1;
-      Tune(fd);
-      conns_[idx]->fd = fd;
-      conns_[idx]->up = true;
-      std::thread([this, idx, peer] { Reader(int(idx), peer); }).detach();
+        Reader(idx, peer);
+      }).detach();
     }
+  }
+
+  // A free slot for an incoming connection, marked up with fd; -1 if all are taken.
+  int TakeInboundSlot(int fd) {
+    std::lock_guard<std::mutex> g(slot_mu_);
+    for (size_t tries = 0; tries < kMaxConns - kMaxPeers; tries++) {
+      size_t i = kMaxPeers + (next_slot_ - kMaxPeers + tries) % (kMaxConns - kMaxPeers);
+      if (!conns_[i]->up && conns_[i]->fd < 0) {
+        next_slot_ = i + 1 >= kMaxConns ? kMaxPeers : i + 1;
+        Tune(fd);
+        conns_[i]->fd = fd;
+        conns_[i]->up = true;
+        return int(i);
+      }
+    }
+    return -1;
   }
 
   std::vector<std::string> peers_;
   std::string host_ip_;
   int port_;
+  const std::vector<uint8_t> key_;  // the cluster key (peer_auth.h)
+  std::atomic<int> handshakes_{0};  // inbound connections still proving the key
+  std::mutex slot_mu_;              // inbound slots are taken by the connections' own threads
+  size_t next_slot_ = kMaxPeers;
   std::function<void()> kick_;
   Placement placement_;
   // Below this, asking the engine where to place costs more than the copy it saves.
@@ -441,9 +450,9 @@ class TcpTransport : public Transport {
 
 }  // namespace
 
-Transport* StartTcpTransport(const std::string& host_ip, int port, const std::vector<std::string>& peers, std::function<void()> kick,
-                             Placement placement) {
-  return new TcpTransport(host_ip, port, peers, std::move(kick), std::move(placement));
+Transport* StartTcpTransport(const std::string& host_ip, int port, const std::vector<std::string>& peers, const std::vector<uint8_t>& key,
+                             std::function<void()> kick, Placement placement) {
+  return new TcpTransport(host_ip, port, peers, key, std::move(kick), std::move(placement));
 }
 
 }  // namespace ffrdma

@@ -85,9 +85,10 @@ class Transport {
   virtual bool FlushUnsent() = 0;
 };
 
-// Listens on host_ip:port (accepting only the listed peers) and keeps a connection to each peer.
-// kick() is called after a message was queued (wakes a sleeping engine).
-Transport* StartTcpTransport(const std::string& host_ip, int port, const std::vector<std::string>& peers, std::function<void()> kick,
-                             Placement placement);
+// Listens on host_ip:port (accepting only the listed peers, once they proved the cluster key)
+// and keeps a connection to each peer. kick() is called after a message was queued (wakes a
+// sleeping engine).
+Transport* StartTcpTransport(const std::string& host_ip, int port, const std::vector<std::string>& peers, const std::vector<uint8_t>& key,
+                             std::function<void()> kick, Placement placement);
 
 }  // namespace ffrdma

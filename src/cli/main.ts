@@ -1,10 +1,12 @@
-// The `freeflow` command: `freeflow router` runs a host's router, `freeflow status` asks it.
+// The `freeflow` command: `freeflow router` runs a host's router, `freeflow status` asks it,
+// `freeflow keygen` makes the cluster key the routers prove to each other.
 import yargs from 'yargs';
 import { hideBin } from 'yargs/helpers';
 import { createLogger } from '../log.js';
-import { Limits } from '../protocol/codec.js';
+import { Limits, PeerAuth } from '../protocol/codec.js';
 import { Router, socketPath } from '../router/router.js';
 import { createRdmaExtension } from '../router/rdma/extension.js';
+import { clusterKeyFor, DEFAULT_KEY_PATH, generateKeyFile } from '../router/cluster-key.js';
 import { hostAddressIn, inPrefix, parsePrefix } from './host-address.js';
 import { fetchStatus, formatStatus, waitForStatus } from './status-client.js';
 import { defaultStateDir, parseIps, register, unregister } from '../registry/store.js';
@@ -62,8 +64,14 @@ await yargs(hideBin(process.argv))
         ...common,
         ...stateDirOption,
         'host-ip-prefix': { type: 'string', default: process.env.HOST_IP_PREFIX, describe: 'host network prefix; picks this host\'s address (env HOST_IP_PREFIX)', demandOption: !process.env.HOST_IP_PREFIX },
-        peers: { type: 'string', array: true, default: splitList(process.env.FFR_PEERS), describe: 'host addresses of the other routers, comma or space separated (env FFR_PEERS); only these may connect as peers' },
-        'peer-port': { type: 'number', default: Limits.PEER_PORT, coerce: integerIn('peer-port', 1, 65534), describe: 'TCP port for router-to-router messages (RDMA engines use the next port); routers dial it from a privileged source port (512-1023)' },
+        peers: { type: 'string', array: true, default: splitList(process.env.FFR_PEERS), describe: 'host addresses of the other routers, comma or space separated (env FFR_PEERS); only these may connect as peers, and only by proving the cluster key. Without peers the router serves its own host alone' },
+        'cluster-key-file': {
+          type: 'string',
+          default: process.env.FFR_CLUSTER_KEY_FILE || undefined,
+          defaultDescription: 'none',
+          describe: `the cluster's shared key, the same file on every host (env FFR_CLUSTER_KEY_FILE); required with --peers; mode 600, root only. Make one with: freeflow keygen > ${DEFAULT_KEY_PATH} && chmod 600 ${DEFAULT_KEY_PATH}`,
+        },
+        'peer-port': { type: 'number', default: Limits.PEER_PORT, coerce: integerIn('peer-port', 1, 65534), describe: 'TCP port for router-to-router messages (RDMA engines use the next port); every connection on either starts with the cluster-key handshake' },
         'log-level': { type: 'string', default: process.env.FFR_LOG_LEVEL || 'info', choices: ['debug', 'info', 'warn', 'error'], describe: 'JSON log verbosity on stderr (env FFR_LOG_LEVEL)' },
         'rdma-rate-limit': { type: 'number', default: process.env.FFR_RDMA_RATE_LIMIT || 0, coerce: integerIn('rdma-rate-limit', 0, Number.MAX_SAFE_INTEGER), describe: 'RDMA mode: bytes per second each container may send (0 = unlimited; env FFR_RDMA_RATE_LIMIT)' },
       })
@@ -78,8 +86,10 @@ await yargs(hideBin(process.argv))
       const prefixText = argv['host-ip-prefix']!;
       const prefix = parsePrefix(prefixText);
       const hostIp = hostAddressIn(prefixText);
-      const peers = splitList(argv.peers);
-      for (const p of peers) if (!inPrefix(p, prefix)) throw new Error(`peer ${p} is outside HOST_IP_PREFIX ${prefixText}`);
+      const listed = splitList(argv.peers);
+      for (const p of listed) if (!inPrefix(p, prefix)) throw new Error(`peer ${p} is outside HOST_IP_PREFIX ${prefixText}`);
+      const peers = listed.filter((p) => p !== hostIp); // one peer list for all hosts may name this one
+      const clusterKey = clusterKeyFor(peers, argv['cluster-key-file']);
       const router = new Router({
         name: argv.name,
         socketDir: argv['socket-dir'],
@@ -87,9 +97,10 @@ await yargs(hideBin(process.argv))
         hostIp,
         peers,
         peerPort: argv['peer-port'],
+        clusterKey,
         log,
       });
-      router.addExtension(createRdmaExtension({ log, rateLimit: argv['rdma-rate-limit'], hostIp, peers, port: argv['peer-port'] + 1 }));
+      router.addExtension(createRdmaExtension({ log, rateLimit: argv['rdma-rate-limit'], hostIp, peers, port: argv['peer-port'] + 1, clusterKey }));
       await router.start();
       const stop = () => {
         log.info('stopping');
@@ -99,6 +110,14 @@ await yargs(hideBin(process.argv))
       process.on('SIGTERM', stop);
       process.on('SIGINT', stop);
       process.on('uncaughtException', (err) => log.error({ err }, 'unexpected error; router keeps running'));
+    },
+  )
+  .command(
+    'keygen',
+    `print a new random cluster key (${8 * PeerAuth.KEY_SIZE} bits) for the routers' handshake; put the same file on every host: freeflow keygen > ${DEFAULT_KEY_PATH} && chmod 600 ${DEFAULT_KEY_PATH}`,
+    (y) => y,
+    () => {
+      process.stdout.write(generateKeyFile());
     },
   )
   .command(
@@ -173,7 +192,7 @@ await yargs(hideBin(process.argv))
       }
     },
   )
-  .demandCommand(1, 'name a command: router, status, register or unregister')
+  .demandCommand(1, 'name a command: router, status, keygen, register or unregister')
   .strict()
   .fail((msg, err, y) => {
     console.error(`freeflow: ${err ? err.message : msg}`);

@@ -7,7 +7,8 @@ export const MsgType = {"CONNECT":2,"LISTEN":3,"STATUS":4,"REGISTRY_CHANGED":6,"
 export const Reply = {"ACCEL":1,"FALLBACK":2} as const;
 export const Fallback = {"NO_LISTENER":1,"NOT_OWNER":2,"BAD_REQUEST":3,"INTERNAL":4,"LIMIT":5,"UNREGISTERED":6,"PENDING":7} as const;
 export const ConnectFlags = {"SOCKETS_MASK":65535,"PAIR_OK":65536,"PAIR":1} as const;
-export const Limits = {"MAX_PAYLOAD":65536,"MAX_CONNECT_SOCKETS":32,"PEER_PORT":7471,"PEER_SOURCE_PORT_FIRST":512,"PEER_SOURCE_PORT_LAST":1023} as const;
+export const Limits = {"MAX_PAYLOAD":65536,"MAX_CONNECT_SOCKETS":32,"PEER_PORT":7471} as const;
+export const PeerAuth = {"LABEL":"freeflow peer auth v1","MAGIC":827016774,"KEY_SIZE":32,"NONCE_SIZE":32,"HELLO_SIZE":36,"MAC_SIZE":32,"ROLE_DIALLER":1,"ROLE_ACCEPTOR":2,"TIMEOUT_MS":3000,"MAX_PENDING":64} as const;
 
 export interface WireMsg {
   magic: number;

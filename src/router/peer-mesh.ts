@@ -4,27 +4,31 @@
 // receives the peers' on the connections they open to it. A peer that goes away takes its
 // listeners with it; reconnecting resends the full local state.
 //
-// Who counts as a peer (docs/design.md, "Only routers speak as routers"): a connection from one of the
-// `--peers` addresses and from a privileged source port (below 1024, which only root or
-// CAP_NET_BIND_SERVICE can bind), so an unprivileged process on a peer host cannot feed the
-// directory or announce connections; and a peer speaks only for its own host: listener
-// records and announcements naming another host are ignored.
+// Who counts as a peer (docs/design.md, "Only routers speak as routers"): a connection from one
+// of the `--peers` addresses (a filter) that proves, before any frame is read, that it holds
+// the cluster key (peer-auth.ts: the proof); and a peer speaks only for its own host: listener
+// records and announcements naming another host are ignored. The connections we dial prove
+// the other end too, so our listeners and announcements go only to routers.
 import net from 'node:net';
 import type { Logger } from '../log.js';
-import { decode, emptyMsg, encode, FIELD_LAYOUT, ipv4ToWire, Limits, MSG_SIZE, MsgType, OFFSET, wireToIpv4, type WireMsg } from '../protocol/codec.js';
+import { decode, emptyMsg, encode, FIELD_LAYOUT, ipv4ToWire, MSG_SIZE, MsgType, OFFSET, PeerAuth, wireToIpv4, type WireMsg } from '../protocol/codec.js';
 import { listenerKey, type AnnouncementBatch, type AnnouncementChannel, type Directory, type ListenerRecord } from './directory.js';
+import { authenticatePeer, PeerAuthError } from './peer-auth.js';
 
 const RECONNECT_MS = 500;
 const MAX_FRAME = MSG_SIZE + 65536;
-const SOURCE_PORT_TRIES = 16; // then wait RECONNECT_MS: the range is busy
 /** Unsent bytes to a peer beyond which it counts as unreachable (connects use the overlay). */
 const MAX_PEER_BACKLOG = 16 << 20;
+/** A refusal repeated from one address is logged again at most this often (with a count). */
+const REFUSAL_LOG_MS = 60_000;
 
 export interface PeerMeshOptions {
   hostIp: string;
   port: number;
   /** The other routers' host addresses: dialled, and the only ones accepted. */
   peers: string[];
+  /** The cluster key (cluster-key.ts); required when there are peers. */
+  key?: Buffer;
   log: Logger;
 }
 
@@ -33,15 +37,37 @@ interface Outbound {
   socket?: net.Socket;
   connected: boolean;
   timer?: NodeJS.Timeout;
-  portTries: number; // source ports found busy in a row
-  saidNoPrivilege?: boolean; // logged that we may not bind a privileged port (once)
 }
 
-/** Routers dial their peers from a port of the wire spec's privileged range; peers accept
- * nothing from above it. */
-function randomSourcePort(): number {
-  const { PEER_SOURCE_PORT_FIRST: first, PEER_SOURCE_PORT_LAST: last } = Limits;
-  return first + Math.floor(Math.random() * (last - first + 1));
+/** Inbound connections refused from one of our peers' addresses (status shows them). */
+interface Refusals {
+  count: number;
+  last: string; // why
+  lastFrom: string; // address:port
+}
+
+/** Logs a repeated complaint about one address once, then at most every REFUSAL_LOG_MS with
+ * the number left unsaid: a hostile container behind its host's NAT can dial us in a loop. */
+class QuietLog {
+  private readonly said = new Map<string, { at: number; unsaid: number }>();
+  constructor(private readonly log: Logger) {}
+
+  warn(key: string, fields: Record<string, unknown>, msg: string): void {
+    const now = Date.now();
+    const s = this.said.get(key);
+    if (s && now - s.at < REFUSAL_LOG_MS) {
+      s.unsaid++;
+      return;
+    }
+    if (this.said.size >= 1024 && !s) this.said.delete(this.said.keys().next().value!); // bounded: oldest out
+    this.log.warn({ ...fields, ...(s?.unsaid ? { unsaidSince: new Date(s.at).toISOString(), unsaid: s.unsaid } : {}) }, msg);
+    this.said.set(key, { at: now, unsaid: 0 });
+  }
+
+  /** The next complaint about key is said at once (the address behaved again). */
+  reset(key: string): void {
+    this.said.delete(key);
+  }
 }
 
 export function recordToMsg(type: number, rec: ListenerRecord): WireMsg {
@@ -126,20 +152,28 @@ export class PeerMesh implements Directory, AnnouncementChannel {
   private readonly remote = new Map<string, ListenerRecord>();
   private readonly outbound = new Map<string, Outbound>();
   private readonly inbound = new Set<net.Socket>();
+  private readonly refusals = new Map<string, Refusals>();
+  private handshakes = 0; // inbound connections still proving the key
+  private readonly quiet: QuietLog;
   private announcementHandler: (records: Buffer, fromIp: string) => void = () => {};
   private server?: net.Server;
   private closed = false;
 
-  constructor(private readonly opts: PeerMeshOptions) {}
+  constructor(private readonly opts: PeerMeshOptions) {
+    if (opts.peers.length && opts.key?.length !== PeerAuth.KEY_SIZE) throw new Error('routers with peers need the cluster key');
+    this.quiet = new QuietLog(opts.log);
+  }
 
   async start(): Promise<void> {
+    // Alone (no peers), nobody may connect: no peer port at all.
+    if (!this.opts.peers.length) return;
     this.server = net.createServer((s) => this.acceptPeer(s));
     await new Promise<void>((resolve, reject) => {
       this.server!.once('error', reject);
       this.server!.listen(this.opts.port, this.opts.hostIp, () => resolve());
     });
     this.server.on('error', (err) => this.opts.log.error({ err }, 'peer listener error'));
-    for (const ip of this.opts.peers) if (ip !== this.opts.hostIp) this.connectPeer({ ip, connected: false, portTries: 0 });
+    for (const ip of this.opts.peers) if (ip !== this.opts.hostIp) this.connectPeer({ ip, connected: false });
   }
 
   close(): void {
@@ -173,8 +207,13 @@ export class PeerMesh implements Directory, AnnouncementChannel {
     return [...this.local.values(), ...this.remote.values()];
   }
 
-  peerStates(): { ip: string; connected: boolean }[] {
-    return [...this.outbound.values()].map((o) => ({ ip: o.ip, connected: o.connected }));
+  /** Per peer: whether our connection to it is up (proved both ways), and how many inbound
+   * connections from its address were refused (no or a wrong proof) and the last reason. */
+  peerStates(): { ip: string; connected: boolean; refused: number; lastRefusal?: string; lastFrom?: string }[] {
+    return [...this.outbound.values()].map((o) => {
+      const r = this.refusals.get(o.ip);
+      return { ip: o.ip, connected: o.connected, refused: r?.count ?? 0, ...(r ? { lastRefusal: r.last, lastFrom: r.lastFrom } : {}) };
+    });
   }
 
   announce(hostIp: string, records: Buffer): boolean {
@@ -195,65 +234,91 @@ export class PeerMesh implements Directory, AnnouncementChannel {
     for (const o of this.outbound.values()) if (o.connected) o.socket!.write(frame);
   }
 
+  // Any source port: since the key is the proof, a privileged one would prove nothing more
+  // (docs/design.md), and an ephemeral one never collides with another router's.
   private connectPeer(o: Outbound): void {
     this.outbound.set(o.ip, o);
-    const s = net.connect({ host: o.ip, port: this.opts.port, localAddress: this.opts.hostIp, localPort: randomSourcePort() });
+    const s = net.connect({ host: o.ip, port: this.opts.port, localAddress: this.opts.hostIp });
     o.socket = s;
     s.setNoDelay(true);
-    let sourcePortBusy = false;
     s.on('connect', () => {
-      o.connected = true;
-      o.portTries = 0;
-      this.opts.log.info({ peer: o.ip }, 'connected to peer router');
-      const hello = emptyMsg(MsgType.PEER_HELLO);
-      hello.host_addr = ipv4ToWire(this.opts.hostIp);
-      s.write(encode(hello));
-      for (const rec of this.local.values()) s.write(encode(recordToMsg(MsgType.LISTEN_ADD, rec)));
+      authenticatePeer(s, { key: this.opts.key!, role: 'dialler', ownIp: this.opts.hostIp, peerIp: o.ip }).then(
+        () => {
+          if (s.destroyed) return;
+          o.connected = true;
+          this.quiet.reset(`out:${o.ip}`);
+          this.opts.log.info({ peer: o.ip }, 'connected to peer router');
+          s.on('data', () => {}); // peers send us nothing on this connection
+          s.resume();
+          const hello = emptyMsg(MsgType.PEER_HELLO);
+          hello.host_addr = ipv4ToWire(this.opts.hostIp);
+          s.write(encode(hello));
+          for (const rec of this.local.values()) s.write(encode(recordToMsg(MsgType.LISTEN_ADD, rec)));
+        },
+        (err: Error) => {
+          this.quiet.warn(`out:${o.ip}`, { peer: o.ip }, `peer router did not prove the cluster key: ${err.message}; retrying`);
+          s.destroy();
+        },
+      );
     });
-    s.on('data', () => {}); // peers send us nothing on this connection
-    s.on('error', (err: NodeJS.ErrnoException) => {
-      sourcePortBusy = err.code === 'EADDRINUSE' || err.code === 'EADDRNOTAVAIL';
-      if (err.code === 'EACCES' && !o.saidNoPrivilege) {
-        o.saidNoPrivilege = true;
-        this.opts.log.error({ peer: o.ip }, `cannot dial peers from a privileged port (${Limits.PEER_SOURCE_PORT_FIRST}-${Limits.PEER_SOURCE_PORT_LAST}): run the router as root or with CAP_NET_BIND_SERVICE`);
-      }
-    });
+    s.on('error', () => {}); // then 'close': retried below
     s.on('close', () => {
       if (o.connected) this.opts.log.warn({ peer: o.ip }, 'lost peer router');
       o.connected = false;
       if (this.closed) return;
-      // A busy source port: try another one now; anything else: the peer is not there yet.
-      const retryNow = sourcePortBusy && ++o.portTries < SOURCE_PORT_TRIES;
-      if (!retryNow) o.portTries = 0;
-      o.timer = setTimeout(() => this.connectPeer(o), retryNow ? 0 : RECONNECT_MS);
+      o.timer = setTimeout(() => this.connectPeer(o), RECONNECT_MS);
     });
   }
 
   private acceptPeer(s: net.Socket): void {
     const ip = (s.remoteAddress ?? '').replace(/^::ffff:/, '');
-    const port = s.remotePort ?? 65535;
-    if (!this.opts.peers.includes(ip) || port > Limits.PEER_SOURCE_PORT_LAST) {
-      const why = this.opts.peers.includes(ip) ? 'from an unprivileged port (not a router)' : 'from an address not in --peers';
-      this.opts.log.warn({ from: `${ip}:${port}` }, `refused peer connection ${why}`);
-      s.destroy();
-      return;
-    }
+    const from = `${ip}:${s.remotePort}`;
+    s.on('error', () => {});
+    if (!this.opts.peers.includes(ip)) return this.refuse(s, ip, from, 'from an address not in --peers');
+    // Bounded: connections that never prove anything hold a descriptor for TIMEOUT_MS each.
+    if (this.handshakes >= PeerAuth.MAX_PENDING) return this.refuse(s, ip, from, 'too many handshakes in progress');
+    this.handshakes++;
     this.inbound.add(s);
+    s.setNoDelay(true);
+    authenticatePeer(s, { key: this.opts.key!, role: 'acceptor', ownIp: this.opts.hostIp, peerIp: ip }).then(
+      (rest) => {
+        this.handshakes--;
+        if (!s.destroyed) this.servePeer(s, ip, rest);
+      },
+      (err: Error) => {
+        this.handshakes--;
+        this.refuse(s, ip, from, err instanceof PeerAuthError ? `without the cluster key: ${err.message}` : String(err));
+      },
+    );
+  }
+
+  private refuse(s: net.Socket, ip: string, from: string, why: string): void {
+    s.destroy();
+    this.inbound.delete(s);
+    const r = this.refusals.get(ip);
+    if (this.opts.peers.includes(ip)) this.refusals.set(ip, { count: (r?.count ?? 0) + 1, last: why, lastFrom: from });
+    this.quiet.warn(`in:${ip}`, { from }, `refused peer connection ${why}`);
+  }
+
+  /** Frames from a peer that proved the key: its listeners and announcements. */
+  private servePeer(s: net.Socket, ip: string, rest: Buffer): void {
     const learned = new Set<string>();
     const reader = new FrameReader();
-    s.on('data', (chunk) => {
+    const onData = (chunk: Buffer) => {
       try {
         reader.push(chunk, (m) => this.onPeerMessage(m, ip, learned), (records) => this.announcementHandler(records, ip));
       } catch (err) {
         this.opts.log.warn({ peer: ip, err: (err as Error).message }, 'malformed peer message; dropping connection');
         s.destroy();
       }
-    });
-    s.on('error', () => {});
+    };
     s.on('close', () => {
       this.inbound.delete(s);
       for (const key of learned) this.remote.delete(key);
     });
+    if (rest.length) onData(rest);
+    s.on('data', onData);
+    s.resume();
   }
 
   private onPeerMessage(m: WireMsg, fromIp: string, learned: Set<string>): void {

@@ -21,6 +21,8 @@ export interface RouterOptions {
   hostIp: string;
   peers: string[];
   peerPort: number;
+  /** The cluster key the peers prove (src/router/cluster-key.ts); required with peers. */
+  clusterKey?: Buffer;
   log: Logger;
 }
 
@@ -48,7 +50,7 @@ export class Router {
 
   constructor(private readonly opts: RouterOptions) {
     this.path = socketPath(opts.socketDir, opts.name);
-    this.mesh = new PeerMesh({ hostIp: opts.hostIp, port: opts.peerPort, peers: opts.peers, log: opts.log });
+    this.mesh = new PeerMesh({ hostIp: opts.hostIp, port: opts.peerPort, peers: opts.peers, key: opts.clusterKey, log: opts.log });
     this.endpoints = new HostEndpoints(this.mesh, opts.log);
     this.registry = new NetnsRegistry(opts.stateDir, opts.log);
     this.fence = new ListenerFence(opts.name, this.mesh, opts.log);

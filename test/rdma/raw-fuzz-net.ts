@@ -1,5 +1,7 @@
-// Run inside a host namespace that is a configured peer (node --import tsx
-// test/rdma/raw-fuzz-net.ts <routerIp> <port> <listenerIp> <listenerPort> <latePort> [seed]):
+// Run inside a host namespace that is a configured peer, with the cluster key in
+// FFR_CLUSTER_KEY_FILE (node --import tsx test/rdma/raw-fuzz-net.ts <routerIp> <port>
+// <listenerIp> <listenerPort> <latePort> [seed]): proves the key as the peer router's engine
+// would (src/router/peer-auth.ts), so that what follows reaches the engine's frame reader, and
 // talks to another router's engine transport as if it were the peer router and sends it
 // garbage: connection-manager messages (JSON in cm.ts) that are not JSON, not objects, or
 // objects with every field of the wrong type or range (also connection requests for a real
@@ -7,7 +9,8 @@
 // engine messages with random headers, and framing that breaks the protocol. Prints "late
 // requests sent" when the latePort requests are out, then one JSON object.
 import { connect, type Socket } from 'node:net';
-import { Limits } from '../../src/protocol/codec.js';
+import { loadKeyFile } from '../../src/router/cluster-key.js';
+import { authenticatePeer } from '../../src/router/peer-auth.js';
 import { Rng } from './fuzz-rng.js';
 
 const [host, portArg, listenerIp, listenerPortArg, latePortArg, seedArg] = process.argv.slice(2);
@@ -18,6 +21,8 @@ const NET = { WHO_HAS: 1, HAVE: 2, OP: 3, ACK: 4, CM: 5, DOWN: 100 };
 const MAGIC = 0x4d444646;
 const HDR = 104; // struct NetHdr (native/rdma/transport.h), packed
 const out = { seed, messages: 0, connections: 0, dropped: 0 };
+if (!process.env.FFR_CLUSTER_KEY_FILE) throw new Error('FFR_CLUSTER_KEY_FILE: the cluster key file the routers use');
+const key = loadKeyFile(process.env.FFR_CLUSTER_KEY_FILE);
 
 function hdr(type: number, len: number, magic = MAGIC): Buffer {
   const b = Buffer.alloc(HDR);
@@ -30,29 +35,23 @@ function hdr(type: number, len: number, magic = MAGIC): Buffer {
   return b;
 }
 
-// A privileged source port, as a router's engine dials from (peers refuse anything else), a
-// fresh one per connection: the router closes first, so an old one may sit in TIME_WAIT.
-let sourcePort = Limits.PEER_SOURCE_PORT_FIRST + rng.int(200);
-function nextSourcePort(): number {
-  const p = sourcePort;
-  sourcePort = p >= Limits.PEER_SOURCE_PORT_LAST ? Limits.PEER_SOURCE_PORT_FIRST : p + 1;
-  return p;
-}
-function open(tries = 40): Promise<Socket> {
+// A connection that proved the key, as the peer router's engine opens one.
+function open(): Promise<Socket> {
   return new Promise((resolve, reject) => {
     let up = false;
-    const s = connect({ host, port, localPort: nextSourcePort() }, () => {
-      up = true;
-      out.connections++;
-      resolve(s);
+    const s = connect({ host, port }, () => {
+      authenticatePeer(s, { key, role: 'dialler', ownIp: s.localAddress!, peerIp: host }).then(() => {
+        up = true;
+        out.connections++;
+        s.on('data', () => {}); // answers (HAVE, ACK, nol, ...) are not looked at
+        s.resume();
+        resolve(s);
+      }, reject);
     });
     s.on('error', (e: NodeJS.ErrnoException) => {
       if (up) out.dropped++;
-      // A source port a router's own connection holds: the next one.
-      else if ((e.code === 'EADDRNOTAVAIL' || e.code === 'EADDRINUSE') && tries > 1) open(tries - 1).then(resolve, reject);
       else reject(e);
     });
-    s.on('data', () => {}); // answers (HAVE, ACK, nol, ...) are not looked at
   });
 }
 

@@ -27,7 +27,8 @@ interface RdmaNative {
   rdmaDelQp(qpn: number): number;
   rdmaSetRate(bytesPerSec: number): void;
   rdmaDoorbell(): number;
-  rdmaStartTransport(hostIp: string, port: number, peers: string[]): number;
+  /** Starts the engines' transport; every connection proves clusterKey (native/rdma/peer_auth.h). */
+  rdmaStartTransport(hostIp: string, port: number, peers: string[], clusterKey: Buffer): number;
   rdmaCmSend(conn: number, data: Buffer): boolean;
   rdmaCmPeers(): number[];
   rdmaCmTake(): { conn: number; data: Buffer }[];
@@ -102,6 +103,8 @@ export interface RdmaOptions {
   hostIp?: string;
   peers?: string[];
   port?: number;
+  /** The cluster key the peer engines prove (src/router/cluster-key.ts); required with peers. */
+  clusterKey?: Buffer;
 }
 
 export class RdmaExtension implements RouterExtension {
@@ -134,7 +137,9 @@ export class RdmaExtension implements RouterExtension {
     );
     rdma.rdmaSetRate(opts.rateLimit ?? 0);
     if (opts.hostIp && opts.peers?.length) {
-      const efd = rdma.rdmaStartTransport(opts.hostIp, opts.port ?? RDMA_PORT, opts.peers);
+      if (!opts.clusterKey) throw new Error('the RDMA engines need the cluster key to reach peers');
+      const efd = rdma.rdmaStartTransport(opts.hostIp, opts.port ?? RDMA_PORT, opts.peers, opts.clusterKey);
+      if (efd < 0) throw new Error(`cannot start the RDMA engines' transport: ${efd}`);
       this.cm.net = {
         send: (conn, m) => rdma.rdmaCmSend(conn, Buffer.from(JSON.stringify(m))),
         peers: () => rdma.rdmaCmPeers(),
