@@ -33,7 +33,8 @@ bool ParseIPv4(const std::string& s, uint16_t port, sockaddr_in* sa) {
   return inet_pton(AF_INET, s.c_str(), &sa->sin_addr) == 1;
 }
 
-// seqpacketListen(path, mode) -> fd | -errno. Replaces a stale socket file left by a dead router.
+// seqpacketListen(path, mode) -> fd | -errno. Replaces a stale socket left by a dead router;
+// -EEXIST if something else is at the path.
 Napi::Value SeqpacketListen(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   std::string path = info[0].As<Napi::String>();
@@ -42,9 +43,16 @@ Napi::Value SeqpacketListen(const Napi::CallbackInfo& info) {
   if (path.size() >= sizeof(sun.sun_path)) return Err(env, ENAMETOOLONG);
   sun.sun_family = AF_UNIX;
   memcpy(sun.sun_path, path.c_str(), path.size() + 1);
+  // Replace only a stale socket: a symlink or file planted at the path is refused, never
+  // followed (the directory is root-only writable, src/router/socket-dir.ts, so nothing can be
+  // planted between this check and the bind).
+  struct stat st;
+  if (lstat(path.c_str(), &st) == 0) {
+    if (!S_ISSOCK(st.st_mode)) return Err(env, EEXIST);
+    unlink(path.c_str());
+  }
   int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) return Err(env, errno);
-  unlink(path.c_str());
   if (bind(fd, reinterpret_cast<sockaddr*>(&sun), sizeof sun) < 0 || chmod(path.c_str(), mode) < 0 ||
       listen(fd, 1024) < 0) {
     int e = errno;

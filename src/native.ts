@@ -43,6 +43,7 @@ export interface NativeApi {
 
 export const READABLE = 1;
 export const EAGAIN = 11;
+export const EEXIST = 17;
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const require = createRequire(import.meta.url);

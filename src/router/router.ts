@@ -1,10 +1,11 @@
 // One router per host, in the host network namespace: serves the FreeFlow socket
 // (FFR_SOCKET_DIR/FFR_NAME.sock) to containers and joins the other routers' directory.
-import { mkdirSync, statSync } from 'node:fs';
+import { statSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Logger } from '../log.js';
-import { native, EAGAIN, HOST_SOCKET_GUARD_OBJECT, READABLE, errnoText } from '../native.js';
+import { native, EAGAIN, EEXIST, HOST_SOCKET_GUARD_OBJECT, READABLE, errnoText } from '../native.js';
 import { ClientSession } from './client-session.js';
+import { checkSocketDir } from './socket-dir.js';
 import { NetnsOwnership, NetnsRegistry } from './netns.js';
 import { ensurePrivateDir } from '../registry/store.js';
 import { HostEndpoints } from './host-endpoints.js';
@@ -69,7 +70,7 @@ export class Router {
   }
 
   async start(): Promise<void> {
-    mkdirSync(this.opts.socketDir, { recursive: true });
+    checkSocketDir(this.opts.socketDir, this.path);
     ensurePrivateDir(this.opts.stateDir);
     // Read before serving: a registration written while the router was down counts at once.
     this.registry.reload();
@@ -80,6 +81,7 @@ export class Router {
     if (guard) throw new Error(`cannot start the host socket guard: ${guard}. The router needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN for cgroups), cgroup v2 and a build with clang (npm run build)`);
     await this.mesh.start();
     const fd = native.seqpacketListen(this.path, 0o777);
+    if (fd < 0 && fd === -EEXIST) throw new Error(`cannot serve ${this.path}: something that is not a socket is there (a planted link or file?); remove it and start again`);
     if (fd < 0) throw new Error(`cannot serve ${this.path}: ${errnoText(fd)}`);
     this.serverFd = fd;
     this.serverWatch = native.watch(fd, READABLE, () => this.acceptClients());
