@@ -245,3 +245,22 @@ t.test('an announced host port cannot be taken, and after its socket closed it a
   t.ok((await pathsTo('h1', `${overlayIp('c21')}:7309`)).includes('host-network'), 'on the host network');
   await tb.stop(srv);
 });
+
+t.test('one container cannot hold the router with many connections; another is still served', async (t) => {
+  const { MAX_SESSIONS_PER_CONTAINER } = await import('../src/router/router.js');
+  const flood = tb.start('c11', ['node', '--import', 'tsx', join(ROOT, 'test/lib/many-sessions.ts'), join(tb.socketDir('h1'), 'ffrouter.sock'), '1000', overlayIp('c11')], { env: { NODE_PATH: join(ROOT, 'node_modules') } });
+  const m = await flood.waitFor(/\{"opened".*\}/, 60_000);
+  const r = JSON.parse(m[0]);
+  t.equal(r.opened, 1000, 'the container opened 1000 router connections');
+  t.ok(r.served > 0 && r.served <= MAX_SESSIONS_PER_CONTAINER, `the router served at most ${MAX_SESSIONS_PER_CONTAINER} of them (${r.served})`);
+  t.equal(r.closed, 1000 - r.served, `and closed the others (${r.closed}; unanswered ${r.silent})`);
+  // With the flood's connections still held: the router answers, and another container is served.
+  t.ok((await tb.status('h1')).pid, 'the router still answers');
+  const srv = tb.start('c21', ['python3', '-c', GREETER, '0.0.0.0', '7310', 'c21'], { preload: true });
+  await srv.waitFor(/listening/);
+  await tb.waitListener('h1', overlayIp('c21'), 7310);
+  t.equal(await ask('c12', overlayIp('c21'), 7310), 'GOT I am c21', 'c12 (same host, another container) is served');
+  t.ok((await pathsTo('h1', `${overlayIp('c21')}:7310`)).includes('host-network'), 'on the host network');
+  await tb.stop(flood);
+  await tb.stop(srv);
+});

@@ -28,6 +28,9 @@ export interface RequestHandler {
   sessionClosed?(session: ClientSession): void;
 }
 
+/** Requests one client may have answered per turn of the event loop (fair draining). */
+export const MESSAGES_PER_TURN = 64;
+
 export function fallback(reason: number): Answer {
   const reply = emptyMsg(MsgType.REPLY);
   reply.status = Reply.FALLBACK;
@@ -68,7 +71,9 @@ export class ClientSession {
   }
 
   private readAll(): void {
-    while (!this.closed) {
+    // A budget per wake-up: the watch is level-triggered, so what is left is read on the next
+    // turn of the event loop, after every other client that is waiting got its turn.
+    for (let n = 0; n < MESSAGES_PER_TURN && !this.closed; n++) {
       const r = native.recvMsg(this.fd, MSG_SIZE + Limits.MAX_PAYLOAD);
       if (r === -EAGAIN) return;
       if (typeof r === 'number') {

@@ -10,7 +10,7 @@ import type { Directory, ListenerRecord } from './directory.js';
 export interface EndpointInfo {
   hostPort: number;
   records: ListenerRecord[];
-  owner: object; // the client session that asked for it (for its per-client limit)
+  owner: number; // the network namespace (container) that asked for it, for its per-container cap
 }
 
 export interface AcceptStats {
@@ -31,7 +31,7 @@ export class HostEndpoints {
 
   /** chanFd now belongs to the acceptor; records go into the directory. Returns the admission
    * table's memfd for the application (the caller closes it), or -errno (chanFd is closed). */
-  add(chanFd: number, hostPort: number, records: ListenerRecord[], owner: object): number {
+  add(chanFd: number, hostPort: number, records: ListenerRecord[], owner: number): number {
     const table = native.acceptor.addListener(chanFd, hostPort);
     if (table < 0) return table;
     this.byPort.set(hostPort, { hostPort, records, owner });
@@ -50,7 +50,7 @@ export class HostEndpoints {
     return [...this.byPort.values()];
   }
 
-  countOwnedBy(owner: object): number {
+  countOwnedBy(owner: number): number {
     let n = 0;
     for (const e of this.byPort.values()) if (e.owner === owner) n++;
     return n;

@@ -26,8 +26,9 @@ export interface RequestContext {
 
 const HOST_BACKLOG = 4096;
 const UNREGISTERED_WHY = 'caller\'s network namespace is not registered (CNI plugin or freeflow register)';
-/** Accelerated listeners one client connection (process) may hold: each costs the router a
- * host listener, an accept channel and a 256 KiB admission table. Beyond it: plain overlay. */
+/** Accelerated listeners one container (network namespace, across all its processes) may hold:
+ * each costs the router a host listener, an accept channel and a 256 KiB admission table.
+ * Beyond it: plain overlay. */
 export const MAX_LISTENERS_PER_CLIENT = 1024;
 
 /** A feature served on the same FreeFlow socket with its own message types (RDMA mode). */
@@ -171,8 +172,8 @@ export class RequestDispatcher implements RequestHandler {
       return refuse(Fallback.NOT_OWNER, 'address not registered for the caller\'s network namespace');
     }
     if (!overlayIps.length) return refuse(Fallback.NOT_OWNER, 'no address registered for the caller\'s network namespace');
-    if (this.ctx.endpoints.countOwnedBy(session) >= MAX_LISTENERS_PER_CLIENT) {
-      this.ctx.log.warn({ pid: session.pid, port: msg.local_port, limit: MAX_LISTENERS_PER_CLIENT }, 'too many accelerated listeners for one client; this one stays on the overlay');
+    if (this.ctx.endpoints.countOwnedBy(session.ownership.netnsIno) >= MAX_LISTENERS_PER_CLIENT) {
+      this.ctx.log.warn({ pid: session.pid, port: msg.local_port, limit: MAX_LISTENERS_PER_CLIENT }, 'too many accelerated listeners for one container; this one stays on the overlay');
       return fallback(Fallback.LIMIT);
     }
 
@@ -185,7 +186,7 @@ export class RequestDispatcher implements RequestHandler {
     }
     const [routerEnd, appEnd] = pair;
     const records: ListenerRecord[] = overlayIps.map((o) => ({ overlayIp: o, port: msg.local_port, hostIp: this.ctx.hostIp, hostPort: l.port }));
-    const table = this.ctx.endpoints.add(routerEnd, l.port, records, session);
+    const table = this.ctx.endpoints.add(routerEnd, l.port, records, session.ownership.netnsIno);
     if (table < 0) {
       native.close(l.fd);
       native.close(appEnd);

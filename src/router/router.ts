@@ -30,6 +30,14 @@ export interface RouterOptions {
 /** Entries of each list in a STATUS reply: the reply is one SEQPACKET message, which must fit
  * the socket's send buffer (~200 KiB by default); the totals are reported beside them. */
 const STATUS_LIST_MAX = 500;
+/** Router connections one container (network namespace) may hold at once. Each is a session with
+ * buffers and watches in the router; a process needs one (its children after fork one each), so
+ * 256 covers every real workload. Beyond it a connection is closed at once, which the library
+ * treats as "no router": the plain overlay. */
+export const MAX_SESSIONS_PER_CONTAINER = 256;
+/** After the router ran out of descriptors or memory accepting: wait this long before accepting
+ * again (the pending connection would otherwise wake the loop at once, forever). */
+const ACCEPT_PAUSE_MS = 100;
 
 export function socketPath(dir: string, name: string): string {
   return join(dir, `${name}.sock`);
@@ -47,6 +55,8 @@ export class Router {
   private readonly hostNetns = statSync('/proc/self/ns/net').ino;
   private serverFd = -1;
   private serverWatch = 0;
+  private readonly sessionsOf = new Map<number, number>(); // per caller netns inode
+  private lastLimitLog = 0;
   readonly path: string;
 
   constructor(private readonly opts: RouterOptions) {
@@ -91,6 +101,7 @@ export class Router {
   stop(): void {
     native.unwatch(this.serverWatch);
     native.close(this.serverFd);
+    this.serverFd = -1;
     for (const s of [...this.sessions]) s.close();
     this.endpoints.closeAll();
     this.mesh.close();
@@ -143,13 +154,39 @@ export class Router {
     for (;;) {
       const c = native.acceptUnix(this.serverFd);
       if (typeof c === 'number') {
-        if (c !== -EAGAIN) this.opts.log.warn({ error: errnoText(c) }, 'accept on router socket failed');
+        if (c === -EAGAIN) return;
+        this.opts.log.warn({ error: errnoText(c) }, 'accept on router socket failed; pausing accepts');
+        this.pauseAccepting();
         return;
       }
+      const held = this.sessionsOf.get(c.netns) ?? 0;
+      if (held >= MAX_SESSIONS_PER_CONTAINER) {
+        native.close(c.fd);
+        if (Date.now() - this.lastLimitLog > 10_000) {
+          this.lastLimitLog = Date.now();
+          this.opts.log.warn({ pid: c.pid, netns: c.netns, limit: MAX_SESSIONS_PER_CONTAINER }, 'too many router connections from one container; closing the new ones');
+        }
+        continue;
+      }
+      this.sessionsOf.set(c.netns, held + 1);
       const peer = { pid: c.pid, uid: c.uid, ownership: new NetnsOwnership(this.registry, c.netns) };
-      const s = new ClientSession(c.fd, peer, this.dispatcher, this.opts.log, (gone) => this.sessions.delete(gone));
+      const s = new ClientSession(c.fd, peer, this.dispatcher, this.opts.log, (gone) => {
+        this.sessions.delete(gone);
+        const n = (this.sessionsOf.get(c.netns) ?? 1) - 1;
+        if (n > 0) this.sessionsOf.set(c.netns, n);
+        else this.sessionsOf.delete(c.netns);
+      });
       this.sessions.add(s);
       s.start();
     }
+  }
+
+  /** EMFILE, ENFILE, ENOMEM: stop watching the socket for a while instead of spinning on it. */
+  private pauseAccepting(): void {
+    native.unwatch(this.serverWatch);
+    this.serverWatch = 0;
+    setTimeout(() => {
+      if (this.serverFd >= 0 && !this.serverWatch) this.serverWatch = native.watch(this.serverFd, READABLE, () => this.acceptClients());
+    }, ACCEPT_PAUSE_MS).unref();
   }
 }
