@@ -132,7 +132,7 @@ export const LIMITS = {
 
 // The cluster-key handshake that opens every router <-> router connection, on the peer port
 // (src/router/peer-auth.ts) and on the RDMA engines' port (native/rdma/peer_auth.cc), before
-// any frame (docs/security-cluster-key.md). Both ends send HELLO at once: MAGIC (uint32 LE)
+// any frame (docs/security.md ("Routers prove a cluster key")). Both ends send HELLO at once: MAGIC (uint32 LE)
 // then a random nonce; on the other's HELLO each sends its PROOF, HMAC-SHA256(cluster key,
 // LABEL | role byte | dialler's nonce | acceptor's nonce | the prover's own host address as
 // 16 bytes IPv4-mapped), and checks the other's against the address it sees at the other end.

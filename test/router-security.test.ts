@@ -327,7 +327,7 @@ t.test('only routers speak as routers: --peers addresses, the cluster key, recor
   t.notMatch(srv.output(), /ACCEPTED/, 'the container saw none of those connections');
 
   // Control: the same frames from a process that proves the key, for its own host, are
-  // honoured (whoever holds the key is a router, docs/security-cluster-key.md), so the refusals
+  // honoured (whoever holds the key is a router, docs/security.md ("Routers prove a cluster key")), so the refusals
   // above are the checks' doing, not a broken forger.
   const peer = await forge({ src: h1, srcPort: 0, key: KEY, announcedFrom: h1, fwdFrom: h1, fwdPort: 40004, listenerHost: h1 });
   t.match(peer.stdout, /HANDSHAKE proved/, 'the key is proved');
@@ -446,7 +446,7 @@ t.test('one client cannot make the router hold unlimited listeners', async (t) =
   });
   const out = JSON.parse(r.stdout.trim() || '{}');
   t.same(out.tally, { [`status${Reply.ACCEL}/flags0`]: MAX_LISTENERS_PER_CLIENT, [`status${Reply.FALLBACK}/flags${Fallback.LIMIT}`]: extra }, `${MAX_LISTENERS_PER_CLIENT} accelerated, the rest refused with LIMIT (${r.stderr.trim().slice(-200)})`);
-  t.match(tb.routerOutput('h1'), /too many accelerated listeners for one client/, 'router says why');
+  t.match(tb.routerOutput('h1'), /too many accelerated listeners for one container/, 'router says why');
   // Its listeners go when its channels close.
   const deadline = Date.now() + 10_000;
   let s = await tb.status('h1');

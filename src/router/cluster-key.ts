@@ -1,5 +1,5 @@
 // The cluster key: 256 random bits every router of a cluster holds, with which routers prove
-// to each other that they are routers (src/router/peer-auth.ts; docs/security-cluster-key.md).
+// to each other that they are routers (src/router/peer-auth.ts; docs/security.md ("Routers prove a cluster key")).
 // A host address and a privileged source port prove nothing: a container's traffic leaving
 // its host through masquerading NAT carries both.
 //

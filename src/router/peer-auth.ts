@@ -7,7 +7,7 @@
 // PROOF = HMAC-SHA256(key, LABEL | its role | dialler nonce | acceptor nonce | its own host
 // address) and checks the other's. Both nonces make a proof good for one connection only; the
 // role keeps an acceptor's proof from being replayed as a dialler's; the address ties it to
-// the host it is seen from. It authenticates the connection's start only: docs/security-cluster-key.md.
+// the host it is seen from. It authenticates the connection's start only: docs/security.md ("Routers prove a cluster key").
 import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
 import type { Socket } from 'node:net';
 import { ipv4ToWire, PeerAuth } from '../protocol/codec.js';
