@@ -46,6 +46,7 @@ export function socketPath(dir: string, name: string): string {
 export class Router {
   readonly connections = new ConnectionLog();
   private readonly sessions = new Set<ClientSession>();
+  private readonly extensions: RouterExtension[] = [];
   private readonly mesh: PeerMesh;
   private readonly endpoints: HostEndpoints;
   private readonly dispatcher: RequestDispatcher;
@@ -57,6 +58,7 @@ export class Router {
   private serverWatch = 0;
   private readonly sessionsOf = new Map<number, number>(); // per caller netns inode
   private lastLimitLog = 0;
+  private lastPauseLog = 0;
   readonly path: string;
 
   constructor(private readonly opts: RouterOptions) {
@@ -84,6 +86,7 @@ export class Router {
     ensurePrivateDir(this.opts.stateDir);
     // Read before serving: a registration written while the router was down counts at once.
     this.registry.reload();
+    this.registryChanged();
     this.fence.start();
     native.setHostSocketMark(ROUTER_SOCKET_MARK);
     // No host socket may leave the router unless it can reach only its endpoint (docs/security.md).
@@ -115,11 +118,18 @@ export class Router {
   private reloadRegistry(session: ClientSession): boolean {
     if (session.uid !== 0 || session.ownership.netnsIno !== this.hostNetns) return false;
     this.registry.reload();
+    this.registryChanged();
     return true;
+  }
+
+  private registryChanged(): void {
+    const addresses = this.registry.list().flatMap((r) => r.ips);
+    for (const ext of this.extensions) ext.registryChanged?.(addresses);
   }
 
   /** Serves another feature (RDMA mode) on the same socket; see RouterExtension. */
   addExtension(ext: RouterExtension): void {
+    this.extensions.push(ext);
     this.dispatcher.addExtension(ext);
   }
 
@@ -155,7 +165,10 @@ export class Router {
       const c = native.acceptUnix(this.serverFd);
       if (typeof c === 'number') {
         if (c === -EAGAIN) return;
-        this.opts.log.warn({ error: errnoText(c) }, 'accept on router socket failed; pausing accepts');
+        if (Date.now() - this.lastPauseLog > 10_000) {
+          this.lastPauseLog = Date.now();
+          this.opts.log.warn({ error: errnoText(c) }, 'accept on router socket failed; pausing accepts');
+        }
         this.pauseAccepting();
         return;
       }
