@@ -12,12 +12,16 @@ const base = `/tmp/${tb.prefix}/shared-dir-test`;
 mkdirSync(base, { recursive: true });
 
 /** Starts a second router on h1 with its own name and socket dir; resolves with its exit code
- * and output if it exits within ms, or 'running' (then stops it). */
-async function tryRouter(dir: string, ms = 4000): Promise<{ code: number | null | 'running'; out: string }> {
+ * and output once it exits or says it started (then it is stopped: 'running'). */
+async function tryRouter(dir: string): Promise<{ code: number | null | 'running'; out: string }> {
   const r = tb.start('h1', ['node', FREEFLOW, 'router', '--name', 'second', '--socket-dir', dir, '--peers', '']);
-  const code = await Promise.race([r.exited, new Promise<'running'>((res) => setTimeout(() => res('running'), ms))]);
-  if (code === 'running') await tb.stop(r);
-  return { code, out: r.output() };
+  const started = r.waitFor(/router started/, 60_000).then(() => true, () => false);
+  await Promise.race([r.exited, started]);
+  if (r.output().includes('router started')) {
+    await tb.stop(r);
+    return { code: 'running', out: r.output() };
+  }
+  return { code: await r.exited, out: r.output() };
 }
 
 t.test('a link planted at the socket path is never followed', async (t) => {
