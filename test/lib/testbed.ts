@@ -203,7 +203,7 @@ export class Testbed {
   }
 
   status(host: string): Promise<any> {
-    return fetchStatus(join(this.socketDir(host), 'ffrouter.sock'), 2000);
+    return fetchStatus(join(this.socketDir(host), 'ffrouter.sock'), 5000);
   }
 
   async waitPeers(timeoutMs = 15_000): Promise<void> {
