@@ -33,29 +33,42 @@ bool ParseIPv4(const std::string& s, uint16_t port, sockaddr_in* sa) {
   return inet_pton(AF_INET, s.c_str(), &sa->sin_addr) == 1;
 }
 
-// seqpacketListen(path, mode) -> fd | -errno. Replaces a stale socket left by a dead router;
-// -EEXIST if something else is at the path.
+// seqpacketListen(path, mode) -> fd | -errno; -EEXIST if something other than a socket is at
+// path (a planted symlink or file is refused: never followed, changed or removed).
+// The socket is bound under a temporary name beside path, given its mode and made listening,
+// then renamed onto path in one step: a stale socket left by a dead router is replaced
+// atomically (a caller finds the old socket or the new one, never none), and the socket's mode
+// is set before anyone can reach it, not by a chmod on the public name. This is race-free
+// because the directory is writable by root alone (src/router/socket-dir.ts refuses anything
+// else): nobody else can create, replace or remove a name in it between the lstat, the bind, the
+// chmod and the rename. Even so nothing here follows a link: bind fails on any existing name,
+// the chmod is AT_SYMLINK_NOFOLLOW, and rename replaces a name, never what it points to.
 Napi::Value SeqpacketListen(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   std::string path = info[0].As<Napi::String>();
   int mode = info[1].As<Napi::Number>().Int32Value();
+  std::string tmp = path + ".new";
   sockaddr_un sun{};
-  if (path.size() >= sizeof(sun.sun_path)) return Err(env, ENAMETOOLONG);
+  if (tmp.size() >= sizeof(sun.sun_path)) return Err(env, ENAMETOOLONG);
   sun.sun_family = AF_UNIX;
-  memcpy(sun.sun_path, path.c_str(), path.size() + 1);
-  // Replace only a stale socket: a symlink or file planted at the path is refused, never
-  // followed (the directory is root-only writable, src/router/socket-dir.ts, so nothing can be
-  // planted between this check and the bind).
+  memcpy(sun.sun_path, tmp.c_str(), tmp.size() + 1);
   struct stat st;
-  if (lstat(path.c_str(), &st) == 0) {
+  if (lstat(path.c_str(), &st) == 0 && !S_ISSOCK(st.st_mode)) return Err(env, EEXIST);
+  if (lstat(tmp.c_str(), &st) == 0) {  // left by a router that died starting
     if (!S_ISSOCK(st.st_mode)) return Err(env, EEXIST);
-    unlink(path.c_str());
+    unlink(tmp.c_str());
   }
   int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) return Err(env, errno);
-  if (bind(fd, reinterpret_cast<sockaddr*>(&sun), sizeof sun) < 0 || chmod(path.c_str(), mode) < 0 ||
-      listen(fd, 1024) < 0) {
+  if (bind(fd, reinterpret_cast<sockaddr*>(&sun), sizeof sun) < 0) {
     int e = errno;
+    close(fd);
+    return Err(env, e);
+  }
+  if (fchmodat(AT_FDCWD, tmp.c_str(), mode, AT_SYMLINK_NOFOLLOW) < 0 || listen(fd, 1024) < 0 ||
+      rename(tmp.c_str(), path.c_str()) < 0) {
+    int e = errno;
+    unlink(tmp.c_str());
     close(fd);
     return Err(env, e);
   }
