@@ -5,6 +5,7 @@ import type { Logger } from '../log.js';
 import { native, EAGAIN, READABLE, errnoText } from '../native.js';
 import { decode, emptyMsg, encode, Fallback, Limits, MSG_SIZE, MsgType, Reply, WireError, type WireMsg } from '../protocol/codec.js';
 import type { NetnsOwnership } from './netns.js';
+import { MESSAGES_PER_TURN } from './tenant-caps.js';
 
 /** What the kernel told the router about the process at the other end when it accepted it. */
 export interface Peer {
@@ -28,8 +29,7 @@ export interface RequestHandler {
   sessionClosed?(session: ClientSession): void;
 }
 
-/** Requests one client may have answered per turn of the event loop (fair draining). */
-export const MESSAGES_PER_TURN = 64;
+export { MESSAGES_PER_TURN };
 
 export function fallback(reason: number): Answer {
   const reply = emptyMsg(MsgType.REPLY);
@@ -71,8 +71,8 @@ export class ClientSession {
   }
 
   private readAll(): void {
-    // A budget per wake-up: the watch is level-triggered, so what is left is read on the next
-    // turn of the event loop, after every other client that is waiting got its turn.
+    // A budget per wake-up (fair draining, tenant-caps.ts): the watch is level-triggered, so what
+    // is left is read on the next turn of the event loop, after every other waiting client's turn.
     for (let n = 0; n < MESSAGES_PER_TURN && !this.closed; n++) {
       const r = native.recvMsg(this.fd, MSG_SIZE + Limits.MAX_PAYLOAD);
       if (r === -EAGAIN) return;

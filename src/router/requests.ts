@@ -10,6 +10,7 @@ import { announcementRecords } from './peer-mesh.js';
 import type { HostEndpoints } from './host-endpoints.js';
 import type { ListenerFence } from './listener-fence.js';
 import type { ConnectionLog } from './status.js';
+import { LISTENERS_PER_CONTAINER, OncePerInterval } from './tenant-caps.js';
 
 export interface RequestContext {
   hostIp: string;
@@ -26,10 +27,8 @@ export interface RequestContext {
 
 const HOST_BACKLOG = 4096;
 const UNREGISTERED_WHY = 'caller\'s network namespace is not registered (CNI plugin or freeflow register)';
-/** Accelerated listeners one container (network namespace, across all its processes) may hold:
- * each costs the router a host listener, an accept channel and a 256 KiB admission table.
- * Beyond it: plain overlay. */
-export const MAX_LISTENERS_PER_CLIENT = 1024;
+/** Accelerated listeners per container (network namespace, all its sessions): tenant-caps.ts. */
+export { LISTENERS_PER_CONTAINER as MAX_LISTENERS_PER_CLIENT };
 
 /** A feature served on the same FreeFlow socket with its own message types (RDMA mode). */
 export interface RouterExtension {
@@ -53,6 +52,7 @@ class PairPorts {
 export class RequestDispatcher implements RequestHandler {
   private readonly extensions: RouterExtension[] = [];
   private readonly pairPorts = new PairPorts();
+  private readonly limitLog = new OncePerInterval();
   constructor(private readonly ctx: RequestContext) {}
 
   addExtension(ext: RouterExtension): void {
@@ -172,8 +172,8 @@ export class RequestDispatcher implements RequestHandler {
       return refuse(Fallback.NOT_OWNER, 'address not registered for the caller\'s network namespace');
     }
     if (!overlayIps.length) return refuse(Fallback.NOT_OWNER, 'no address registered for the caller\'s network namespace');
-    if (this.ctx.endpoints.countOwnedBy(session.ownership.netnsIno) >= MAX_LISTENERS_PER_CLIENT) {
-      this.ctx.log.warn({ pid: session.pid, port: msg.local_port, limit: MAX_LISTENERS_PER_CLIENT }, 'too many accelerated listeners for one container; this one stays on the overlay');
+    if (this.ctx.endpoints.countOwnedBy(session.ownership.netnsIno) >= LISTENERS_PER_CONTAINER) {
+      if (this.limitLog.due(session.ownership.netnsIno)) this.ctx.log.warn({ pid: session.pid, port: msg.local_port, limit: LISTENERS_PER_CONTAINER }, 'too many accelerated listeners for one container; this one stays on the overlay (logged at most every 10 s)');
       return fallback(Fallback.LIMIT);
     }
 

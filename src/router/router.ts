@@ -6,6 +6,7 @@ import type { Logger } from '../log.js';
 import { native, EAGAIN, EEXIST, HOST_SOCKET_GUARD_OBJECT, READABLE, errnoText } from '../native.js';
 import { ClientSession } from './client-session.js';
 import { checkSocketDir } from './socket-dir.js';
+import { ACCEPT_PAUSE_MS, OncePerInterval, PerContainer, SESSIONS_PER_CONTAINER, UNREGISTERED } from './tenant-caps.js';
 import { NetnsOwnership, NetnsRegistry } from './netns.js';
 import { ensurePrivateDir } from '../registry/store.js';
 import { HostEndpoints } from './host-endpoints.js';
@@ -30,14 +31,8 @@ export interface RouterOptions {
 /** Entries of each list in a STATUS reply: the reply is one SEQPACKET message, which must fit
  * the socket's send buffer (~200 KiB by default); the totals are reported beside them. */
 const STATUS_LIST_MAX = 500;
-/** Router connections one container (network namespace) may hold at once. Each is a session with
- * buffers and watches in the router; a process needs one (its children after fork one each), so
- * 256 covers every real workload. Beyond it a connection is closed at once, which the library
- * treats as "no router": the plain overlay. */
-export const MAX_SESSIONS_PER_CONTAINER = 256;
-/** After the router ran out of descriptors or memory accepting: wait this long before accepting
- * again (the pending connection would otherwise wake the loop at once, forever). */
-const ACCEPT_PAUSE_MS = 100;
+/** The caps, kept in one place with why each number: tenant-caps.ts. */
+export { SESSIONS_PER_CONTAINER as MAX_SESSIONS_PER_CONTAINER } from './tenant-caps.js';
 
 export function socketPath(dir: string, name: string): string {
   return join(dir, `${name}.sock`);
@@ -56,9 +51,11 @@ export class Router {
   private readonly hostNetns = statSync('/proc/self/ns/net').ino;
   private serverFd = -1;
   private serverWatch = 0;
-  private readonly sessionsOf = new Map<number, number>(); // per caller netns inode
-  private lastLimitLog = 0;
-  private lastPauseLog = 0;
+  /** Router connections per container (tenant-caps.ts). */
+  private readonly sessionsOf = new PerContainer(SESSIONS_PER_CONTAINER);
+  private readonly limitLog = new OncePerInterval();
+  /** Accept pauses since the last successful accept (an EMFILE episode is logged once). */
+  private acceptPauses = 0;
   readonly path: string;
 
   constructor(private readonly opts: RouterOptions) {
@@ -165,36 +162,41 @@ export class Router {
       const c = native.acceptUnix(this.serverFd);
       if (typeof c === 'number') {
         if (c === -EAGAIN) return;
-        if (Date.now() - this.lastPauseLog > 10_000) {
-          this.lastPauseLog = Date.now();
-          this.opts.log.warn({ error: errnoText(c) }, 'accept on router socket failed; pausing accepts');
-        }
+        if (this.acceptPauses++ === 0) this.opts.log.warn({ error: errnoText(c), pauseMs: ACCEPT_PAUSE_MS }, 'accept on router socket failed; pausing accepts until it works again (logged once)');
         this.pauseAccepting();
         return;
       }
-      const held = this.sessionsOf.get(c.netns) ?? 0;
-      if (held >= MAX_SESSIONS_PER_CONTAINER) {
+      if (this.acceptPauses) {
+        this.opts.log.info({ pauses: this.acceptPauses }, 'accepting router connections again');
+        this.acceptPauses = 0;
+      }
+      const container = this.containerOf(c.netns);
+      if (!this.sessionsOf.take(container)) {
         native.close(c.fd);
-        if (Date.now() - this.lastLimitLog > 10_000) {
-          this.lastLimitLog = Date.now();
-          this.opts.log.warn({ pid: c.pid, netns: c.netns, limit: MAX_SESSIONS_PER_CONTAINER }, 'too many router connections from one container; closing the new ones');
+        if (this.limitLog.due(container)) {
+          this.opts.log.warn({ pid: c.pid, netns: c.netns, limit: SESSIONS_PER_CONTAINER, unregistered: container === UNREGISTERED }, 'too many router connections from one container; closing the new ones (logged at most every 10 s)');
         }
         continue;
       }
-      this.sessionsOf.set(c.netns, held + 1);
       const peer = { pid: c.pid, uid: c.uid, ownership: new NetnsOwnership(this.registry, c.netns) };
       const s = new ClientSession(c.fd, peer, this.dispatcher, this.opts.log, (gone) => {
         this.sessions.delete(gone);
-        const n = (this.sessionsOf.get(c.netns) ?? 1) - 1;
-        if (n > 0) this.sessionsOf.set(c.netns, n);
-        else this.sessionsOf.delete(c.netns);
+        this.sessionsOf.release(container);
       });
       this.sessions.add(s);
       s.start();
     }
   }
 
-  /** EMFILE, ENFILE, ENOMEM: stop watching the socket for a while instead of spinning on it. */
+  /** Whom a router connection counts against: its registered namespace or the router's own, else
+   * all unregistered callers together (a new namespace brings no new allowance; tenant-caps.ts). */
+  private containerOf(netns: number): number {
+    if (netns && (netns === this.hostNetns || this.registry.addressesOf(netns))) return netns;
+    return UNREGISTERED;
+  }
+
+  /** EMFILE, ENFILE, ENOMEM: stop watching the socket for a while instead of spinning on it (the
+   * pending connection keeps it readable). */
   private pauseAccepting(): void {
     native.unwatch(this.serverWatch);
     this.serverWatch = 0;
