@@ -56,6 +56,7 @@ export class Router {
   private readonly limitLog = new OncePerInterval();
   /** Accept pauses since the last successful accept (an EMFILE episode is logged once). */
   private acceptPauses = 0;
+  private pauseTimer?: NodeJS.Timeout;
   readonly path: string;
 
   constructor(private readonly opts: RouterOptions) {
@@ -99,6 +100,7 @@ export class Router {
   }
 
   stop(): void {
+    clearTimeout(this.pauseTimer);
     native.unwatch(this.serverWatch);
     native.close(this.serverFd);
     this.serverFd = -1;
@@ -200,8 +202,11 @@ export class Router {
   private pauseAccepting(): void {
     native.unwatch(this.serverWatch);
     this.serverWatch = 0;
-    setTimeout(() => {
+    // Not unref'd: while paused this timer may be all that keeps the event loop alive (with no
+    // sessions left and no peers, an unref'd one let the router exit with status 0 mid-pause).
+    this.pauseTimer = setTimeout(() => {
+      this.pauseTimer = undefined;
       if (this.serverFd >= 0 && !this.serverWatch) this.serverWatch = native.watch(this.serverFd, READABLE, () => this.acceptClients());
-    }, ACCEPT_PAUSE_MS).unref();
+    }, ACCEPT_PAUSE_MS);
   }
 }
