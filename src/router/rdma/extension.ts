@@ -119,7 +119,6 @@ export class RdmaExtension implements RouterExtension {
   private readonly fdBudget = Math.max(64, Math.floor(openFileLimit() / 2));
   private readonly capWarned = new WeakSet<ClientSession>();
   private nextId = 1;
-  private nextQpn = 0x100 + randomInt(0x8000);
   private readonly cm: ConnectionManager;
 
   constructor(private readonly opts: RdmaOptions) {
@@ -410,10 +409,13 @@ export class RdmaExtension implements RouterExtension {
     }
   }
 
+  /** A QP number no one can predict from the numbers it got before (a counter let a
+   * co-located process count its way to the number of another container's remote peer):
+   * random over the 24 bits of a QP number, unique on this host, never 0 or 1 (reserved for
+   * the special QPs of InfiniBand). */
   private allocQpn(): number {
     for (;;) {
-      const q = this.nextQpn;
-      this.nextQpn = this.nextQpn >= 0xfffff0 ? 0x100 : this.nextQpn + 1;
+      const q = randomInt(2, 0x1000000);
       if (!this.usedQpns.has(q)) {
         this.usedQpns.add(q);
         return q;
