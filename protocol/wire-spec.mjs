@@ -69,7 +69,7 @@ export const TYPES = {
   //                      h3 = qp type, h4 = sq depth, h5 = rq depth, v0 = sq_sig_all, v1 = srq or 0;
   //                      reply h0 = qpn
   RDMA_MODIFY_QP: 108, // h0 = qpn, h1 = attr_mask, h2 = state, h3 = dest qpn, h4 = access flags,
-  //                      remote_addr = destination GID
+  //                      h5 = rnr_retry | min_rnr_timer << 8, remote_addr = destination GID
   RDMA_DESTROY_QP: 109, // h0 = qpn
   RDMA_CREATE_CHANNEL: 110, // fd = write end of a pipe for CQ events; reply h0 = channel
   RDMA_DESTROY_CHANNEL: 111, // h0 = channel

@@ -641,7 +641,8 @@ EXPORT int ibv_modify_qp(struct ibv_qp *qp, struct ibv_qp_attr *attr, int mask) 
   uint8_t dgid[16] = {0};
   if ((mask & IBV_QP_AV) && attr->ah_attr.is_global) memcpy(dgid, attr->ah_attr.grh.dgid.raw, 16);
   struct ff_rdma_args a = {.h = {qp->qp_num, (uint32_t)mask, (mask & IBV_QP_STATE) ? attr->qp_state : qp->state,
-                                 (mask & IBV_QP_DEST_QPN) ? attr->dest_qp_num : 0, (mask & IBV_QP_ACCESS_FLAGS) ? attr->qp_access_flags : 0}};
+                                 (mask & IBV_QP_DEST_QPN) ? attr->dest_qp_num : 0, (mask & IBV_QP_ACCESS_FLAGS) ? attr->qp_access_flags : 0,
+                                 (uint32_t)attr->rnr_retry | (uint32_t)attr->min_rnr_timer << 8}};
   int rc = ffv_call(FF_T_RDMA_MODIFY_QP, &a, -1, dgid, NULL, NULL);
   if (rc < 0) return err_ret(-rc);
   if (mask & IBV_QP_STATE) q->attr.qp_state = attr->qp_state, qp->state = attr->qp_state;

@@ -53,7 +53,7 @@ Napi::Value AddSrq(const Napi::CallbackInfo& i) {
 }
 Napi::Value DelSrq(const Napi::CallbackInfo& i) { return Num(i, ffrdma::DelSrq(U32(i, 0))); }
 Napi::Value ModifyQp(const Napi::CallbackInfo& i) {
-  return Num(i, ffrdma::ModifyQp(U32(i, 0), U32(i, 1), int64_t(i[2].As<Napi::Number>().DoubleValue()), Gid(i, 3), I32(i, 4)));
+  return Num(i, ffrdma::ModifyQp(U32(i, 0), U32(i, 1), int64_t(i[2].As<Napi::Number>().DoubleValue()), Gid(i, 3), I32(i, 4), I32(i, 5), I32(i, 6)));
 }
 Napi::Value DelQp(const Napi::CallbackInfo& i) { return Num(i, ffrdma::DelQp(U32(i, 0))); }
 Napi::Value Doorbell(const Napi::CallbackInfo& i) { return Num(i, ffrdma::DoorbellDup()); }
@@ -93,6 +93,12 @@ Napi::Value CmTake(const Napi::CallbackInfo& i) {
   }
   return a;
 }
+Napi::Value ConnPeer(const Napi::CallbackInfo& i) { return Num(i, ffrdma::ConnPeer(I32(i, 0))); }
+Napi::Value SetGidOwners(const Napi::CallbackInfo& i) {
+  auto b = i[0].As<Napi::Buffer<uint8_t>>();
+  ffrdma::SetGidOwners(b.Data(), b.Length() / 20);
+  return i.Env().Undefined();
+}
 Napi::Value Stats(const Napi::CallbackInfo& i) {
   ffrdma::Stats s = ffrdma::GetStats();
   Napi::Object o = Napi::Object::New(i.Env());
@@ -109,6 +115,9 @@ Napi::Value Stats(const Napi::CallbackInfo& i) {
   o.Set("channels", double(s.channels));
   o.Set("views", double(s.views));
   o.Set("pending", double(s.pending));
+  o.Set("naks", double(s.naks));
+  o.Set("refused", double(s.refused));
+  o.Set("gids", double(s.gids));
   return o;
 }
 
@@ -133,4 +142,6 @@ void InitRdma(Napi::Env env, Napi::Object exports) {
   exports.Set("rdmaCmPeers", Napi::Function::New(env, CmPeers));
   exports.Set("rdmaCmTake", Napi::Function::New(env, CmTake));
   exports.Set("rdmaStats", Napi::Function::New(env, Stats));
+  exports.Set("rdmaConnPeer", Napi::Function::New(env, ConnPeer));
+  exports.Set("rdmaSetGidOwners", Napi::Function::New(env, SetGidOwners));
 }

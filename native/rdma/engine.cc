@@ -39,7 +39,7 @@ namespace {
 // enum ibv_wc_status / ibv_wc_opcode / ibv_access_flags values (kept numeric: the router does
 // not depend on the verbs headers).
 enum { WC_SUCCESS = 0, WC_LOC_LEN_ERR = 1, WC_LOC_QP_OP_ERR = 2, WC_LOC_PROT_ERR = 4, WC_WR_FLUSH_ERR = 5,
-       WC_REM_INV_REQ_ERR = 9, WC_REM_ACCESS_ERR = 10, WC_REM_OP_ERR = 11, WC_RETRY_EXC_ERR = 12 };
+       WC_REM_INV_REQ_ERR = 9, WC_REM_ACCESS_ERR = 10, WC_REM_OP_ERR = 11, WC_RETRY_EXC_ERR = 12, WC_RNR_RETRY_EXC_ERR = 13 };
 enum { WCO_SEND = 0, WCO_RDMA_WRITE = 1, WCO_RDMA_READ = 2, WCO_COMP_SWAP = 3, WCO_FETCH_ADD = 4, WCO_RECV = 128,
        WCO_RECV_RDMA_WITH_IMM = 129 };
 enum { ACC_LOCAL_WRITE = 1, ACC_REMOTE_WRITE = 2, ACC_REMOTE_READ = 4, ACC_REMOTE_ATOMIC = 8 };
@@ -103,18 +103,35 @@ struct Qp {
   int remote = -1;
   bool resolving = false;
   int resolve_left = 0;
+  int resolve_conn = -1;  // where the lookup went (only that connection's answer counts)
   uint64_t resolve_deadline = 0;
   struct Flight {
     ff_swqe w;
     uint64_t cookie;
+    std::shared_ptr<void> read_charge;  // a READ's bytes against kReadPerContainer/kReadTotal
   };
   std::deque<Flight> flights;  // sent to the peer host, not yet acknowledged (oldest first)
   uint32_t sq_next = 0;        // next send WQE to start; sq_tail..sq_next are in flight
+  // Receiver not ready (RNR), as on RC: the requester's retry count (rnr_retry, 7 = forever)
+  // and the delay this QP asks for as a responder (min_rnr_timer, IB encoding), both set with
+  // ibv_modify_qp (0 if never set, as on a NIC).
+  uint8_t rnr_retry = 0, min_rnr_timer = 0;
+  uint8_t rnr_left = 0;      // requester: retries left for send WQE rnr_wqe
+  bool rnr_armed = false;    // rnr_left counts for rnr_wqe
+  uint32_t rnr_wqe = 0;
+  uint64_t rnr_until = 0;    // requester: no retry before this time (NowNs); 0 = none pending
+  bool resend = false;       // requester: the next request to the peer host follows a NAK (NET_F_RESEND)
+  bool probing = false;      // requester: ... and waits alone for its answer before the window opens again
+  bool nak_discard = false;  // responder: a NAK went out; the requester's requests are dropped until its resend
 };
 
 // Work requests one QP may have in flight to another host: the responder answers in order
 // on one TCP connection, so completions stay in order.
 constexpr size_t kWindow = 32;
+// The largest READ answer a transport reader sends itself (see Respond).
+constexpr uint64_t kReaderAnswerMax = 64 << 10;
+// How long a requester waits before sending again to a responder that answered busy.
+constexpr uint64_t kBusyNs = 200000;
 
 // The receive ring lies after the send ring; the engine uses its own copy of the depths, never
 // the ones in shared memory.
@@ -133,7 +150,41 @@ std::unordered_map<uint32_t, Qp*> qps;
 std::unordered_map<uint32_t, Srq> srqs;
 Transport* transport = nullptr;
 std::deque<Inbound> pending;  // received requests waiting for the responder (RNR) or processing
-uint64_t next_cookie = 1;
+// Which host each GID lives on, from the routers' registrations (SetGidOwners): kLocal for
+// this host's containers, the index in --peers of the peer router whose host has it. A peer
+// speaks only for its own GIDs: the GIDs it names as requester, and the QPs it answers for.
+constexpr int kLocal = -1, kUnknown = -2;
+struct GidKey {
+  uint64_t hi, lo;
+  bool operator==(const GidKey& o) const { return hi == o.hi && lo == o.lo; }
+};
+struct GidHash {
+  size_t operator()(const GidKey& k) const { return std::hash<uint64_t>()(k.hi * 0x9e3779b97f4a7c15ull ^ k.lo); }
+};
+std::unordered_map<GidKey, int, GidHash> gid_owner;
+GidKey KeyOf(const uint8_t* gid) {
+  GidKey k;
+  memcpy(&k.hi, gid, 8);
+  memcpy(&k.lo, gid + 8, 8);
+  return k;
+}
+int OwnerOf(const uint8_t* gid) {
+  auto it = gid_owner.find(KeyOf(gid));
+  return it == gid_owner.end() ? kUnknown : it->second;
+}
+// Request cookies another router cannot guess (answers are matched to the connection the
+// request went out on as well).
+uint64_t NewCookie() {
+  uint64_t c;
+  arc4random_buf(&c, sizeof c);
+  return c;
+}
+// READ bytes this host's requesters have outstanding at other hosts (the answers' payloads the
+// transport reads; ChargeAnswer in tcp_transport.cc relies on this bound).
+constexpr uint64_t kReadPerContainer = 64ull << 20, kReadTotal = kInboundTotal;
+std::unordered_map<uint64_t, uint64_t> reads_out;  // per requesting container (low 8 bytes of its GID)
+uint64_t reads_out_total = 0;
+thread_local bool on_reader = false;  // a transport reader runs the engine's network part (OnNetworkMessage)
 Doorbells bells;                      // one per worker; libraries ring the one of their CPU
 std::vector<int> worker_cpus;         // worker i is pinned to worker_cpus[i] (-1: not pinned)
 std::vector<uint8_t> worker_asleep;   // per worker (mu); one being handed the engine counts as awake
@@ -142,11 +193,18 @@ std::atomic<bool> deep_sleep{false};  // every worker is (about to be) asleep
 bool blocked = false;                 // last sweep left work waiting on time (RNR, CQ full, rate, lookup)
 bool sent_to_network = false;         // the last sweep sent a request to another host
 std::deque<Inbound> cm_inbox;  // NET_CM messages for the router's JS connection manager
+// What cm_inbox may hold until the JS connection manager takes it: a peer router that floods
+// connection-manager messages gets the rest dropped (counted as refused), so neither the
+// router's memory nor one turn of its event loop grows with the flood.
+constexpr size_t kCmInboxMax = 4096, kCmInboxBytes = 16u << 20;
+size_t cm_inbox_bytes = 0;
 int cm_eventfd = -1;            // readable while cm_inbox has messages (JS watches it)
 bool running = false;
 std::vector<uint8_t> bounce;
 std::atomic<uint64_t> st_ops{0}, st_bytes{0}, st_errors{0}, st_served{0};
 std::atomic<uint64_t> st_placed{0};
+std::atomic<uint64_t> st_naks{0};  // NAKs (RNR, busy) this host's requesters got from other hosts
+std::atomic<uint64_t> st_refused{0};  // messages of peer routers refused: not theirs to send (see Accepts)
 std::atomic<uint64_t> st_mapped{0};  // bytes read from or written to shared-memory views
 std::vector<View> views;
 // Views a transport reader is reading a payload into right now (outside the engine lock), and
@@ -372,16 +430,26 @@ Qp* Peer(Qp& q, bool* elsewhere) {
   Qp* d = it == qps.end() ? nullptr : it->second;
   if (d && has_gid && memcmp(q.dgid, d->gid, 16)) d = nullptr;  // same number, another container
   if (!d) {
-    if (has_gid) {
-      *elsewhere = true;
-      for (auto& [n, o] : qps)
-        if (!memcmp(o->gid, q.dgid, 16)) *elsewhere = false;
-    }
+    *elsewhere = has_gid && OwnerOf(q.dgid) != kLocal;  // another host's, or not known yet
     return nullptr;
   }
   if (d->state != FF_QPS_RTR && d->state != FF_QPS_RTS) return nullptr;
-  if (d->dest_qpn != q.qpn) return nullptr;
+  // A QP accepts only the QP and GID it was moved to RTR with, on one host as across hosts: a
+  // co-located QP that got the number of d's remote peer is still another container.
+  if (d->dest_qpn != q.qpn || memcmp(d->dgid, q.gid, 16)) return nullptr;
   return d;
+}
+
+// The remote access an operation needs on the responder's QP and MR (IBV_ACCESS_REMOTE_*).
+uint32_t RemoteAccess(uint32_t opcode) {
+  switch (opcode) {
+    case FF_WR_RDMA_WRITE:
+    case FF_WR_RDMA_WRITE_WITH_IMM: return ACC_REMOTE_WRITE;
+    case FF_WR_RDMA_READ: return ACC_REMOTE_READ;
+    case FF_WR_ATOMIC_CMP_AND_SWP:
+    case FF_WR_ATOMIC_FETCH_AND_ADD: return ACC_REMOTE_ATOMIC;
+    default: return 0;
+  }
 }
 
 Outcome ExecuteRemote(Qp& q, const ff_swqe& w);
@@ -411,6 +479,50 @@ void Fail(Qp& q, const ff_swqe& w, uint32_t status) {
   Defer(q.scq, MakeCqe(w.wr_id, status, SendWcOpcode(w.opcode), 0, q.qpn), true);
   SetState(q, FF_QPS_ERR);
   st_errors++;
+}
+
+// A request the responder's QP or MR does not allow: IBV_WC_REM_ACCESS_ERR at the requester,
+// and the responder's QP goes to the error state too, as on RC (its receives are flushed).
+Outcome DenyRemote(Qp& q, const ff_swqe& w, Qp& d) {
+  SetState(d, FF_QPS_ERR);
+  Fail(q, w, WC_REM_ACCESS_ERR);
+  return Outcome::Error;
+}
+
+// The RNR NAK timer in ns for an IB min_rnr_timer code (0 = 655.36 ms, 1 = 0.01 ms ... 31 =
+// 491.52 ms).
+uint64_t RnrNs(uint8_t code) {
+  static const uint32_t us[32] = {655360, 10,    20,    30,    40,    60,     80,     120,    160,    240,    320,
+                                  480,    640,   960,   1280,  1920,  2560,   3840,   5120,   7680,   10240,  15360,
+                                  20480,  30720, 40960, 61440, 81920, 122880, 163840, 245760, 327680, 491520};
+  return uint64_t(us[code & 31]) * 1000;
+}
+
+// Send WQE idx found the responder not ready (no receive posted). True if it may be tried
+// again (not before rnr_until, which `wait` or a finite rnr_retry sets), false once the QP's
+// rnr_retry is used up: then it completes with IBV_WC_RNR_RETRY_EXC_ERR. rnr_retry 7 retries
+// forever; on one host such a retry runs as soon as a receive is posted (a NIC would wait
+// the timer), across hosts after the responder's timer.
+bool RnrRetry(Qp& q, uint32_t idx, uint8_t timer, bool wait) {
+  if (!q.rnr_armed || q.rnr_wqe != idx) {
+    q.rnr_armed = true;
+    q.rnr_wqe = idx;
+    q.rnr_left = q.rnr_retry;
+  }
+  if (q.rnr_retry != 7) {
+    if (!q.rnr_left) return false;
+    q.rnr_left--;
+  }
+  q.rnr_until = q.rnr_retry != 7 || wait ? NowNs() + RnrNs(timer) : 0;
+  return true;
+}
+
+// True while the requester must wait for its RNR timer (or a busy responder).
+bool RnrWaiting(Qp& q) {
+  if (!q.rnr_until) return false;
+  if (NowNs() < q.rnr_until) return true;
+  q.rnr_until = 0;
+  return false;
 }
 
 // The WQE's local data: *data points into the sender's shared view when the data is one
@@ -482,6 +594,7 @@ Outcome Execute(Qp& q, const ff_swqe& w) {
     Fail(q, w, WC_RETRY_EXC_ERR);
     return Outcome::Error;
   }
+  if (uint32_t need = RemoteAccess(w.opcode); (d->access & need) != need) return DenyRemote(q, w, *d);
   uint64_t len = 0;
   switch (w.opcode) {
     case FF_WR_SEND:
@@ -491,7 +604,12 @@ Outcome Execute(Qp& q, const ff_swqe& w) {
       bool consumes = w.opcode != FF_WR_RDMA_WRITE;
       ff_rwqe r{};
       if (consumes) {
-        if (!NextRecv(*d, &r)) return Outcome::Retry;  // receiver not ready: RNR, retried forever
+        if (RnrWaiting(q)) return Outcome::Retry;
+        if (!NextRecv(*d, &r)) {  // receiver not ready
+          if (RnrRetry(q, q.sq_next, d->min_rnr_timer, false)) return Outcome::Retry;
+          Fail(q, w, WC_RNR_RETRY_EXC_ERR);
+          return Outcome::Error;
+        }
         if (!CqHasRoom(d->rcq)) return Outcome::Retry;
       }
       uint64_t peek = (w.flags & FF_SWQE_INLINE) ? w.inline_len : 0;
@@ -515,10 +633,7 @@ Outcome Execute(Qp& q, const ff_swqe& w) {
         }
       } else {
         uint64_t a;
-        if (len && !Resolve(w.rkey, d->pd, d->pid, w.remote_addr, len, ACC_REMOTE_WRITE, &a)) {
-          Fail(q, w, WC_REM_ACCESS_ERR);
-          return Outcome::Error;
-        }
+        if (len && !Resolve(w.rkey, d->pd, d->pid, w.remote_addr, len, ACC_REMOTE_WRITE, &a)) return DenyRemote(q, w, *d);
         if (len) dst.push_back({reinterpret_cast<void*>(a), size_t(len)});
       }
       if (len && !Xfer(d->pid, dst, data, len, true)) {
@@ -549,10 +664,7 @@ Outcome Execute(Qp& q, const ff_swqe& w) {
       if (!RateAllows(q, total)) return Outcome::Retry;
       len = total;
       uint64_t a;
-      if (len && !Resolve(w.rkey, d->pd, d->pid, w.remote_addr, len, ACC_REMOTE_READ, &a)) {
-        Fail(q, w, WC_REM_ACCESS_ERR);
-        return Outcome::Error;
-      }
+      if (len && !Resolve(w.rkey, d->pd, d->pid, w.remote_addr, len, ACC_REMOTE_READ, &a)) return DenyRemote(q, w, *d);
       if (bounce.size() < len) bounce.resize(len);
       std::vector<iovec> src{{reinterpret_cast<void*>(a), size_t(len)}};
       uint8_t* sv = len ? ViewOf(d->pid, a, len) : nullptr;  // one copy when the source is shared
@@ -573,10 +685,7 @@ Outcome Execute(Qp& q, const ff_swqe& w) {
         return Outcome::Error;
       }
       uint64_t a;
-      if ((w.remote_addr & 7) || !Resolve(w.rkey, d->pd, d->pid, w.remote_addr, 8, ACC_REMOTE_ATOMIC, &a)) {
-        Fail(q, w, WC_REM_ACCESS_ERR);
-        return Outcome::Error;
-      }
+      if ((w.remote_addr & 7) || !Resolve(w.rkey, d->pd, d->pid, w.remote_addr, 8, ACC_REMOTE_ATOMIC, &a)) return DenyRemote(q, w, *d);
       // One engine thread serves every QP of the host, so read-modify-write here is atomic
       // with respect to all other RDMA operations (as IBV_ATOMIC_HCA promises).
       uint64_t orig = 0, upd;
@@ -687,22 +796,33 @@ void FlushBatch() {
 
 Outcome ExecuteRemote(Qp& q, const ff_swqe& w) {
   if (q.flights.size() >= kWindow) return Outcome::Retry;
+  if ((q.probing && !q.flights.empty()) || RnrWaiting(q)) return Outcome::Retry;  // after a NAK
   if (q.remote < 0 || !transport) {
-    if (q.resolving) {
-      if (NowNs() < q.resolve_deadline && q.resolve_left > 0) return Outcome::Retry;
-      q.resolving = false;
-      return FailRemote(q, w, WC_RETRY_EXC_ERR);  // no host has that QP
+    uint64_t now = NowNs();
+    if (!q.resolving) {
+      q.resolving = true;
+      q.resolve_conn = -1;
+      q.resolve_left = 1;
+      q.resolve_deadline = now + 3000000000ull;
     }
-    NetHdr h = NewHdr(NET_WHO_HAS);
-    h.dst_qpn = q.dest_qpn;
-    h.src_qpn = q.qpn;
-    memcpy(h.gid, q.dgid, 16);
-    memcpy(h.src_gid, q.gid, 16);
-    int sent = 0;
-    for (int c : transport->Peers()) sent += transport->Send(c, h, nullptr);
-    q.resolving = true;
-    q.resolve_left = sent;
-    q.resolve_deadline = NowNs() + 3000000000ull;
+    if (now >= q.resolve_deadline || q.resolve_left <= 0) {
+      q.resolving = false;
+      return FailRemote(q, w, WC_RETRY_EXC_ERR);  // no host has that QP (or accepts this one)
+    }
+    // Only the host the directory names for the destination GID is asked, and believed; until
+    // the directory names one (a peer router announces its GIDs when it connects), wait.
+    int owner = OwnerOf(q.dgid);
+    if (q.resolve_conn < 0 && owner >= 0)
+      for (int c : transport->Peers()) {
+        if (transport->PeerOf(c) != owner) continue;
+        NetHdr h = NewHdr(NET_WHO_HAS);
+        h.dst_qpn = q.dest_qpn;
+        h.src_qpn = q.qpn;
+        memcpy(h.gid, q.dgid, 16);
+        memcpy(h.src_gid, q.gid, 16);
+        if (transport->Send(c, h, nullptr)) q.resolve_conn = c;
+        break;
+      }
     return Outcome::Retry;
   }
   NetHdr h = NewHdr(NET_OP);
@@ -718,6 +838,7 @@ Outcome ExecuteRemote(Qp& q, const ff_swqe& w) {
   memcpy(h.gid, q.dgid, 16);
   memcpy(h.src_gid, q.gid, 16);
   const void* payload = nullptr;
+  std::shared_ptr<void> read_charge;
   switch (w.opcode) {
     case FF_WR_SEND:
     case FF_WR_SEND_WITH_IMM:
@@ -742,7 +863,24 @@ Outcome ExecuteRemote(Qp& q, const ff_swqe& w) {
       if (!LocalIov(q, w.sge, w.num_sge, ACC_LOCAL_WRITE, UINT64_MAX, local, &total) || total > FF_RDMA_MAX_MSG) {
         return FailRemote(q, w, WC_LOC_PROT_ERR);
       }
+      // The answer's data is read by this host's transport: a container may have at most
+      // kReadPerContainer bytes of READs outstanding, all together kReadTotal (one larger READ
+      // only when none is outstanding). Over that, the READ waits at the head of its queue.
+      uint64_t key;
+      memcpy(&key, q.gid + 8, 8);
+      auto out = reads_out.find(key);
+      uint64_t mine = out == reads_out.end() ? 0 : out->second;
+      if (total && ((mine && mine + total > kReadPerContainer) || (reads_out_total && reads_out_total + total > kReadTotal))) return Outcome::Retry;
       if (!RateAllows(q, total)) return Outcome::Retry;
+      if (total) {
+        reads_out[key] += total;
+        reads_out_total += total;
+        read_charge = std::shared_ptr<void>(nullptr, [key, total](void*) {  // runs under mu, wherever the flight goes
+          auto it = reads_out.find(key);
+          if (it != reads_out.end() && (it->second -= total) == 0) reads_out.erase(it);
+          reads_out_total -= total;
+        });
+      }
       h.compare_add = total;  // READ: the length asked for
       break;
     }
@@ -758,7 +896,12 @@ Outcome ExecuteRemote(Qp& q, const ff_swqe& w) {
     default:
       return FailRemote(q, w, WC_LOC_QP_OP_ERR);
   }
-  h.cookie = next_cookie++;
+  h.cookie = NewCookie();
+  if (q.resend) {  // the first request after a NAK: the responder takes requests again from here
+    h.flags |= NET_F_RESEND;
+    q.resend = false;
+    q.probing = true;
+  }
   if (batching && (!payload || payload != bounce.data())) {
     if (batch.conn != q.remote) FlushBatch();
     batch.conn = q.remote;
@@ -772,7 +915,7 @@ Outcome ExecuteRemote(Qp& q, const ff_swqe& w) {
       return FailRemote(q, w, WC_RETRY_EXC_ERR);
     }
   }
-  q.flights.push_back({w, h.cookie});
+  q.flights.push_back({w, h.cookie, std::move(read_charge)});
   return Outcome::InFlight;
 }
 
@@ -781,8 +924,37 @@ void OnAck(const Inbound& in) {
   auto it = qps.find(in.h.src_qpn);
   if (it == qps.end()) return;
   Qp& q = *it->second;
+  if (in.conn != q.remote) {  // only the connection the request went out on answers it
+    st_refused++;
+    return;
+  }
   if (q.flights.empty() || q.flights.front().cookie != in.h.cookie) return;
   const ff_swqe w = q.flights.front().w;
+  if (in.h.status == NET_NAK_RNR || in.h.status == NET_NAK_BUSY) {
+    // The responder took nothing from this request on: all of them go again, from this one,
+    // once its timer has run (RNR, counted against rnr_retry) or after a short pause (busy).
+    if (in.h.status == NET_NAK_BUSY) q.rnr_until = NowNs() + kBusyNs;
+    else if (!RnrRetry(q, q.sq_tail, uint8_t(in.h.imm), true)) {
+      q.flights.pop_front();
+      Fail(q, w, WC_RNR_RETRY_EXC_ERR);
+      AdvanceSq(q);
+      while (!q.flights.empty()) {  // dropped by the responder: flushed
+        ff_swqe x = q.flights.front().w;
+        q.flights.pop_front();
+        Defer(q.scq, MakeCqe(x.wr_id, WC_WR_FLUSH_ERR, SendWcOpcode(x.opcode), 0, q.qpn), true);
+        AdvanceSq(q);
+      }
+      return;
+    }
+    q.flights.clear();
+    q.sq_next = q.sq_tail;
+    q.resend = true;
+    q.probing = false;
+    st_naks++;
+    blocked = true;
+    return;
+  }
+  q.probing = false;
   q.flights.pop_front();
   uint32_t status = in.h.status;
   if (q.state == FF_QPS_ERR && status == WC_SUCCESS) status = WC_WR_FLUSH_ERR;  // after an earlier error
@@ -816,17 +988,56 @@ void Answer(const Inbound& in, uint32_t status, const void* data, uint32_t len, 
   transport->Send(in.conn, h, data);
 }
 
+// True if d (a QP of this host, or nullptr) takes request m that came on connection conn: d
+// has the destination GID, is ready to receive, and was moved to RTR with exactly the
+// requester's QP number and GID (a QP without a destination GID accepts nobody), and the
+// directory says that GID is on the host of the peer router at the other end of conn.
+bool Accepts(const Qp* d, const NetHdr& m, int conn) {
+  if (!d || memcmp(d->gid, m.gid, 16) || (d->state != FF_QPS_RTR && d->state != FF_QPS_RTS) || d->dest_qpn != m.src_qpn ||
+      memcmp(d->dgid, m.src_gid, 16))
+    return false;
+  // ... and the requester's GID lives on the host of the router that sent it.
+  if (OwnerOf(m.src_gid) == transport->PeerOf(conn)) return true;
+  st_refused++;
+  return false;
+}
+
+// Receiver not ready or busy (NetNak): d drops the requester's next requests until its resend.
+bool Nak(const Inbound& in, Qp& d, uint32_t why) {
+  d.nak_discard = true;
+  NetHdr h = NewHdr(NET_ACK);
+  h.src_qpn = in.h.src_qpn;
+  h.dst_qpn = in.h.dst_qpn;
+  h.cookie = in.h.cookie;
+  h.status = why;
+  h.imm = d.min_rnr_timer;
+  transport->Send(in.conn, h, nullptr);
+  return true;
+}
+
+// Responder side of an access violation (DenyRemote across hosts).
+bool DenyAnswer(const Inbound& in, Qp& d) {
+  SetState(d, FF_QPS_ERR);
+  Answer(in, WC_REM_ACCESS_ERR, nullptr, 0, 0);
+  return true;
+}
+
 // Responder side: runs a work request from another host against a local QP. Returns false
 // when it must wait (no receive posted, CQ full).
 bool Respond(Inbound& in) {
   const NetHdr& m = in.h;
   auto it = qps.find(m.dst_qpn);
   Qp* d = it == qps.end() ? nullptr : it->second;
-  if (!d || memcmp(d->gid, m.gid, 16) || (d->state != FF_QPS_RTR && d->state != FF_QPS_RTS) || d->dest_qpn != m.src_qpn ||
-      (memcmp(d->dgid, kZeroGid, 16) && memcmp(d->dgid, m.src_gid, 16))) {
+  if (!Accepts(d, m, in.conn)) {
     Answer(in, WC_RETRY_EXC_ERR, nullptr, 0, 0);
     return true;
   }
+  if (d->nak_discard) {
+    if (!(m.flags & NET_F_RESEND)) return true;  // behind a NAK: dropped, the requester sends it again
+    d->nak_discard = false;
+  }
+  if (uint32_t need = RemoteAccess(m.opcode); (d->access & need) != need) return DenyAnswer(in, *d);
+  if (in.dropped) return Nak(in, *d, NET_NAK_BUSY);  // over the inbound bound: sent again later
   uint64_t len = in.placed ? m.len : in.payload.size();
   switch (m.opcode) {
     case FF_WR_SEND:
@@ -835,7 +1046,9 @@ bool Respond(Inbound& in) {
     case FF_WR_RDMA_WRITE_WITH_IMM: {
       bool consumes = m.opcode != FF_WR_RDMA_WRITE;
       ff_rwqe r{};
-      if (consumes && (!NextRecv(*d, &r) || !CqHasRoom(d->rcq))) return false;  // RNR: retried
+      // Receiver not ready: a NAK, as a NIC answers; nothing is buffered here.
+      if (consumes && !NextRecv(*d, &r)) return Nak(in, *d, NET_NAK_RNR);
+      if (consumes && !CqHasRoom(d->rcq)) return Nak(in, *d, NET_NAK_BUSY);
       std::vector<iovec> dst;
       if (m.opcode == FF_WR_SEND || m.opcode == FF_WR_SEND_WITH_IMM) {
         uint64_t room;
@@ -848,10 +1061,7 @@ bool Respond(Inbound& in) {
         }
       } else {
         uint64_t a;
-        if (len && !Resolve(m.rkey, d->pd, d->pid, m.remote_addr, len, ACC_REMOTE_WRITE, &a)) {
-          Answer(in, WC_REM_ACCESS_ERR, nullptr, 0, 0);
-          return true;
-        }
+        if (len && !Resolve(m.rkey, d->pd, d->pid, m.remote_addr, len, ACC_REMOTE_WRITE, &a)) return DenyAnswer(in, *d);
         if (len) dst.push_back({reinterpret_cast<void*>(a), size_t(len)});
       }
       if (in.placed) st_placed += len;
@@ -874,10 +1084,11 @@ bool Respond(Inbound& in) {
     }
     case FF_WR_RDMA_READ: {
       uint64_t want = m.compare_add, a;
-      if (want > FF_RDMA_MAX_MSG || (want && !Resolve(m.rkey, d->pd, d->pid, m.remote_addr, want, ACC_REMOTE_READ, &a))) {
-        Answer(in, WC_REM_ACCESS_ERR, nullptr, 0, 0);
-        return true;
-      }
+      // A reader must not block on a send, so what it cannot write at once is copied to the
+      // connection's outbox: large answers are left to an engine worker, which writes them
+      // straight from the bounce buffer (the outbox stays small).
+      if (on_reader && want > kReaderAnswerMax) return false;
+      if (want > FF_RDMA_MAX_MSG || (want && !Resolve(m.rkey, d->pd, d->pid, m.remote_addr, want, ACC_REMOTE_READ, &a))) return DenyAnswer(in, *d);
       if (bounce.size() < want) bounce.resize(want);
       std::vector<iovec> src{{reinterpret_cast<void*>(a), size_t(want)}};
       if (want && !Xfer(d->pid, src, bounce.data(), want, false)) {
@@ -890,10 +1101,7 @@ bool Respond(Inbound& in) {
     case FF_WR_ATOMIC_CMP_AND_SWP:
     case FF_WR_ATOMIC_FETCH_AND_ADD: {
       uint64_t a;
-      if ((m.remote_addr & 7) || !Resolve(m.rkey, d->pd, d->pid, m.remote_addr, 8, ACC_REMOTE_ATOMIC, &a)) {
-        Answer(in, WC_REM_ACCESS_ERR, nullptr, 0, 0);
-        return true;
-      }
+      if ((m.remote_addr & 7) || !Resolve(m.rkey, d->pd, d->pid, m.remote_addr, 8, ACC_REMOTE_ATOMIC, &a)) return DenyAnswer(in, *d);
       uint64_t orig = 0, upd;
       iovec r{reinterpret_cast<void*>(a), 8}, l{&orig, 8};
       if (process_vm_readv(d->pid, &l, 1, &r, 1, 0) != 8) {
@@ -929,13 +1137,17 @@ bool ServeNetwork() {
         NetHdr h = NewHdr(NET_HAVE);
         h.src_qpn = in.h.src_qpn;
         h.dst_qpn = in.h.dst_qpn;
-        h.status = (q != qps.end() && !memcmp(q->second->gid, in.h.gid, 16)) ? 0 : 1;
+        // Yes only if the QP would take this requester's work (so the answer tells nobody
+        // else whether a QP number exists).
+        h.status = Accepts(q != qps.end() ? q->second : nullptr, in.h, in.conn) ? 0 : 1;
         transport->Send(in.conn, h, nullptr);
         break;
       }
       case NET_HAVE: {
         auto q = qps.find(in.h.src_qpn);
-        if (q != qps.end() && q->second->resolving) {
+        if (q != qps.end() && q->second->resolving && (in.conn != q->second->resolve_conn || in.h.dst_qpn != q->second->dest_qpn)) {
+          st_refused++;  // only the host that was asked answers
+        } else if (q != qps.end() && q->second->resolving) {
           Qp& r = *q->second;
           r.resolve_left--;
           if (in.h.status == 0) {
@@ -959,6 +1171,11 @@ bool ServeNetwork() {
         OnAck(in);
         break;
       case NET_CM:
+        if (cm_inbox.size() >= kCmInboxMax || cm_inbox_bytes + in.payload.size() > kCmInboxBytes) {
+          st_refused++;
+          break;
+        }
+        cm_inbox_bytes += in.payload.size();
         cm_inbox.push_back(std::move(in));
         if (cm_eventfd >= 0) {
           uint64_t one = 1;
@@ -967,7 +1184,12 @@ bool ServeNetwork() {
         }
         break;
       case NET_DOWN:
+        if (in.h.magic == NET_MAGIC) {  // the transport's own notice has no magic: this came from a peer
+          st_refused++;
+          break;
+        }
         for (auto& [n, q] : qps) {
+          if (q->resolve_conn == in.conn) q->resolve_conn = -1;  // ask again once it is back
           if (q->remote != in.conn) continue;
           q->remote = -1;
           bool first = true;  // the answers will never come
@@ -1368,7 +1590,7 @@ int AddQp(uint32_t qpn, int pid, uint32_t pd, uint32_t scq, uint32_t rcq, int fd
   return 0;
 }
 
-int ModifyQp(uint32_t qpn, uint32_t state, int64_t dest_qpn, const uint8_t* dgid, int32_t access) {
+int ModifyQp(uint32_t qpn, uint32_t state, int64_t dest_qpn, const uint8_t* dgid, int32_t access, int32_t rnr_retry, int32_t min_rnr_timer) {
   std::lock_guard<std::mutex> g(mu);
   auto it = qps.find(qpn);
   if (it == qps.end()) return -ENOENT;
@@ -1377,6 +1599,12 @@ int ModifyQp(uint32_t qpn, uint32_t state, int64_t dest_qpn, const uint8_t* dgid
   if (dest_qpn >= 0) q.dest_qpn = uint32_t(dest_qpn);
   if (dgid) memcpy(q.dgid, dgid, 16);
   if (access >= 0) q.access = uint32_t(access);
+  if (rnr_retry >= 0) q.rnr_retry = uint8_t(rnr_retry & 7);
+  if (min_rnr_timer >= 0) q.min_rnr_timer = uint8_t(min_rnr_timer & 31);
+  if (state == FF_QPS_RESET || state == FF_QPS_RTR) {  // a new connection starts without NAK state
+    q.rnr_armed = q.resend = q.probing = q.nak_discard = false;
+    q.rnr_until = 0;
+  }
   if (state == FF_QPS_RESET) {  // a reset QP forgets its outstanding work requests
     q.sq_tail = q.sq_next = __atomic_load_n(&q.shm->sq.head, __ATOMIC_ACQUIRE);
     q.flights.clear();
@@ -1405,18 +1633,18 @@ int DelQp(uint32_t qpn) {
 // the rkey grants remote write on the whole range. Anything else takes the ordinary path,
 // whose Respond gives the error completion. Never waits for the engine: a reader that blocked
 // here while the engine blocked sending to the peer could deadlock the two routers.
-uint8_t* PlaceTarget(const NetHdr& m) {
+uint8_t* PlaceTarget(int conn, const NetHdr& m) {
   if (m.opcode != FF_WR_RDMA_WRITE && m.opcode != FF_WR_RDMA_WRITE_WITH_IMM) return nullptr;
   std::unique_lock<std::mutex> g(mu, std::try_to_lock);
   if (!g.owns_lock() || !running || !transport) return nullptr;
+  on_reader = true;
   ServeNetwork();
+  on_reader = false;
   for (const Inbound& p : pending)
     if (p.h.type == NET_OP && p.h.dst_qpn == m.dst_qpn) return nullptr;
   auto it = qps.find(m.dst_qpn);
   Qp* d = it == qps.end() ? nullptr : it->second;
-  if (!d || memcmp(d->gid, m.gid, 16) || (d->state != FF_QPS_RTR && d->state != FF_QPS_RTS) || d->dest_qpn != m.src_qpn ||
-      (memcmp(d->dgid, kZeroGid, 16) && memcmp(d->dgid, m.src_gid, 16)))
-    return nullptr;
+  if (!Accepts(d, m, conn) || !(d->access & ACC_REMOTE_WRITE) || (d->nak_discard && !(m.flags & NET_F_RESEND))) return nullptr;
   uint64_t a;
   if (!Resolve(m.rkey, d->pd, d->pid, m.remote_addr, m.len, ACC_REMOTE_WRITE, &a)) return nullptr;
   const View* v = ViewCovering(d->pid, a, m.len);
@@ -1449,7 +1677,9 @@ void OnNetworkMessage() {
   if (deep_sleep.load(std::memory_order_seq_cst)) {
     std::unique_lock<std::mutex> g(mu, std::try_to_lock);
     if (g.owns_lock() && running && transport && deep_sleep.load(std::memory_order_seq_cst)) {
+      on_reader = true;
       ServeNetwork();
+      on_reader = false;
       if (!HasWork()) return;
     }
   }
@@ -1474,6 +1704,20 @@ bool CmSend(int conn, const uint8_t* data, uint32_t len) {
 
 std::vector<int> CmPeers() { return transport ? transport->Peers() : std::vector<int>{}; }
 
+int ConnPeer(int conn) { return transport ? transport->PeerOf(conn) : -1; }
+
+void SetGidOwners(const uint8_t* entries, size_t n) {
+  std::unordered_map<GidKey, int, GidHash> m;
+  m.reserve(n);
+  for (size_t i = 0; i < n; i++) {
+    int32_t owner;
+    memcpy(&owner, entries + i * 20 + 16, 4);
+    m[KeyOf(entries + i * 20)] = owner < 0 ? kLocal : owner;
+  }
+  std::lock_guard<std::mutex> g(mu);
+  gid_owner.swap(m);
+}
+
 std::vector<std::pair<int, std::vector<uint8_t>>> CmTake() {
   std::lock_guard<std::mutex> g(mu);
   uint64_t v;
@@ -1484,6 +1728,7 @@ std::vector<std::pair<int, std::vector<uint8_t>>> CmTake() {
   std::vector<std::pair<int, std::vector<uint8_t>>> out;
   for (auto& in : cm_inbox) out.emplace_back(in.conn, std::vector<uint8_t>(in.payload.begin(), in.payload.end()));
   cm_inbox.clear();
+  cm_inbox_bytes = 0;
   return out;
 }
 
@@ -1502,7 +1747,8 @@ void SetRateLimit(uint64_t bps) {
 Stats GetStats() {
   std::lock_guard<std::mutex> g(mu);
   return Stats{st_ops.load(), st_bytes.load(), st_errors.load(), st_served.load(), qps.size(), mrs.size(), cqs.size(),
-               st_mapped.load(), st_placed.load(), srqs.size(), channels.size(), views.size(), pending.size()};
+               st_mapped.load(), st_placed.load(), srqs.size(), channels.size(), views.size(), pending.size(),
+               st_naks.load(), st_refused.load(), gid_owner.size()};
 }
 
 }  // namespace ffrdma

@@ -25,8 +25,9 @@ int DelSrq(uint32_t id);
 // srq: a shared receive queue of the same PD, or 0.
 int AddQp(uint32_t qpn, int pid, uint32_t pd, uint32_t scq, uint32_t rcq, int fd, uint32_t sqd, uint32_t rqd, bool sig_all,
           const uint8_t gid[16], uint32_t srq);
-// dest_qpn < 0 and dgid == nullptr leave those unchanged.
-int ModifyQp(uint32_t qpn, uint32_t state, int64_t dest_qpn, const uint8_t* dgid, int32_t access);
+// dest_qpn < 0, dgid == nullptr, access < 0, rnr_retry < 0 (0-7, 7 = forever) and
+// min_rnr_timer < 0 (IB code 0-31) leave those unchanged.
+int ModifyQp(uint32_t qpn, uint32_t state, int64_t dest_qpn, const uint8_t* dgid, int32_t access, int32_t rnr_retry, int32_t min_rnr_timer);
 int DelQp(uint32_t qpn);
 // Cross-host: serve and reach the peer routers' engines over TCP on host_ip:port, with the
 // routers' cluster key (FF_PEER_AUTH_KEY_SIZE bytes) proved on every connection.
@@ -35,6 +36,11 @@ int StartTransport(const std::string& host_ip, int port, const std::vector<std::
 // Connection-manager messages between the routers, carried by the same transport.
 bool CmSend(int conn, const uint8_t* data, uint32_t len);
 std::vector<int> CmPeers();
+// The peer router (index in --peers) at the other end of transport connection conn, or -1.
+int ConnPeer(int conn);
+// The directory of GIDs: n entries of 20 bytes, a GID and its owner (int32, little endian: the
+// peer's index in --peers, or -1 for this host); replaces the previous one.
+void SetGidOwners(const uint8_t* entries, size_t n);
 std::vector<std::pair<int, std::vector<uint8_t>>> CmTake();
 // A new descriptor of the engine's doorbell page (struct ff_doorbells; ff_doorbell_ring wakes it).
 int DoorbellDup();
@@ -48,6 +54,9 @@ struct Stats {
   // What the engine still holds: SRQs, completion channels (each an fd), mapped MR views,
   // requests from other hosts not yet served (all 0 once every application is gone).
   uint64_t srqs, channels, views, pending;
+  uint64_t naks;     // receiver-not-ready and busy NAKs this host's requesters got
+  uint64_t refused;  // messages from peer routers refused: for QPs, GIDs or requests not theirs
+  uint64_t gids;     // entries of the GID directory (this host's and the peers')
 };
 Stats GetStats();
 

@@ -22,6 +22,7 @@
 #include <memory>
 #include <mutex>
 #include <thread>
+#include <unordered_map>
 
 #include "ff_rdma_shm.h"
 #include "ff_wire.h"
@@ -35,6 +36,7 @@ namespace {
 struct Conn {
   int fd = -1;
   std::atomic<bool> up{false};
+  std::atomic<int> peer{-1};  // index of the peer router in --peers (set by its reader)
   std::mutex wmu;
   // Bytes a reader thread could not write without blocking; they go out, in order, before
   // anything else on this connection (the engine thread flushes them). omu guards only the
@@ -205,6 +207,8 @@ class TcpTransport : public Transport {
 
   bool HasUnsent() override { return unsent_.load(std::memory_order_seq_cst); }
 
+  int PeerOf(int conn) override { return conn < 0 || size_t(conn) >= kMaxConns ? -1 : conns_[conn]->peer.load(); }
+
   bool FlushUnsent() override {
     if (!unsent_.exchange(false)) return false;
     for (auto& cp : conns_) {
@@ -289,6 +293,7 @@ class TcpTransport : public Transport {
     pthread_setname_np(pthread_self(), name);
     tls_reader = true;
     Conn& c = *conns_[idx];
+    c.peer = peer;
     InBuf rd(c.fd);
     for (;;) {
       Inbound in;
@@ -296,12 +301,17 @@ class TcpTransport : public Transport {
       // A malformed message (bad magic, a length no message of its type has) ends the
       // connection: nothing after it can be framed.
       if (!rd.Read(&in.h, sizeof in.h) || in.h.magic != NET_MAGIC || in.h.len > MaxLen(in.h.type)) break;
-      uint8_t* dst = in.h.type == NET_OP && in.h.len >= kPlaceMin && placement_.target ? placement_.target(in.h) : nullptr;
+      uint8_t* dst = in.h.type == NET_OP && in.h.len >= kPlaceMin && placement_.target ? placement_.target(idx, in.h) : nullptr;
       if (dst) {
         bool ok = rd.Read(dst, in.h.len);
         placement_.done(dst);
         if (!ok) break;
         in.placed = true;
+      } else if (in.h.len && in.h.type == NET_OP && !(in.charge = Charge(in.h))) {
+        if (!Discard(rd, in.h.len)) break;  // over the inbound bound: the engine answers busy
+        in.dropped = true;
+      } else if (in.h.len && in.h.type == NET_ACK && !(in.charge = ChargeAnswer(in.h.len))) {
+        break;  // more READ data than this host ever asked for: not a router's answer
       } else {
         in.payload.resize(in.h.len);
         if (in.h.len && !rd.Read(in.payload.data(), in.h.len)) break;
@@ -323,6 +333,50 @@ class TcpTransport : public Transport {
     down.conn = idx;
     down.h.type = NET_DOWN;
     Push(std::move(down));
+  }
+
+  // Takes len bytes of request payload for the destination container (low 8 bytes of its GID)
+  // from the inbound bound (transport.h); an empty pointer if they do not fit.
+  std::shared_ptr<void> Charge(const NetHdr& h) {
+    uint64_t key, len = h.len;
+    memcpy(&key, h.gid + 8, 8);
+    std::lock_guard<std::mutex> g(bmu_);
+    uint64_t& c = queued_[key];
+    if ((c && c + len > kInboundPerContainer) || (queued_total_ && queued_total_ + len > kInboundTotal)) {
+      if (!c) queued_.erase(key);
+      return nullptr;
+    }
+    c += len;
+    queued_total_ += len;
+    return std::shared_ptr<void>(&charge_token_, [this, key, len](void*) {
+      std::lock_guard<std::mutex> g(bmu_);
+      auto it = queued_.find(key);
+      if (it != queued_.end() && (it->second -= len) == 0) queued_.erase(it);
+      queued_total_ -= len;
+    });
+  }
+
+  // Answers with data: an honest peer sends only what this host's requesters asked for, which
+  // the engine keeps within kReadTotal (or one larger READ alone). 1 MiB of slack for atomics.
+  std::shared_ptr<void> ChargeAnswer(uint64_t len) {
+    std::lock_guard<std::mutex> g(bmu_);
+    if (answers_total_ && answers_total_ + len > kInboundTotal + (1u << 20)) return nullptr;
+    answers_total_ += len;
+    return std::shared_ptr<void>(&charge_token_, [this, len](void*) {
+      std::lock_guard<std::mutex> g(bmu_);
+      answers_total_ -= len;
+    });
+  }
+
+  // Reads and drops n payload bytes in small pieces (nothing of it is kept).
+  static bool Discard(InBuf& rd, uint64_t n) {
+    uint8_t sink[16384];
+    while (n) {
+      size_t k = n < sizeof sink ? size_t(n) : sizeof sink;
+      if (!rd.Read(sink, k)) return false;
+      n -= k;
+    }
+    return true;
   }
 
   // Data messages carry up to one RDMA message; the others (lookups, connection manager JSON)
@@ -446,6 +500,10 @@ class TcpTransport : public Transport {
   std::deque<Inbound> q_;
   std::atomic<bool> pending_{false};
   std::atomic<bool> unsent_{false};  // some connection's outbox holds bytes
+  std::mutex bmu_;  // the inbound bound (Charge)
+  char charge_token_ = 0;  // what a charge points at (never dereferenced; non-null means "charged")
+  std::unordered_map<uint64_t, uint64_t> queued_;  // request payload bytes waiting, per destination container
+  uint64_t queued_total_ = 0, answers_total_ = 0;
 };
 
 }  // namespace

@@ -22,6 +22,14 @@ enum NetType : uint32_t {
 
 constexpr uint32_t NET_MAGIC = 0x4d444646;  // "FFDM"
 
+// NET_ACK statuses beyond ibv_wc_status: the responder took nothing of this request and drops
+// the requester's later ones until a request flagged NET_F_RESEND arrives (go-back-N, as RC
+// does after a NAK). RNR: no receive was posted (imm = the responder's min_rnr_timer code; the
+// requester's rnr_retry counts it). BUSY: the responder's router would have had to buffer it
+// beyond its bound, or its receive CQ is full (retried without counting).
+enum NetNak : uint32_t { NET_NAK_RNR = 0x100, NET_NAK_BUSY = 0x101 };
+constexpr uint32_t NET_F_RESEND = 1u << 31;  // in NetHdr.flags of an OP: the first request after a NAK
+
 struct NetHdr {
   uint32_t magic, type, len, status;
   uint32_t src_qpn, dst_qpn, opcode, rkey;
@@ -51,8 +59,20 @@ struct Inbound {
   int conn;
   NetHdr h;
   Bytes payload;
-  bool placed = false;  // the payload (h.len bytes) was read straight into its destination
+  bool placed = false;   // the payload (h.len bytes) was read straight into its destination
+  bool dropped = false;  // an OP whose payload the router would have had to buffer beyond its bound: read and discarded
+  std::shared_ptr<void> charge;  // gives the payload's bytes back to the inbound bound when the last copy goes
 };
+
+// What a router buffers of other hosts' requests (payloads of SEND and WRITE not placed straight
+// into registered memory) between reading them and the engine handling them: at most
+// kInboundPerContainer bytes for one destination container (GID) and kInboundTotal in all;
+// a message larger than that is taken only when nothing else waits (for that container, in
+// all). Over the bound the payload is read and discarded and the requester told to send it
+// again (NET_NAK_BUSY). Answers with data (READ, atomics) are bounded by the requester itself
+// (kReadPerContainer, kReadTotal in engine.cc: what it may have outstanding).
+constexpr uint64_t kInboundPerContainer = 64ull << 20;
+constexpr uint64_t kInboundTotal = 256ull << 20;
 
 // Receiving side of a large RDMA WRITE: where its payload may be read straight into (the
 // destination's shared-memory view), so that the bytes go from the socket to registered memory
@@ -60,7 +80,7 @@ struct Inbound {
 // engine; nullptr means "read it into the message's buffer". The engine keeps the target
 // mapped until the matching PlaceDone.
 struct Placement {
-  std::function<uint8_t*(const NetHdr&)> target;
+  std::function<uint8_t*(int conn, const NetHdr&)> target;
   std::function<void(uint8_t*)> done;
 };
 
@@ -83,6 +103,9 @@ class Transport {
   // until the engine thread calls FlushUnsent (which may block). Returns true if it wrote.
   virtual bool HasUnsent() = 0;
   virtual bool FlushUnsent() = 0;
+  // The peer router a connection is with (its index in --peers; both connections with one
+  // peer give the same index), -1 if none: what a peer may speak for is decided by this.
+  virtual int PeerOf(int conn) = 0;
 };
 
 // Listens on host_ip:port (accepting only the listed peers, once they proved the cluster key)

@@ -35,6 +35,9 @@ export interface RouterExtension {
   handles(type: number): boolean;
   handle(session: ClientSession, msg: WireMsg, payload: Buffer, fds: number[]): Answer | Promise<Answer>;
   sessionClosed(session: ClientSession): void;
+  /** The overlay addresses registered on this host (all namespaces), at start and after each
+   * change of the registry (RDMA mode tells its peers which GIDs live here). */
+  registryChanged?(addresses: string[]): void;
 }
 
 /** Overlay source ports for same-host pairs of unbound sockets: no kernel socket holds them, so

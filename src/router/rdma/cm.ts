@@ -14,7 +14,12 @@
 // KEEP_DESTROYED channels of a process: older ones are closed, and all when the process goes.
 // Ids and channels count against the session's cap (extension.ts, MAX_PER_SESSION), and so do
 // the ids a connection request creates on the listener's side (a full listener rejects it).
-// Messages from peer routers are checked field by field: a malformed one is dropped.
+// Messages from peer routers are checked field by field: a malformed one is dropped. A peer
+// speaks only for its own host (docs/security-rdma-qp.md): a connection request goes only to
+// the router of the host the GID directory (gid-directory.ts) names for the address, and only
+// that router's answers count; a request from a peer must name a connector whose GID and
+// address live on that peer's host; 'rtu' and 'disc' for an id count only from the router of
+// the host its peer id lives on.
 import { randomInt } from 'node:crypto';
 import type { Logger } from '../../log.js';
 import { native } from '../../native.js';
@@ -43,7 +48,7 @@ interface CmId {
   listenKey?: string;
   qpn: number;
   peer?: CmId;
-  remote?: { conn: number; h: number }; // the peer id lives on another host's router
+  remote?: { conn: number; h: number; peer: number }; // the peer id lives on another host's router (index in --peers)
   state: 'idle' | 'connecting' | 'connected' | 'done';
 }
 
@@ -64,6 +69,11 @@ export interface CmHost {
   admit(session: ClientSession, holdsFd: boolean): number;
   /** True if a container process on this host has that overlay address. */
   isLocal(ip: string): boolean;
+  /** The host an overlay address is registered on (GID directory): -1 this one, a peer's
+   * index in --peers, or undefined (unknown or disputed). */
+  ownerOf(ip: string): number | undefined;
+  /** The peer router at the other end of a transport connection (index in --peers), or -1. */
+  peerOf(conn: number): number;
 }
 
 function reply(status: number, h: number[] = [], fill?: (m: WireMsg) => void): Answer {
@@ -92,7 +102,7 @@ export class ConnectionManager {
   private readonly ids = new Map<number, CmId>();
   private readonly listeners = new Map<string, CmId>();
   private next = 1;
-  private readonly pending = new Map<number, { left: number; timer: NodeJS.Timeout }>(); // cross-host requests
+  private readonly pending = new Map<number, { left: number; timer: NodeJS.Timeout; peer: number }>(); // cross-host requests, and the peer asked
   /** Ids and open channels per session (what counts against its cap). */
   private readonly owned = new Map<ClientSession, { ids: number; channels: number }>();
   /** Destroyed channels whose descriptor is still open, oldest first, per session. */
@@ -305,13 +315,16 @@ export class ConnectionManager {
       this.emit(l, CONNECT_REQUEST, { newId: s.h, peerQpn: id.qpn, peerGid: id.gid, local: [dst, port], remote: [id.ip!, id.port], priv });
       return;
     }
-    const peers = this.net?.peers() ?? [];
-    if (!this.host.isLocal(dst) && peers.length) {
-      this.log.info({ pid: id.session.pid, dst: `${dst}:${port}` }, 'rdma_cm connect: asking the peer routers');
+    // Another host's address: only the router of the host it is registered on is asked (the
+    // GID directory names it once that router has announced its registrations).
+    const owner = this.host.ownerOf(dst);
+    const conn = owner !== undefined && owner >= 0 ? this.net?.peers().find((c) => this.host.peerOf(c) === owner) : undefined;
+    if (conn !== undefined && !this.host.isLocal(dst)) {
+      this.log.info({ pid: id.session.pid, dst: `${dst}:${port}`, peer: owner }, 'rdma_cm connect: asking the peer router of that host');
       const req = { t: 'req', cid: id.h, dst, port, qpn: id.qpn, gid: id.gid.toString('hex'), src: id.ip, sport: id.port, priv: priv.toString('base64') };
-      const sent = peers.filter((c) => this.net!.send(c, req)).length;
+      const sent = this.net!.send(conn, req);
       const timer = setTimeout(() => this.noListener(id.h), CONNECT_RETRY_MS + 3000);
-      this.pending.set(id.h, { left: sent, timer });
+      this.pending.set(id.h, { left: 1, timer, peer: owner! });
       if (!sent) this.noListener(id.h);
       return;
     }
@@ -382,6 +395,9 @@ export class ConnectionManager {
     const priv = Buffer.from(b64, 'base64').subarray(0, MAX_PRIVATE);
     const gid = typeof m.gid === 'string' && /^[0-9a-fA-F]{32}$/.test(m.gid) ? Buffer.from(m.gid, 'hex') : Buffer.alloc(16);
     const num = (v: unknown, max = 0xffffffff) => (typeof v === 'number' && Number.isInteger(v) && v >= 0 && v <= max ? v : 0);
+    const peer = this.host.peerOf(conn);
+    /** Logs (once per kind and peer) a message that is not the peer's to send, and drops it. */
+    const refuse = (why: string) => this.refused(peer, String(m.t), why);
     switch (m.t) {
       case 'req': {
         const dst = ipv4(m.dst), src = ipv4(m.src), port = num(m.port, 0xffff), sport = num(m.sport, 0xffff);
@@ -391,7 +407,25 @@ export class ConnectionManager {
           if (cid) this.net?.send(conn, { t: 'nol', cid });
           return;
         }
+        const connector = wireToIpv4(gid);
         const attempt = () => {
+          // The connector must live on the sending router's host (its GID, and its address
+          // unless it is unbound); until that router's registrations are known, wait as for a
+          // listener.
+          const owners = [this.host.ownerOf(connector ?? ''), src === '0.0.0.0' ? peer : this.host.ownerOf(src)];
+          if (peer < 0 || owners.some((o) => o !== undefined && o !== peer)) {
+            refuse(`connector ${connector}/${src} is not on that host`);
+            this.net?.send(conn, { t: 'nol', cid });
+            return;
+          }
+          if (owners.some((o) => o === undefined)) {
+            if (Date.now() < deadline) setTimeout(() => this.guarded(attempt), 50);
+            else {
+              refuse(`connector ${connector}/${src} is on no known host`);
+              this.net?.send(conn, { t: 'nol', cid });
+            }
+            return;
+          }
           const l = this.findListener(dst, port);
           if (!l) {
             if (Date.now() < deadline) setTimeout(() => this.guarded(attempt), 50);
@@ -402,7 +436,7 @@ export class ConnectionManager {
             this.net?.send(conn, { t: 'rej', cid, status: REJ_NO_RESOURCES });
             return;
           }
-          const s: CmId = { h: this.next++, session: l.session, channel: l.channel, gid: l.gid, ip: dst, port, qpn: 0, remote: { conn, h: cid }, state: 'connecting' };
+          const s: CmId = { h: this.next++, session: l.session, channel: l.channel, gid: l.gid, ip: dst, port, qpn: 0, remote: { conn, h: cid, peer }, state: 'connecting' };
           this.addId(s);
           this.emit(l, CONNECT_REQUEST, { newId: s.h, peerQpn: num(m.qpn), peerGid: gid, local: [dst, port], remote: [src, sport], priv });
         };
@@ -411,15 +445,18 @@ export class ConnectionManager {
       }
       case 'nol': {
         const p = this.pending.get(num(m.cid));
+        if (p && p.peer !== peer) return refuse('answer to a request it was not asked');
         if (p && --p.left <= 0) this.noListener(num(m.cid));
         return;
       }
       case 'acc': {
         const c = this.ids.get(num(m.cid)), p = this.pending.get(num(m.cid));
         if (!c || !p) return;
+        if (p.peer !== peer) return refuse('answer to a request it was not asked');
+        if (this.host.ownerOf(wireToIpv4(gid) ?? '') !== peer) return refuse(`acceptor GID ${wireToIpv4(gid)} is not on that host`);
         clearTimeout(p.timer);
         this.pending.delete(c.h);
-        c.remote = { conn, h: num(m.sid) };
+        c.remote = { conn, h: num(m.sid), peer };
         c.state = 'connected';
         this.emit(c, ESTABLISHED, { newId: 1, peerQpn: num(m.qpn), peerGid: gid, priv });
         return;
@@ -427,6 +464,7 @@ export class ConnectionManager {
       case 'rej': {
         const p = this.pending.get(num(m.cid));
         if (!p) return;
+        if (p.peer !== peer) return refuse('answer to a request it was not asked');
         clearTimeout(p.timer);
         this.pending.delete(num(m.cid));
         const c = this.ids.get(num(m.cid));
@@ -438,11 +476,13 @@ export class ConnectionManager {
       }
       case 'rtu': {
         const s = this.ids.get(num(m.sid));
+        if (s?.remote && (s.remote.peer !== peer || this.host.ownerOf(wireToIpv4(gid) ?? '') !== peer)) return refuse('an id connected to another host, or a GID not of its host');
         if (s?.remote && s.state === 'connected') this.emit(s, ESTABLISHED, { peerQpn: num(m.qpn), peerGid: gid });
         return;
       }
       case 'disc': {
         const x = this.ids.get(num(m.h));
+        if (x?.remote && x.remote.peer !== peer) return refuse('an id connected to another host');
         if (!x?.remote || (x.state !== 'connected' && x.state !== 'connecting')) return;
         x.state = 'done';
         if (x.qpn) this.host.qpToErr(x.qpn);
@@ -450,6 +490,15 @@ export class ConnectionManager {
         return;
       }
     }
+  }
+
+  /** How many messages each peer sent that were not its to send, by kind (RDMA_STATS). */
+  readonly refusals = new Map<string, number>();
+  private refused(peer: number, kind: string, why: string): void {
+    const key = `${peer}:${kind}`;
+    const n = (this.refusals.get(key) ?? 0) + 1;
+    if (this.refusals.size < 1024 || this.refusals.has(key)) this.refusals.set(key, n);
+    if (n === 1 || n % 1000 === 0) this.log.warn({ peer, kind, why, count: n }, 'rdma_cm: refused a message a peer router may not send');
   }
 
   private destroy(id: CmId): void {

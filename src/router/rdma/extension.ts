@@ -12,6 +12,7 @@ import { emptyMsg, FF_RDMA_ARGS_SIZE, ipv4ToWire, MsgType, wireToIpv4, type Wire
 import type { Answer, ClientSession } from '../client-session.js';
 import type { RouterExtension } from '../requests.js';
 import { ConnectionManager, KEEP_DESTROYED } from './cm.js';
+import { GidDirectory, isIpv4, MAX_PEER_GIDS } from './gid-directory.js';
 
 interface RdmaNative {
   rdmaAddMr(key: number, pd: number, pid: number, addr: number, len: number, iova: number, access: number, viewFd: number, viewAddr: number, viewOff: number, viewLen: number): number;
@@ -23,7 +24,7 @@ interface RdmaNative {
   rdmaAddQp(qpn: number, pid: number, pd: number, scq: number, rcq: number, fd: number, sqd: number, rqd: number, sigAll: boolean, gid: Buffer, srq: number): number;
   rdmaAddSrq(id: number, fd: number, depth: number, pd: number): number;
   rdmaDelSrq(id: number): number;
-  rdmaModifyQp(qpn: number, state: number, destQpn: number, dgid: Buffer | null, access: number): number;
+  rdmaModifyQp(qpn: number, state: number, destQpn: number, dgid: Buffer | null, access: number, rnrRetry: number, minRnrTimer: number): number;
   rdmaDelQp(qpn: number): number;
   rdmaSetRate(bytesPerSec: number): void;
   rdmaDoorbell(): number;
@@ -32,19 +33,25 @@ interface RdmaNative {
   rdmaCmSend(conn: number, data: Buffer): boolean;
   rdmaCmPeers(): number[];
   rdmaCmTake(): { conn: number; data: Buffer }[];
+  rdmaConnPeer(conn: number): number;
+  rdmaSetGidOwners(table: Buffer): void;
   rdmaStats(): {
     ops: number; bytes: number; errors: number; served: number; qps: number; mrs: number; cqs: number; mapped: number; placed: number;
-    srqs: number; channels: number; views: number; pending: number;
+    srqs: number; channels: number; views: number; pending: number; naks: number; refused: number; gids: number;
   };
 }
 const rdma = native as unknown as RdmaNative;
 
 const EPERM = 1, ENOENT = 2, ENOMEM = 12, EBUSY = 16, ENODEV = 19, EINVAL = 22, EMFILE = 24, EOPNOTSUPP = 95;
 // enum ibv_qp_attr_mask bits the router looks at
-const QP_STATE = 1, QP_ACCESS_FLAGS = 1 << 3, QP_AV = 1 << 7, QP_DEST_QPN = 1 << 20;
+const QP_STATE = 1, QP_ACCESS_FLAGS = 1 << 3, QP_AV = 1 << 7, QP_RNR_RETRY = 1 << 11, QP_MIN_RNR_TIMER = 1 << 15, QP_DEST_QPN = 1 << 20;
 const QPT_RC = 2, QPT_UC = 3;
 const MAX_MR = 2 ** 40;
 const PAGE = 4096; // unit of the REG_MR view fields (x86-64 and arm64 base pages)
+/** How often the extension looks for peer connections that came up (and then tells them this
+ * host's GIDs), and how often it tells all of them again regardless. */
+const ANNOUNCE_CHECK_MS = 250;
+const ANNOUNCE_EVERY_MS = 5000;
 /** Default TCP port of the engines' router-to-router transport (the TCP-mode peer port + 1). */
 export const RDMA_PORT = 7472;
 /** Objects one session may hold, of every kind together (PDs, MRs, CQs, QPs, SRQs, completion
@@ -120,6 +127,10 @@ export class RdmaExtension implements RouterExtension {
   private readonly capWarned = new WeakSet<ClientSession>();
   private nextId = 1;
   private readonly cm: ConnectionManager;
+  /** Which host each GID lives on (gid-directory.ts). */
+  private readonly gids = new GidDirectory();
+  private announced = { peers: '', at: 0 };
+  private conflictsLogged = '';
 
   constructor(private readonly opts: RdmaOptions) {
     this.cm = new ConnectionManager(
@@ -128,9 +139,11 @@ export class RdmaExtension implements RouterExtension {
         qpOwnedBy: (qpn, pid) => [...this.sessions].some(([s, r]) => s.pid === pid && r.qps.has(qpn)),
         isLocal: (ip) => [...this.sessions.values()].some((r) => wireToIpv4(r.gid) === ip),
         qpToErr: (qpn) => {
-          for (const r of this.sessions.values()) if (r.qps.has(qpn)) rdma.rdmaModifyQp(qpn, 6, -1, null, -1);
+          for (const r of this.sessions.values()) if (r.qps.has(qpn)) rdma.rdmaModifyQp(qpn, 6, -1, null, -1, -1, -1);
         },
         admit: (session, holdsFd) => this.admit(session, this.sessions.get(session), holdsFd),
+        ownerOf: (ip) => this.gids.ownerOf(ip),
+        peerOf: (conn) => rdma.rdmaConnPeer(conn),
       },
       opts.log,
     );
@@ -148,13 +161,53 @@ export class RdmaExtension implements RouterExtension {
         native.watch(efd, READABLE, () => {
           for (const { conn, data } of rdma.rdmaCmTake()) {
             try {
-              this.cm.onNet(conn, JSON.parse(data.toString()));
+              const m = JSON.parse(data.toString());
+              if (m?.t === 'gids') this.peerGids(conn, m.ips);
+              else this.cm.onNet(conn, m);
             } catch (err) {
               opts.log.warn({ error: (err as Error).message }, 'bad RDMA CM message from a peer router');
             }
           }
         });
+      // Each peer router learns which GIDs live here when its connection comes up, and again
+      // every ANNOUNCE_EVERY_MS (a restarted peer, a lost message).
+      setInterval(() => this.announce(), ANNOUNCE_CHECK_MS).unref();
     }
+  }
+
+  /** This host's registered addresses changed (Router: at start and on REGISTRY_CHANGED). */
+  registryChanged(addresses: string[]): void {
+    if (this.gids.setLocal(addresses)) this.directoryChanged();
+    this.announced.at = 0; // tell the peers at the next check
+  }
+
+  private announce(): void {
+    const up = rdma.rdmaCmPeers();
+    const key = up.join(',');
+    const now = Date.now();
+    if (key === this.announced.peers && now - this.announced.at < ANNOUNCE_EVERY_MS) return;
+    const ips = this.gids.localAddresses().slice(0, MAX_PEER_GIDS);
+    for (const conn of up) rdma.rdmaCmSend(conn, Buffer.from(JSON.stringify({ t: 'gids', ips })));
+    this.announced = { peers: key, at: now };
+  }
+
+  /** A peer router's list of the addresses registered on its host (the whole list). */
+  private peerGids(conn: number, ips: unknown): void {
+    const peer = rdma.rdmaConnPeer(conn);
+    if (peer < 0 || !Array.isArray(ips) || ips.length > MAX_PEER_GIDS || !ips.every((ip) => typeof ip === 'string' && isIpv4(ip))) {
+      this.opts.log.warn({ conn, peer }, 'rdma: malformed GID list from a peer router; ignored');
+      return;
+    }
+    if (this.gids.setPeer(peer, (ips as string[]).map((ip) => wireToIpv4(ipv4ToWire(ip))!))) this.directoryChanged();
+  }
+
+  private directoryChanged(): void {
+    rdma.rdmaSetGidOwners(this.gids.table());
+    const conflicts = [...this.gids.conflicts].slice(0, 16).map(([ip, peers]) => ({ ip, peers: peers.map((p) => this.opts.peers?.[p] ?? p), local: this.gids.localAddresses().includes(ip) }));
+    const text = JSON.stringify(conflicts);
+    if (conflicts.length && text !== this.conflictsLogged)
+      this.opts.log.warn({ conflicts, total: this.gids.conflicts.size }, 'rdma: peer routers claim GIDs of this host or of each other; those claims are refused');
+    this.conflictsLogged = text;
   }
 
   handles(type: number): boolean {
@@ -202,7 +255,7 @@ export class RdmaExtension implements RouterExtension {
       /* not Linux */
     }
     const limits = { objectsPerSession: MAX_PER_SESSION, fdsPerSession: MAX_FDS_PER_SESSION, fdBudget: this.fdBudget, destroyedChannelsOpen: KEEP_DESTROYED };
-    return { sessions: this.sessions.size, ...e, cmListeners: this.cm.listening().slice(0, 1024), fds, limits, resources };
+    return { sessions: this.sessions.size, ...e, gidConflicts: this.gids.conflicts.size, cmRefused: [...this.cm.refusals.values()].reduce((a, b) => a + b, 0), cmListeners: this.cm.listening().slice(0, 1024), fds, limits, resources };
   }
 
   /** Descriptors the connection manager keeps open: live event channels and destroyed ones
@@ -391,10 +444,13 @@ export class RdmaExtension implements RouterExtension {
         return answer(0, [qpn]);
       }
       case MsgType.RDMA_MODIFY_QP: {
-        const [qpn, mask, state, dest, access] = h;
+        const [qpn, mask, state, dest, access, rnr] = h;
         if (!res.qps.has(qpn)) return fail(ENOENT);
         if ((mask & QP_STATE) && state > 6) return fail(EINVAL);
-        const rc = rdma.rdmaModifyQp(qpn, state, mask & QP_DEST_QPN ? dest : -1, mask & QP_AV ? msg.remote_addr : null, mask & QP_ACCESS_FLAGS ? access : -1);
+        const rc = rdma.rdmaModifyQp(
+          qpn, state, mask & QP_DEST_QPN ? dest : -1, mask & QP_AV ? msg.remote_addr : null, mask & QP_ACCESS_FLAGS ? access & 0xff : -1,
+          mask & QP_RNR_RETRY ? rnr & 7 : -1, mask & QP_MIN_RNR_TIMER ? (rnr >>> 8) & 31 : -1,
+        );
         return rc < 0 ? fail(-rc) : answer(0);
       }
       case MsgType.RDMA_DESTROY_QP: {
