@@ -10,7 +10,7 @@ import { native } from '../src/native.js';
 import { Fallback, MSG_SIZE } from '../src/protocol/codec.js';
 import { ClientSession, fallback, type RequestHandler } from '../src/router/client-session.js';
 import type { NetnsOwnership } from '../src/router/netns.js';
-import { MESSAGES_PER_TURN, SESSIONS_PER_CONTAINER } from '../src/router/tenant-caps.js';
+import { MESSAGES_PER_TURN, SESSIONS_PER_CONTAINER, TurnBudget } from '../src/router/tenant-caps.js';
 import { request } from './lib/raw-request.js';
 import { ROOT, Testbed, overlayIp } from './lib/testbed.js';
 
@@ -46,6 +46,34 @@ await t.test('fair draining: a session with a backlog is served at most a turn\'
   a.close();
   b.close();
   native.closeAll([aClient, bClient]);
+});
+
+await t.test('fair draining per container: many sessions of one container share one budget a turn', async (t) => {
+  // Container 1 has 4 sessions with 100 requests queued each, container 2 one session with one
+  // request; all share the router's TurnBudget. Per session alone, container 2 would wait for
+  // 4 x 64 of container 1's requests.
+  const order: number[] = [];
+  const turns = new TurnBudget();
+  const handler: RequestHandler = { handle: (s) => (order.push(owner.get(s)!), fallback(Fallback.NO_LISTENER)) };
+  const owner = new Map<ClientSession, number>();
+  const clients: number[] = [];
+  const sessions: ClientSession[] = [];
+  for (const [container, queued] of [[1, 100], [1, 100], [1, 100], [1, 100], [2, 1]]) {
+    const [routerEnd, clientEnd] = native.seqpacketPair() as number[];
+    const peer = { pid: 1, uid: 0, ownership: { netnsIno: container } as NetnsOwnership };
+    const s = new ClientSession(routerEnd, peer, handler, quiet, () => {}, { turns, container });
+    owner.set(s, container);
+    for (let i = 0; i < queued; i++) native.sendMsg(clientEnd, req('10.244.1.11'));
+    clients.push(clientEnd);
+    sessions.push(s);
+  }
+  for (const s of sessions) s.start();
+  for (let i = 0; i < 300 && order.length < 401; i++) await new Promise((r) => setTimeout(r, 10));
+  t.equal(order.length, 401, 'every request was answered');
+  const first2 = order.indexOf(2);
+  t.ok(first2 <= MESSAGES_PER_TURN, `container 2 was answered after ${first2} of container 1's 400 (one budget of ${MESSAGES_PER_TURN} a turn for all its sessions; per session only, after 256)`);
+  for (const s of sessions) s.close();
+  native.closeAll(clients);
 });
 
 const tb = await Testbed.up(t);

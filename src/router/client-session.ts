@@ -5,7 +5,7 @@ import type { Logger } from '../log.js';
 import { native, EAGAIN, READABLE, errnoText } from '../native.js';
 import { decode, emptyMsg, encode, Fallback, Limits, MSG_SIZE, MsgType, Reply, WireError, type WireMsg } from '../protocol/codec.js';
 import type { NetnsOwnership } from './netns.js';
-import { MESSAGES_PER_TURN } from './tenant-caps.js';
+import { MESSAGES_PER_TURN, type TurnBudget } from './tenant-caps.js';
 
 /** What the kernel told the router about the process at the other end when it accepted it. */
 export interface Peer {
@@ -51,6 +51,8 @@ export class ClientSession {
     private readonly handler: RequestHandler,
     private readonly log: Logger,
     private readonly onClose: (s: ClientSession) => void,
+    /** The budget this session shares with the other sessions of its container (the router's). */
+    private readonly fair?: { turns: TurnBudget; container: number },
   ) {
     this.pid = peer.pid;
     this.uid = peer.uid;
@@ -71,15 +73,19 @@ export class ClientSession {
   }
 
   private readAll(): void {
-    // A budget per wake-up (fair draining, tenant-caps.ts): the watch is level-triggered, so what
-    // is left is read on the next turn of the event loop, after every other waiting client's turn.
+    // A budget per wake-up, and per turn for the whole container (fair draining, tenant-caps.ts):
+    // the watch is level-triggered, so what is left is read on the next turn of the event loop,
+    // after every other waiting client's turn.
+    const fair = this.fair;
     for (let n = 0; n < MESSAGES_PER_TURN && !this.closed; n++) {
+      if (fair && !fair.turns.has(fair.container)) return;
       const r = native.recvMsg(this.fd, MSG_SIZE + Limits.MAX_PAYLOAD);
       if (r === -EAGAIN) return;
       if (typeof r === 'number') {
         this.close();
         return;
       }
+      fair?.turns.spend(fair.container);
       this.respond(r.data, r.fds, r.truncated);
     }
   }

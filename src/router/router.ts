@@ -6,7 +6,7 @@ import type { Logger } from '../log.js';
 import { native, EAGAIN, EEXIST, HOST_SOCKET_GUARD_OBJECT, READABLE, errnoText } from '../native.js';
 import { ClientSession } from './client-session.js';
 import { checkSocketDir } from './socket-dir.js';
-import { ACCEPT_PAUSE_MS, OncePerInterval, PerContainer, SESSIONS_PER_CONTAINER, UNREGISTERED } from './tenant-caps.js';
+import { ACCEPT_PAUSE_MS, OncePerInterval, PerContainer, SESSIONS_PER_CONTAINER, TurnBudget, UNREGISTERED } from './tenant-caps.js';
 import { NetnsOwnership, NetnsRegistry } from './netns.js';
 import { ensurePrivateDir } from '../registry/store.js';
 import { HostEndpoints } from './host-endpoints.js';
@@ -54,6 +54,8 @@ export class Router {
   /** Router connections per container (tenant-caps.ts). */
   private readonly sessionsOf = new PerContainer(SESSIONS_PER_CONTAINER);
   private readonly limitLog = new OncePerInterval();
+  /** Requests answered per container per turn of the event loop (fair draining). */
+  private readonly turns = new TurnBudget();
   /** Accept pauses since the last successful accept (an EMFILE episode is logged once). */
   private acceptPauses = 0;
   private pauseTimer?: NodeJS.Timeout;
@@ -184,7 +186,7 @@ export class Router {
       const s = new ClientSession(c.fd, peer, this.dispatcher, this.opts.log, (gone) => {
         this.sessions.delete(gone);
         this.sessionsOf.release(container);
-      });
+      }, { turns: this.turns, container });
       this.sessions.add(s);
       s.start();
     }

@@ -22,10 +22,13 @@ export const SESSIONS_PER_CONTAINER = 256;
  * overlay for that listener. */
 export const LISTENERS_PER_CONTAINER = 1024;
 
-/** Requests one session may have answered per wake-up, before every other session with requests
- * waiting gets its turn (the watch is level-triggered: the rest is read on the next turn of the
- * event loop). A CONNECT costs the router some 10-40 us, so a flooding client delays another by
- * ~1-3 ms per turn at most, while a batch this size still amortizes the wake-up. */
+/** Requests answered per turn of the event loop for one session, and for one container across
+ * all its sessions (TurnBudget), before every other session with requests waiting gets its turn
+ * (the watch is level-triggered: the rest is read on the next turn). Per container too, since a
+ * container may hold 256 sessions: per session alone, 256 flooding sessions would make another
+ * container wait 256 x 64 requests a turn. A CONNECT costs the router some 10-40 us, so each
+ * flooding container delays another's request by ~1-3 ms per turn at most, while a batch this
+ * size still amortizes the wake-up. */
 export const MESSAGES_PER_TURN = 64;
 
 /** After EMFILE, ENFILE or ENOMEM accepting a router connection: stop watching the router socket
@@ -74,6 +77,31 @@ export class PerContainer {
   /** Containers holding anything. */
   get containers(): number {
     return this.held.size;
+  }
+}
+
+/** Requests answered per container in the current turn of the event loop (fair draining across
+ * containers; a session asks before each request it reads). Forgotten at the end of each turn. */
+export class TurnBudget {
+  private readonly used = new Map<number, number>();
+  private clearing = false;
+
+  constructor(readonly perTurn = MESSAGES_PER_TURN) {}
+
+  /** True if container may have one more request answered in this turn. */
+  has(container: number): boolean {
+    return (this.used.get(container) ?? 0) < this.perTurn;
+  }
+
+  spend(container: number): void {
+    this.used.set(container, (this.used.get(container) ?? 0) + 1);
+    if (this.clearing) return;
+    this.clearing = true;
+    // Runs after this turn's poll callbacks: every waiting session had its wake-up by then.
+    setImmediate(() => {
+      this.used.clear();
+      this.clearing = false;
+    });
   }
 }
 
