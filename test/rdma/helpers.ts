@@ -11,6 +11,9 @@ export const RDMA_CHECK = join(ROOT, 'build/test-apps/rdma_check');
 
 export interface RdmaStats {
   sessions: number; qps: number; mrs: number; cqs: number; ops: number; bytes: number; errors: number; served: number; mapped: number; placed: number;
+  /** NAKs (receiver not ready, busy) this host's requesters got; messages of peer routers the
+   * engine and the connection manager refused; GIDs in the directory, and disputed claims. */
+  naks: number; refused: number; cmRefused: number; gids: number; gidConflicts: number;
   cmListeners: string[];
   /** Open descriptors of the router process. */
   fds: number;
