@@ -85,7 +85,7 @@ t.test('the router checks every handle against the session that owns it', async 
   t.equal(o.doorbellShrink, -1 /* EPERM */, 'which an application cannot shrink (sealed)');
 });
 
-t.test('a process over its caps (objects, rdma_cm ids and channels, descriptors) gets errors; the router stays up', async (t) => {
+t.test('a container over its caps (objects, rdma_cm ids and channels, descriptors; across its sessions) gets errors; the router stays up', async (t) => {
   const fds0 = (await rdmaStats(tb, 'h1')).fds;
   const r = await tb.run('c11', ['node', '--import', 'tsx', join(ROOT, 'test/rdma/raw-caps.ts'), join(tb.socketDir('h1'), 'ffrouter.sock')], {
     env: { NODE_PATH: join(ROOT, 'node_modules') },
@@ -94,7 +94,7 @@ t.test('a process over its caps (objects, rdma_cm ids and channels, descriptors)
   t.equal(r.code, 0, 'probe ran', { err: r.stderr });
   const o = JSON.parse(r.stdout.trim() || '{}');
   t.comment(`caps ${JSON.stringify(o.limits)}; ${o.cmIdsCreated} rdma_cm ids in ${o.idMs} ms`);
-  const { objectsPerSession: maxObjects, fdsPerSession: maxFds, fdBudget } = o.limits ?? {};
+  const { objectsPerContainer: maxObjects, fdsPerContainer: maxFds } = o.limits ?? {};
   const ENOMEM = -12, EMFILE = -24;
   t.equal(o.cmChannelsCreated, maxFds, `${maxFds} rdma_cm event channels (one descriptor passed again and again)`);
   t.equal(o.cmChannelOverCap, EMFILE, 'one more fails with EMFILE');
@@ -111,10 +111,11 @@ t.test('a process over its caps (objects, rdma_cm ids and channels, descriptors)
   t.equal(o.pdOverCap, ENOMEM, 'rdma_cm objects and verbs objects share the cap: a PD fails too');
   t.equal(o.destroyOneId, 0, 'an id destroyed ...');
   t.equal(o.pdAfterDestroy, 0, '... makes room for a PD');
-  t.equal(o.otherSessionPd, 0, "another session is not limited by this one's objects");
-  t.ok(o.budgetError === EMFILE && o.channelsAtBudget === fdBudget, `${o.sessionsUsed} sessions together got ${o.budgetHeld} more channels, up to the router-wide budget of ${fdBudget} descriptors (${o.channelsAtBudget} held), then EMFILE`);
-  t.ok(o.routerFdsAtBudget >= fdBudget && o.routerFdsAtBudget < fdBudget + 64, `the router then held ${o.routerFdsAtBudget} more descriptors, within its limit`);
-  t.equal(o.channelAfterBudget, 0, 'once those sessions closed, a new one gets a channel again');
+  t.equal(o.otherSessionPd, ENOMEM, 'another session of the same container shares the cap: ENOMEM too');
+  t.equal(o.otherSessionPdAfterClose, 0, 'once the first session is gone it gets its PD');
+  t.ok(o.capError === EMFILE && o.capHeld === maxFds && o.sessionsUsed > 1, `${o.sessionsUsed} sessions together got ${o.capHeld} channels, the container's ${maxFds}, then EMFILE`);
+  t.ok(o.routerFdsAtCap >= maxFds && o.routerFdsAtCap < maxFds + 64, `the router then held ${o.routerFdsAtCap} more descriptors`);
+  t.equal(o.channelAfterCap, 0, 'once those sessions closed, a new one gets a channel again');
   t.equal(o.stillAnswers, 0, 'and a PD: the router kept serving the process');
   t.ok((await tb.status('h1')).peers, 'and answers freeflow status');
   const s = await resourcesFreed(tb, 'h1', 10_000);

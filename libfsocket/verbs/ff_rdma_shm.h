@@ -126,13 +126,15 @@ static inline struct ff_rwqe *ff_qp_rq_entries(struct ff_qp_shm *q) {
 static inline uint64_t ff_cq_shm_size(uint32_t depth) { return sizeof(struct ff_cq_shm) + (uint64_t)depth * sizeof(struct ff_cqe); }
 static inline struct ff_cqe *ff_cq_entries(struct ff_cq_shm *c) { return (struct ff_cqe *)(c + 1); }
 
-/* The engine's doorbells: one sealed page the router creates and every library maps (RDMA_OPEN).
- * The engine runs one worker per CPU, pinned there, each asleep on its own futex word. A
- * library that posted while all workers sleep wakes the worker of the CPU it runs on: waking a
- * thread on another CPU costs an inter-processor interrupt, ~20 us in a VM against ~3 us on the
- * same CPU (measured here), and that was the whole of a same-host round trip's slow mode.
- * worker_of_cpu is written once by the router; the library may scribble on the page, which
- * only ever wakes workers for nothing. */
+/* The engine's doorbells: a sealed page per container that the router creates and the
+ * container's libraries map (RDMA_OPEN). The engine runs one worker per CPU, pinned there, each
+ * asleep on its own futex word in every container's page at once (futex_waitv). A library
+ * that posted while all workers sleep wakes the worker of the CPU it runs on: waking a thread
+ * on another CPU costs an inter-processor interrupt, ~20 us in a VM against ~3 us on the same
+ * CPU (measured here), and that was the whole of a same-host round trip's slow mode.
+ * worker_of_cpu is written once by the router; a library that scribbles on its page only
+ * misdirects its own container's wake-ups, and one that rings for nothing is muted for a while
+ * (native/rdma/doorbells.h). */
 #define FF_DOORBELL_MAX_CPUS 1024
 #define FF_DOORBELL_MAX_WORKERS 32
 struct ff_doorbells {

@@ -19,6 +19,7 @@ static int conn = -1;
 static pid_t conn_pid;
 static uint32_t seq;
 
+/* 0 if the connection of this process is open, 1 if it was opened just now, or -errno. */
 static int open_conn(void) {
   if (conn >= 0 && conn_pid == getpid()) return 0;
   if (conn >= 0) close(conn); /* inherited over fork: resources belong to the parent */
@@ -38,7 +39,30 @@ static int open_conn(void) {
   if (hi >= 0) { close(fd); fd = hi; }
   conn = fd;
   conn_pid = getpid();
-  return 0;
+  return 1;
+}
+
+static int exchange(int type, const struct ff_msg *hdr, const struct ff_rdma_args *args, const void *extra, uint32_t extra_len, int fd_in,
+                    struct ff_msg *rep, struct ff_rdma_args *out, void *extra_out, uint32_t *extra_out_len, int *fd_out);
+
+/* The router reaches this process's memory (outside the shared views of mr_share.c) only
+ * through a /proc/self/mem file the process opened itself and sends with RDMA_OPEN: it is
+ * bound to this address space, so it can never reach another process that later gets our pid,
+ * nor the image of an exec (docs/security-rdma-memory.md). -1 without /proc: views only. */
+static int self_mem(void) { return open("/proc/self/mem", O_RDWR | O_CLOEXEC); }
+
+/* A new connection is bound to this process first (RDMA_OPEN with /proc/self/mem), whatever
+ * the call that opened it: a forked child's first call may be any verbs call. The doorbell
+ * page of the reply is dropped: the process has mapped its container's page already or gets
+ * it with its own RDMA_OPEN. */
+static int bind_conn(void) {
+  int mem = self_mem();
+  struct ff_msg rep;
+  int bell = -1;
+  int rc = exchange(FF_T_RDMA_OPEN, NULL, NULL, NULL, 0, mem, &rep, NULL, NULL, NULL, &bell);
+  if (mem >= 0) close(mem);
+  if (bell >= 0) close(bell);
+  return rc;
 }
 
 int ffv_call(int type, const struct ff_rdma_args *args, int fd_in, const uint8_t *remote_addr, struct ff_msg *rep, struct ff_rdma_args *out) {
@@ -50,6 +74,23 @@ int ffv_call(int type, const struct ff_rdma_args *args, int fd_in, const uint8_t
 
 int ffv_call_ex(int type, const struct ff_msg *hdr, const struct ff_rdma_args *args, const void *extra, uint32_t extra_len, int fd_in,
                 struct ff_msg *rep, struct ff_rdma_args *out, void *extra_out, uint32_t *extra_out_len, int *fd_out) {
+  int saved = errno;
+  pthread_mutex_lock(&lock);
+  int rc = open_conn();
+  int mem = -1;
+  if (rc == 1 && type != FF_T_RDMA_OPEN) rc = bind_conn();
+  if (rc >= 0 && type == FF_T_RDMA_OPEN && fd_in < 0) fd_in = mem = self_mem();
+  if (rc >= 0) rc = exchange(type, hdr, args, extra, extra_len, fd_in, rep, out, extra_out, extra_out_len, fd_out);
+  else if (fd_out) *fd_out = -1;
+  if (mem >= 0) close(mem);
+  pthread_mutex_unlock(&lock);
+  errno = saved;
+  return rc;
+}
+
+/* One request and its reply on the open connection (lock held). */
+static int exchange(int type, const struct ff_msg *hdr, const struct ff_rdma_args *args, const void *extra, uint32_t extra_len, int fd_in,
+                    struct ff_msg *rep, struct ff_rdma_args *out, void *extra_out, uint32_t *extra_out_len, int *fd_out) {
   if (fd_out) *fd_out = -1;
   struct {
     struct ff_msg m;
@@ -67,10 +108,7 @@ int ffv_call_ex(int type, const struct ff_msg *hdr, const struct ff_rdma_args *a
   if (args) req.a = *args;
   if (extra_len) memcpy(req.extra, extra, extra_len);
   size_t req_len = sizeof req.m + sizeof req.a + extra_len;
-  int saved = errno;
-  pthread_mutex_lock(&lock);
-  int rc = open_conn();
-  if (rc < 0) goto done;
+  int rc;
   req.m.seq = ++seq;
   if (ff_send_with_fd(conn, &req, req_len, fd_in, 0) != (ssize_t)req_len) {
     rc = -EIO;
@@ -118,7 +156,5 @@ fail:
   close(conn);
   conn = -1;
 done:
-  pthread_mutex_unlock(&lock);
-  errno = saved;
   return rc;
 }

@@ -1,5 +1,9 @@
 // N-API surface of the RDMA engine (see engine.h): thin argument conversion only.
+#include <sys/socket.h>
+#include <sys/syscall.h>
 #include <unistd.h>
+
+#include <cerrno>
 
 #include "../addon.h"
 #include "engine.h"
@@ -56,7 +60,45 @@ Napi::Value ModifyQp(const Napi::CallbackInfo& i) {
   return Num(i, ffrdma::ModifyQp(U32(i, 0), U32(i, 1), int64_t(i[2].As<Napi::Number>().DoubleValue()), Gid(i, 3), I32(i, 4), I32(i, 5), I32(i, 6)));
 }
 Napi::Value DelQp(const Napi::CallbackInfo& i) { return Num(i, ffrdma::DelQp(U32(i, 0))); }
-Napi::Value Doorbell(const Napi::CallbackInfo& i) { return Num(i, ffrdma::DoorbellDup()); }
+Napi::Value Doorbell(const Napi::CallbackInfo& i) { return Num(i, ffrdma::DoorbellDup(U64(i, 0))); }
+Napi::Value DoorbellDrop(const Napi::CallbackInfo& i) {
+  ffrdma::DoorbellDrop(U64(i, 0));
+  return i.Env().Undefined();
+}
+// setMemOwner(owner, fd): the engine keeps fd on success; closed here otherwise.
+Napi::Value SetMemOwner(const Napi::CallbackInfo& i) {
+  int rc = ffrdma::SetMemOwner(I32(i, 0), I32(i, 1));
+  if (rc < 0) close(I32(i, 1));
+  return Num(i, rc);
+}
+Napi::Value AddMemOwner(const Napi::CallbackInfo& i) { return Num(i, ffrdma::AddMemOwner(I32(i, 0), U64(i, 1))); }
+Napi::Value DelMemOwner(const Napi::CallbackInfo& i) {
+  ffrdma::DelMemOwner(I32(i, 0));
+  return i.Env().Undefined();
+}
+// The connecting process of a router session: a pidfd from SO_PEERPIDFD (the kernel pinned it
+// at connect(); -ESRCH once that process has exited), and whether a pidfd's process still runs.
+Napi::Value PeerPidfd(const Napi::CallbackInfo& i) {
+  int pidfd = -1;
+  socklen_t len = sizeof pidfd;
+  if (getsockopt(I32(i, 0), SOL_SOCKET, 77 /* SO_PEERPIDFD */, &pidfd, &len) < 0) return Num(i, -errno);
+  return Num(i, pidfd);
+}
+Napi::Value PidfdAlive(const Napi::CallbackInfo& i) {
+  return Napi::Boolean::New(i.Env(), syscall(SYS_pidfd_send_signal, I32(i, 0), 0, nullptr, 0) == 0);
+}
+Napi::Value SafetyStats(const Napi::CallbackInfo& i) {
+  ffrdma::SafetyStats s = ffrdma::GetSafetyStats();
+  Napi::Object o = Napi::Object::New(i.Env());
+  o.Set("bellContainers", double(s.bell_containers));
+  o.Set("spuriousWakeups", double(s.spurious_wakeups));
+  o.Set("bellMutes", double(s.bell_mutes));
+  o.Set("unlockedChunks", double(s.unlocked_chunks));
+  o.Set("memOwners", double(s.mem_owners));
+  o.Set("ctlWaitMaxUs", double(s.ctl_wait_max_us));
+  o.Set("holdMaxUs", double(s.hold_max_us));
+  return o;
+}
 Napi::Value SetRate(const Napi::CallbackInfo& i) {
   ffrdma::SetRateLimit(U64(i, 0));
   return i.Env().Undefined();
@@ -136,6 +178,13 @@ void InitRdma(Napi::Env env, Napi::Object exports) {
   exports.Set("rdmaModifyQp", Napi::Function::New(env, ModifyQp));
   exports.Set("rdmaDelQp", Napi::Function::New(env, DelQp));
   exports.Set("rdmaDoorbell", Napi::Function::New(env, Doorbell));
+  exports.Set("rdmaDoorbellDrop", Napi::Function::New(env, DoorbellDrop));
+  exports.Set("rdmaAddMemOwner", Napi::Function::New(env, AddMemOwner));
+  exports.Set("rdmaSetMemOwner", Napi::Function::New(env, SetMemOwner));
+  exports.Set("rdmaDelMemOwner", Napi::Function::New(env, DelMemOwner));
+  exports.Set("rdmaPeerPidfd", Napi::Function::New(env, PeerPidfd));
+  exports.Set("rdmaPidfdAlive", Napi::Function::New(env, PidfdAlive));
+  exports.Set("rdmaSafetyStats", Napi::Function::New(env, SafetyStats));
   exports.Set("rdmaSetRate", Napi::Function::New(env, SetRate));
   exports.Set("rdmaStartTransport", Napi::Function::New(env, StartTransport));
   exports.Set("rdmaCmSend", Napi::Function::New(env, CmSend));

@@ -30,6 +30,7 @@
 
 #include "doorbells.h"
 #include "ff_rdma_shm.h"
+#include "memory.h"
 #include "realtime.h"
 #include "transport.h"
 
@@ -47,7 +48,7 @@ constexpr uint32_t WC_WITH_IMM = 2;
 
 struct Mr {
   uint32_t pd;
-  int pid;
+  int pid;  // the memory owner (its router session, see mem_owners), never an OS pid
   uint64_t addr, len, iova;
   uint32_t access;
   // The part of the region the application moved into shared memory (page-aligned, inside
@@ -85,6 +86,7 @@ struct Srq {
 
 struct Qp {
   uint32_t srq = 0;  // shared receive queue, 0 = the QP's own
+  bool dead = false;  // destroyed while a copy without mu ran in a sweep that holds it (freed after it)
   uint32_t qpn;
   int pid;
   uint32_t pd, scq, rcq;
@@ -216,6 +218,30 @@ struct Pin {
 std::mutex pin_mu;
 std::vector<Pin> pinned;
 std::vector<std::pair<uint8_t*, uint64_t>> retired;
+// Memory owners, one per router session: owner id -> its container (doorbell page) and the
+// /proc/<pid>/mem file its process opened and sent at RDMA_OPEN (memory.h), or -1. Mr::pid,
+// View::pid and Qp::pid are owner ids; an owner without a file reaches memory through views only.
+struct MemOwner {
+  int fd;
+  uint64_t container;
+};
+std::unordered_map<int, MemOwner> mem_owners;
+// Long copies and the control path (the router's main thread, whose RDMA calls take mu): a
+// copy of kCopyChunk bytes or more runs without mu, a chunk at a time, so the control path
+// never waits for one (nor for a worker that the kernel's real-time throttling stops in the
+// middle of one). One sweep at a time still (sweep_mu, held throughout: no worker or transport
+// reader runs the engine meanwhile), and nothing such a copy may point to is freed: QPs,
+// views and mem files deleted meanwhile wait here until the next sweep (Reaped).
+std::mutex sweep_mu;
+bool yielded = false;     // (mu) a sweep is copying without mu
+uint64_t ctl_epoch = 0;   // (mu) control requests served so far
+std::vector<Qp*> retired_qps;
+std::vector<std::pair<uint8_t*, uint64_t>> retired_views;
+std::vector<int> retired_fds;
+std::atomic<uint64_t> st_yields{0};  // chunks copied without mu
+uint64_t ctl_wait_max = 0;  // (mu) the longest a control request waited for mu since the last GetSafetyStats
+uint64_t hold_since = 0, hold_max = 0;  // (mu) a worker's sweep holds mu since (0: none); the longest since GetSafetyStats
+constexpr uint64_t kCopyChunk = 1 << 20;  // ~0.1 ms as memmove, ~0.3 ms through a mem file
 constexpr size_t kMaxViews = 16384;  // each is one mapping of the router process
 uint64_t rate_bps = 0;
 struct Bucket {
@@ -360,41 +386,132 @@ uint8_t* ViewOf(int pid, uint64_t addr, uint64_t len) {
   return v ? v->ptr + (addr - v->addr) : nullptr;
 }
 
-// Unmaps a deregistered view, or leaves that to PlaceDone if a reader is writing into it.
+// Unmaps a deregistered view, or leaves that to PlaceDone if a reader is writing into it, or to
+// the next sweep if a copy without mu may be using it.
 void UnmapView(uint8_t* v, uint64_t len) {
+  if (yielded) {
+    retired_views.emplace_back(v, len);
+    return;
+  }
   std::lock_guard<std::mutex> g(pin_mu);
   if (std::any_of(pinned.begin(), pinned.end(), [v](const Pin& p) { return p.view == v; })) retired.emplace_back(v, len);
   else munmap(v, len);
 }
 
-// Moves len bytes between buf and a process: segments inside a shared view by memmove, the
-// others with process_vm_readv/writev in batches of up to 1024.
-bool Xfer(int pid, std::vector<iovec>& remote, uint8_t* buf, uint64_t len, bool write) {
-  uint64_t done = 0;
-  size_t idx = 0;
-  while (idx < remote.size()) {
-    uint8_t* v = ViewOf(pid, reinterpret_cast<uint64_t>(remote[idx].iov_base), remote[idx].iov_len);
-    if (v) {
-      if (write) memmove(v, buf + done, remote[idx].iov_len);
-      else memmove(buf + done, v, remote[idx].iov_len);
-      st_mapped += remote[idx].iov_len;
-      done += remote[idx].iov_len;
-      idx++;
-      continue;
+// The mem file of an owner, or -1 (none sent, or the session is gone).
+int MemFdOf(int owner) {
+  auto it = mem_owners.find(owner);
+  return it == mem_owners.end() ? -1 : it->second.fd;
+}
+
+// True if [addr, addr+len) of the owner's memory still lies inside one of its MRs.
+bool Registered(int owner, uint64_t addr, uint64_t len) {
+  for (const auto& [k, m] : mrs)
+    if (m.pid == owner && addr >= m.addr && len <= m.len && addr - m.addr <= m.len - len) return true;
+  return false;
+}
+
+// The control path's lock (every function the router's main thread calls). Counts the requests
+// (a copy without mu checks what it copies again if one came meanwhile) and the longest wait.
+struct CtlLock {
+  CtlLock() {
+    if (!mu.try_lock()) {
+      uint64_t t0 = NowNs();
+      mu.lock();
+      ctl_wait_max = std::max(ctl_wait_max, NowNs() - t0);
     }
-    size_t cnt = 0;
-    uint64_t chunk = 0;
-    while (idx + cnt < remote.size() && cnt < 1024 &&
-           (cnt == 0 || !ViewOf(pid, reinterpret_cast<uint64_t>(remote[idx + cnt].iov_base), remote[idx + cnt].iov_len)))
-      chunk += remote[idx + cnt++].iov_len;
-    iovec local{buf + done, size_t(chunk)};
-    ssize_t r = write ? process_vm_writev(pid, &local, 1, &remote[idx], cnt, 0)
-                      : process_vm_readv(pid, &local, 1, &remote[idx], cnt, 0);
-    if (r < 0 || uint64_t(r) != chunk) return false;
-    done += chunk;
-    idx += cnt;
+    ctl_epoch++;
+  }
+  ~CtlLock() { mu.unlock(); }
+  CtlLock(const CtlLock&) = delete;
+  CtlLock& operator=(const CtlLock&) = delete;
+};
+
+// What the control path deleted while a copy ran without mu: taken when a sweep begins (none
+// runs then), freed once the sweep has released mu (unmapping a large view takes milliseconds).
+struct Reaped {
+  std::vector<Qp*> qps;
+  std::vector<std::pair<uint8_t*, uint64_t>> views;
+  std::vector<int> fds;
+};
+void TakeRetired(Reaped* r) {
+  r->qps.swap(retired_qps);
+  r->views.swap(retired_views);
+  r->fds.swap(retired_fds);
+}
+void FreeReaped(Reaped* r) {
+  for (Qp* q : r->qps) {
+    munmap(q->shm, q->map_len);
+    delete q;
+  }
+  for (auto& [v, len] : r->views) {
+    std::lock_guard<std::mutex> g(pin_mu);  // (see UnmapView)
+    if (std::any_of(pinned.begin(), pinned.end(), [v = v](const Pin& p) { return p.view == v; })) retired.emplace_back(v, len);
+    else munmap(v, len);
+  }
+  for (int fd : r->fds) close(fd);
+  r->qps.clear();
+  r->views.clear();
+  r->fds.clear();
+}
+
+// Moves len bytes between buf and an owner's memory (the iovecs are addresses in it): what a
+// view covers by memmove, the rest through the owner's mem file (memory.h). A copy of
+// kCopyChunk bytes or more runs without mu, one chunk at a time (the sweep keeps sweep_mu);
+// if control requests were served meanwhile, it goes on only while what is left is still
+// registered (an MR deregistered meanwhile ends it: false, as for a bad address).
+bool Xfer(int pid, std::vector<iovec>& remote, uint8_t* buf, uint64_t len, bool write) {
+  const bool unlocked = len >= kCopyChunk;
+  uint64_t done = 0;
+  for (size_t idx = 0; idx < remote.size(); idx++) {
+    const uint64_t base = reinterpret_cast<uint64_t>(remote[idx].iov_base), seg = remote[idx].iov_len;
+    for (uint64_t off = 0; off < seg;) {
+      uint64_t n = std::min(seg - off, kCopyChunk);
+      uint8_t* v = ViewOf(pid, base + off, n);
+      int fd = v ? -1 : MemFdOf(pid);
+      if (!v && fd < 0) return false;
+      uint64_t epoch = ctl_epoch;
+      if (unlocked) {
+        if (hold_since) hold_max = std::max(hold_max, NowNs() - hold_since);
+        yielded = true;
+        mu.unlock();
+      }
+      bool ok = true;
+      if (!v) ok = MemIo(fd, base + off, buf + done, n, write);
+      else if (write) memmove(v, buf + done, n);
+      else memmove(buf + done, v, n);
+      if (unlocked) {
+        mu.lock();
+        yielded = false;
+        if (hold_since) hold_since = NowNs();
+        st_yields++;
+      }
+      if (!ok) return false;
+      if (v) st_mapped += n;
+      off += n;
+      done += n;
+      if (epoch != ctl_epoch)
+        for (size_t i = idx; i < remote.size(); i++) {
+          uint64_t from = i == idx ? off : 0;
+          if (from < remote[i].iov_len && !Registered(pid, reinterpret_cast<uint64_t>(remote[i].iov_base) + from, remote[i].iov_len - from))
+            return false;
+        }
+    }
   }
   return done == len;
+}
+
+// One 8-byte access of an atomic: local->iov_len bytes between local and remote in the owner's
+// memory (view or mem file). Returns the bytes moved, as process_vm_readv/writev did.
+ssize_t MemRw(int owner, const iovec* local, const iovec* remote, bool write) {
+  uint64_t a = reinterpret_cast<uint64_t>(remote->iov_base), n = local->iov_len;
+  if (uint8_t* v = ViewOf(owner, a, n)) {
+    if (write) memcpy(v, local->iov_base, n);
+    else memcpy(local->iov_base, v, n);
+    return ssize_t(n);
+  }
+  int fd = MemFdOf(owner);
+  return fd >= 0 && MemIo(fd, a, local->iov_base, n, write) ? ssize_t(n) : -1;
 }
 
 // ------------------------------------------------------------------ rate limit
@@ -691,18 +808,18 @@ Outcome Execute(Qp& q, const ff_swqe& w) {
       uint64_t orig = 0, upd;
       iovec r{reinterpret_cast<void*>(a), 8};
       iovec l{&orig, 8};
-      if (process_vm_readv(d->pid, &l, 1, &r, 1, 0) != 8) {
+      if (MemRw(d->pid, &l, &r, false) != 8) {
         Fail(q, w, WC_REM_OP_ERR);
         return Outcome::Error;
       }
       if (w.opcode == FF_WR_ATOMIC_FETCH_AND_ADD) upd = orig + w.compare_add;
       else upd = orig == w.compare_add ? w.swap : orig;
       iovec lu{&upd, 8};
-      if (upd != orig && process_vm_writev(d->pid, &lu, 1, &r, 1, 0) != 8) {
+      if (upd != orig && MemRw(d->pid, &lu, &r, true) != 8) {
         Fail(q, w, WC_REM_OP_ERR);
         return Outcome::Error;
       }
-      if (process_vm_writev(q.pid, &l, 1, local.data(), 1, 0) != 8) {
+      if (MemRw(q.pid, &l, local.data(), true) != 8) {
         Fail(q, w, WC_LOC_PROT_ERR);
         return Outcome::Error;
       }
@@ -1104,13 +1221,13 @@ bool Respond(Inbound& in) {
       if ((m.remote_addr & 7) || !Resolve(m.rkey, d->pd, d->pid, m.remote_addr, 8, ACC_REMOTE_ATOMIC, &a)) return DenyAnswer(in, *d);
       uint64_t orig = 0, upd;
       iovec r{reinterpret_cast<void*>(a), 8}, l{&orig, 8};
-      if (process_vm_readv(d->pid, &l, 1, &r, 1, 0) != 8) {
+      if (MemRw(d->pid, &l, &r, false) != 8) {
         Answer(in, WC_REM_OP_ERR, nullptr, 0, 0);
         return true;
       }
       upd = m.opcode == FF_WR_ATOMIC_FETCH_AND_ADD ? orig + m.compare_add : (orig == m.compare_add ? m.swap : orig);
       iovec lu{&upd, 8};
-      if (upd != orig && process_vm_writev(d->pid, &lu, 1, &r, 1, 0) != 8) {
+      if (upd != orig && MemRw(d->pid, &lu, &r, true) != 8) {
         Answer(in, WC_REM_OP_ERR, nullptr, 0, 0);
         return true;
       }
@@ -1268,11 +1385,16 @@ bool AllAsleep() {
   return std::all_of(worker_asleep.begin(), worker_asleep.end(), [](uint8_t a) { return a != 0; });
 }
 
-// Sleeps on worker w's doorbell (seq read before w was marked asleep). True if it was woken
-// by a hand-over (HandOver already marked it awake).
-bool WaitForBell(int w, uint32_t seq) {
-  bells.Wait(w, seq, 1000);
+// Containers whose ring woke worker w (mu); the worker's next sweep charges them if it finds
+// nothing to do (Doorbells::Spurious).
+std::vector<std::vector<uint64_t>> rang_by;
+
+// Sleeps on worker w's doorbells (snapshot taken before w was marked asleep). True if it was
+// woken by a hand-over (HandOver already marked it awake).
+bool WaitForBell(int w, const Doorbells::Snapshot& snap) {
+  int index = Doorbells::Wait(snap, 1000);
   std::lock_guard<std::mutex> g(mu);
+  bells.WhoRang(snap, index, &rang_by[w]);
   if (handed_over[w]) {
     handed_over[w] = 0;
     return true;
@@ -1292,9 +1414,10 @@ bool WaitForBell(int w, uint32_t seq) {
 // to the others. The doorbell's sequence number is read first: a ring after it makes the wait
 // return at once.
 bool DeepSleep(int w) {
-  uint32_t seq = bells.Seq(w);
+  Doorbells::Snapshot snap;
   {
     std::lock_guard<std::mutex> g(mu);
+    bells.Take(w, NowNs(), &snap);
     worker_asleep[w] = 1;
     if (AllAsleep()) {
       deep_sleep.store(true, std::memory_order_seq_cst);
@@ -1308,7 +1431,7 @@ bool DeepSleep(int w) {
       }
     }
   }
-  return WaitForBell(w, seq);
+  return WaitForBell(w, snap);
 }
 
 // A worker runs on the CPU of the application that rang it, which therefore cannot post
@@ -1319,10 +1442,11 @@ bool DeepSleep(int w) {
 // keeps the engine until it runs out of work, so they do not pass it back and forth.
 // False if no worker was asleep; else sets *by_hand_over to how this worker was woken again.
 bool HandOver(int w, bool* by_hand_over) {
-  uint32_t seq = bells.Seq(w);
+  Doorbells::Snapshot snap;
   int to = -1;
   {
     std::lock_guard<std::mutex> g(mu);
+    bells.Take(w, NowNs(), &snap);
     for (size_t k = 1; k < worker_asleep.size() && to < 0; k++) {
       int x = int((size_t(w) + k) % worker_asleep.size());
       if (worker_asleep[x] && !handed_over[x]) to = x;
@@ -1333,7 +1457,7 @@ bool HandOver(int w, bool* by_hand_over) {
     worker_asleep[w] = 1;
   }
   bells.Ring(to);
-  *by_hand_over = WaitForBell(w, seq);
+  *by_hand_over = WaitForBell(w, snap);
   return true;
 }
 
@@ -1343,12 +1467,15 @@ bool AloneAwake() {
 }
 
 // The workers take the lock from each other only briefly: spin for it rather than sleep in
-// the mutex, whose wake-up would cost an inter-processor interrupt.
+// the mutex, whose wake-up would cost an inter-processor interrupt. A sweep holds sweep_mu,
+// then mu (the control path takes mu only).
 void LockForSweep() {
-  for (int i = 0; i < 2000; i++) {
-    if (mu.try_lock()) return;
-    __builtin_ia32_pause();
+  bool got = false;
+  for (int i = 0; i < 2000 && !got; i++) {
+    got = sweep_mu.try_lock();
+    if (!got) __builtin_ia32_pause();
   }
+  if (!got) sweep_mu.lock();
   mu.lock();
 }
 
@@ -1383,22 +1510,44 @@ void Loop(int w) {
   bool sent_away = false;    // ... and one of them sent a request to another host
   uint64_t busy_since = 0;
   bool by_hand_over = false;  // this worker got the engine by a hand-over (and keeps it until idle)
+  std::vector<Qp*> sweep;
+  Reaped reaped;
   for (;;) {
     bool did = false;
     bool was_blocked;
     uint64_t sweep_start = NowNs();
     LockForSweep();
     {
+      std::lock_guard<std::mutex> s(sweep_mu, std::adopt_lock);
       std::lock_guard<std::mutex> g(mu, std::adopt_lock);
       if (!running) return;
+      hold_since = NowNs();
+      TakeRetired(&reaped);
       blocked = false;
       sent_to_network = false;
       if (transport) did |= transport->FlushUnsent() | ServeNetwork();
       if (!pending.empty()) blocked = true;
-      for (auto& [n, q] : qps) did |= Service(*q);
+      // Over a copy of the list: the control path may add or delete QPs while a long copy runs
+      // without mu.
+      sweep.clear();
+      for (auto& [n, q] : qps) sweep.push_back(q);
+      for (Qp* q : sweep)
+        if (!q->dead && Service(*q)) {
+          did = true;
+          auto o = mem_owners.find(q->pid);  // the container had work (its rings were not for nothing)
+          if (o != mem_owners.end()) bells.Worked(o->second.container, sweep_start);
+        }
       was_blocked = blocked;
       sent_away |= sent_to_network;
+      if (!rang_by[w].empty()) {  // the containers that woke this worker, for nothing?
+        if (!did && !was_blocked)
+          for (uint64_t c : rang_by[w]) bells.Spurious(c, sweep_start);
+        rang_by[w].clear();
+      }
+      hold_max = std::max(hold_max, NowNs() - hold_since);
+      hold_since = 0;
     }
+    FreeReaped(&reaped);
     uint64_t now = NowNs();
     if (did) {
       idle_since = 0;
@@ -1436,6 +1585,7 @@ void EnsureThread() {
   running = true;
   worker_asleep.assign(worker_cpus.size(), 0);
   handed_over.assign(worker_cpus.size(), 0);
+  rang_by.assign(worker_cpus.size(), {});
   for (size_t w = 0; w < worker_cpus.size(); w++) std::thread(Loop, int(w)).detach();
 }
 
@@ -1451,11 +1601,11 @@ int AddMr(uint32_t key, uint32_t pd, int pid, uint64_t addr, uint64_t len, uint6
         view_addr - addr > len - view_len)
       return -EINVAL;
     if (!SafeMemoryFile(fd, view_off, view_len, true)) return -EINVAL;
-    // Out of mappings (vm.max_map_count) or views: the region still works, through
-    // process_vm_readv/writev, only slower.
+    // Out of mappings (vm.max_map_count) or views: the region still works, through the
+    // owner's mem file, only slower.
     size_t nviews;
     {
-      std::lock_guard<std::mutex> g(mu);  // mapped outside the lock: the engine keeps running
+      CtlLock g;  // mapped outside the lock: the engine keeps running
       nviews = views.size();
     }
     void* p = nviews < kMaxViews ? MapRange(fd, view_len, view_off) : nullptr;
@@ -1465,7 +1615,7 @@ int AddMr(uint32_t key, uint32_t pd, int pid, uint64_t addr, uint64_t len, uint6
       m.view_len = view_len;
     }
   }
-  std::lock_guard<std::mutex> g(mu);
+  CtlLock g;
   if (!len || mrs.count(key)) {
     if (m.view) munmap(m.view, m.view_len);
     return -EINVAL;
@@ -1476,7 +1626,7 @@ int AddMr(uint32_t key, uint32_t pd, int pid, uint64_t addr, uint64_t len, uint6
 }
 
 int DelMr(uint32_t key) {
-  std::lock_guard<std::mutex> g(mu);
+  CtlLock g;
   auto it = mrs.find(key);
   if (it == mrs.end()) return -ENOENT;
   if (uint8_t* v = it->second.view) {
@@ -1488,7 +1638,7 @@ int DelMr(uint32_t key) {
 }
 
 int AddChannel(uint32_t id, int fd) {
-  std::lock_guard<std::mutex> g(mu);
+  CtlLock g;
   if (channels.count(id)) return -EEXIST;
   int fl = fcntl(fd, F_GETFL);
   if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0) return -errno;
@@ -1497,7 +1647,7 @@ int AddChannel(uint32_t id, int fd) {
 }
 
 int DelChannel(uint32_t id) {
-  std::lock_guard<std::mutex> g(mu);
+  CtlLock g;
   auto it = channels.find(id);
   if (it == channels.end()) return -ENOENT;
   close(it->second.fd);
@@ -1510,7 +1660,7 @@ int AddCq(uint32_t id, int fd, uint32_t depth, uint32_t channel) {
   size_t len = ff_cq_shm_size(depth);
   void* p = MapFd(fd, len);
   if (!p) return -EINVAL;
-  std::lock_guard<std::mutex> g(mu);
+  CtlLock g;
   if (cqs.count(id) || (channel && !channels.count(channel))) {
     munmap(p, len);
     return -EINVAL;
@@ -1522,7 +1672,7 @@ int AddCq(uint32_t id, int fd, uint32_t depth, uint32_t channel) {
 }
 
 int DelCq(uint32_t id) {
-  std::lock_guard<std::mutex> g(mu);
+  CtlLock g;
   auto it = cqs.find(id);
   if (it == cqs.end()) return -ENOENT;
   munmap(it->second.shm, it->second.map_len);
@@ -1535,7 +1685,7 @@ int AddSrq(uint32_t id, int fd, uint32_t depth, uint32_t pd) {
   size_t len = ff_srq_shm_size(depth);
   void* p = MapFd(fd, len);
   if (!p) return -EINVAL;
-  std::lock_guard<std::mutex> g(mu);
+  CtlLock g;
   if (srqs.count(id)) {
     munmap(p, len);
     return -EEXIST;
@@ -1547,7 +1697,7 @@ int AddSrq(uint32_t id, int fd, uint32_t depth, uint32_t pd) {
 }
 
 int DelSrq(uint32_t id) {
-  std::lock_guard<std::mutex> g(mu);
+  CtlLock g;
   auto it = srqs.find(id);
   if (it == srqs.end()) return -ENOENT;
   for (auto& [n, q] : qps)
@@ -1563,7 +1713,7 @@ int AddQp(uint32_t qpn, int pid, uint32_t pd, uint32_t scq, uint32_t rcq, int fd
   size_t len = ff_qp_shm_size(sqd, rqd);
   void* p = MapFd(fd, len);
   if (!p) return -EINVAL;
-  std::lock_guard<std::mutex> g(mu);
+  CtlLock g;
   if (qps.count(qpn) || !cqs.count(scq) || !cqs.count(rcq) || (srq && (!srqs.count(srq) || srqs[srq].pd != pd))) {
     munmap(p, len);
     return -EINVAL;
@@ -1591,7 +1741,7 @@ int AddQp(uint32_t qpn, int pid, uint32_t pd, uint32_t scq, uint32_t rcq, int fd
 }
 
 int ModifyQp(uint32_t qpn, uint32_t state, int64_t dest_qpn, const uint8_t* dgid, int32_t access, int32_t rnr_retry, int32_t min_rnr_timer) {
-  std::lock_guard<std::mutex> g(mu);
+  CtlLock g;
   auto it = qps.find(qpn);
   if (it == qps.end()) return -ENOENT;
   Qp& q = *it->second;
@@ -1618,11 +1768,16 @@ int ModifyQp(uint32_t qpn, uint32_t state, int64_t dest_qpn, const uint8_t* dgid
 }
 
 int DelQp(uint32_t qpn) {
-  std::lock_guard<std::mutex> g(mu);
+  CtlLock g;
   auto it = qps.find(qpn);
   if (it == qps.end()) return -ENOENT;
-  munmap(it->second->shm, it->second->map_len);
-  delete it->second;
+  if (yielded) {  // a copy without mu runs in a sweep that may hold it: freed after the next sweep
+    it->second->dead = true;
+    retired_qps.push_back(it->second);
+  } else {
+    munmap(it->second->shm, it->second->map_len);
+    delete it->second;
+  }
   qps.erase(it);
   return 0;
 }
@@ -1635,6 +1790,8 @@ int DelQp(uint32_t qpn) {
 // here while the engine blocked sending to the peer could deadlock the two routers.
 uint8_t* PlaceTarget(int conn, const NetHdr& m) {
   if (m.opcode != FF_WR_RDMA_WRITE && m.opcode != FF_WR_RDMA_WRITE_WITH_IMM) return nullptr;
+  std::unique_lock<std::mutex> s(sweep_mu, std::try_to_lock);
+  if (!s.owns_lock()) return nullptr;
   std::unique_lock<std::mutex> g(mu, std::try_to_lock);
   if (!g.owns_lock() || !running || !transport) return nullptr;
   on_reader = true;
@@ -1675,7 +1832,9 @@ void PlaceDone(uint8_t* dst) {
 // applications that post meanwhile still ring the doorbell).
 void OnNetworkMessage() {
   if (deep_sleep.load(std::memory_order_seq_cst)) {
-    std::unique_lock<std::mutex> g(mu, std::try_to_lock);
+    std::unique_lock<std::mutex> s(sweep_mu, std::try_to_lock);
+    std::unique_lock<std::mutex> g(mu, std::defer_lock);
+    if (s.owns_lock()) g.try_lock();
     if (g.owns_lock() && running && transport && deep_sleep.load(std::memory_order_seq_cst)) {
       on_reader = true;
       ServeNetwork();
@@ -1687,7 +1846,7 @@ void OnNetworkMessage() {
 }
 
 int StartTransport(const std::string& host_ip, int port, const std::vector<std::string>& peers, const std::vector<uint8_t>& key) {
-  std::lock_guard<std::mutex> g(mu);
+  CtlLock g;
   if (transport) return cm_eventfd;
   cm_eventfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   transport = StartTcpTransport(host_ip, port, peers, key, OnNetworkMessage, Placement{PlaceTarget, PlaceDone});
@@ -1714,12 +1873,12 @@ void SetGidOwners(const uint8_t* entries, size_t n) {
     memcpy(&owner, entries + i * 20 + 16, 4);
     m[KeyOf(entries + i * 20)] = owner < 0 ? kLocal : owner;
   }
-  std::lock_guard<std::mutex> g(mu);
+  CtlLock g;
   gid_owner.swap(m);
 }
 
 std::vector<std::pair<int, std::vector<uint8_t>>> CmTake() {
-  std::lock_guard<std::mutex> g(mu);
+  CtlLock g;
   uint64_t v;
   if (cm_eventfd >= 0) {
     ssize_t r = read(cm_eventfd, &v, sizeof v);
@@ -1732,20 +1891,60 @@ std::vector<std::pair<int, std::vector<uint8_t>>> CmTake() {
   return out;
 }
 
-int DoorbellDup() {
-  std::lock_guard<std::mutex> g(mu);
+int DoorbellDup(uint64_t container) {
+  CtlLock g;
   EnsureThread();
-  return bells.Dup();
+  return bells.Dup(container);
+}
+
+void DoorbellDrop(uint64_t container) {
+  CtlLock g;
+  bells.Drop(container);
+}
+
+int AddMemOwner(int owner, uint64_t container) {
+  if (owner <= 0) return -EINVAL;
+  CtlLock g;
+  if (mem_owners.count(owner)) return -EEXIST;
+  mem_owners[owner] = MemOwner{-1, container};
+  return 0;
+}
+
+int SetMemOwner(int owner, int fd) {
+  if (!IsProcMem(fd)) return -EINVAL;
+  CtlLock g;
+  auto it = mem_owners.find(owner);
+  if (it == mem_owners.end()) return -ENOENT;
+  if (it->second.fd >= 0) return -EEXIST;
+  it->second.fd = fd;
+  return 0;
+}
+
+void DelMemOwner(int owner) {
+  CtlLock g;
+  auto it = mem_owners.find(owner);
+  if (it == mem_owners.end()) return;
+  if (it->second.fd >= 0 && yielded) retired_fds.push_back(it->second.fd);  // a copy without mu may be using it
+  else if (it->second.fd >= 0) close(it->second.fd);
+  mem_owners.erase(it);
+}
+
+SafetyStats GetSafetyStats() {
+  CtlLock g;
+  SafetyStats s{bells.containers(), bells.spurious(), bells.mutes(), st_yields.load(), mem_owners.size(), ctl_wait_max / 1000,
+                hold_max / 1000};
+  ctl_wait_max = hold_max = 0;
+  return s;
 }
 
 void SetRateLimit(uint64_t bps) {
-  std::lock_guard<std::mutex> g(mu);
+  CtlLock g;
   rate_bps = bps;
   buckets.clear();
 }
 
 Stats GetStats() {
-  std::lock_guard<std::mutex> g(mu);
+  CtlLock g;
   return Stats{st_ops.load(), st_bytes.load(), st_errors.load(), st_served.load(), qps.size(), mrs.size(), cqs.size(),
                st_mapped.load(), st_placed.load(), srqs.size(), channels.size(), views.size(), pending.size(),
                st_naks.load(), st_refused.load(), gid_owner.size()};

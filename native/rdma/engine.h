@@ -1,6 +1,7 @@
 // FreeFlow RDMA engine: the data path of full RDMA mode. One C++ thread in the router
-// process serves the shared-memory rings of every QP on this host; application memory is read
-// and written with process_vm_readv/process_vm_writev (the pid comes from SO_PEERCRED).
+// process serves the shared-memory rings of every QP on this host; application memory outside
+// MR views is read and written through the /proc/<pid>/mem file each process sent when it
+// bound its session (memory.h), never by pid.
 // The JS extension (src/router/rdma/) owns the control path and calls the functions below.
 #pragma once
 #include <cstddef>
@@ -11,6 +12,7 @@
 
 namespace ffrdma {
 
+// pid (here and in AddQp): the memory owner, an id of the session (SetMemOwner), not an OS pid.
 // fd >= 0: a sealed memory file holding [view_addr, view_addr+view_len) of the region (at
 // offset view_off), which the application mapped in place; the engine maps it too.
 int AddMr(uint32_t key, uint32_t pd, int pid, uint64_t addr, uint64_t len, uint64_t iova, uint32_t access, int fd,
@@ -42,8 +44,18 @@ int ConnPeer(int conn);
 // peer's index in --peers, or -1 for this host); replaces the previous one.
 void SetGidOwners(const uint8_t* entries, size_t n);
 std::vector<std::pair<int, std::vector<uint8_t>>> CmTake();
-// A new descriptor of the engine's doorbell page (struct ff_doorbells; ff_doorbell_ring wakes it).
-int DoorbellDup();
+// A new descriptor of a container's doorbell page (struct ff_doorbells; ff_doorbell_ring wakes
+// the engine), made on first use; -ENOSPC when Doorbells::kMaxContainers containers have one.
+// DoorbellDrop when the container's last session is gone.
+int DoorbellDup(uint64_t container);
+void DoorbellDrop(uint64_t container);
+// A memory owner (> 0, one per session) of a container (whose doorbell page its rings use).
+int AddMemOwner(int owner, uint64_t container);
+// Binds the owner to the /proc/<pid>/mem file fd its process sent; the engine keeps fd.
+// -EINVAL if fd is not such a file, -EEXIST if the owner has one, -ENOENT: no such owner.
+int SetMemOwner(int owner, int fd);
+// Forgets the owner and closes its file (its MRs and QPs are gone already).
+void DelMemOwner(int owner);
 // Bytes per second a sending container (identified by its GID) may move; 0 = unlimited.
 void SetRateLimit(uint64_t bytes_per_sec);
 
@@ -59,5 +71,13 @@ struct Stats {
   uint64_t gids;     // entries of the GID directory (this host's and the peers')
 };
 Stats GetStats();
+// Tenant isolation (docs/security-rdma-memory.md): containers with a doorbell page, wake-ups
+// that found no work, containers muted for ringing too often, chunks of long copies made
+// without the engine lock, memory owners (sessions); since the previous call, the longest a
+// control request waited for the engine lock and the longest a worker held it at once (us).
+struct SafetyStats {
+  uint64_t bell_containers, spurious_wakeups, bell_mutes, unlocked_chunks, mem_owners, ctl_wait_max_us, hold_max_us;
+};
+SafetyStats GetSafetyStats();
 
 }  // namespace ffrdma

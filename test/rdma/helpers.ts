@@ -17,13 +17,21 @@ export interface RdmaStats {
   cmListeners: string[];
   /** Open descriptors of the router process. */
   fds: number;
-  limits: { objectsPerSession: number; fdsPerSession: number; fdBudget: number; destroyedChannelsOpen: number };
+  limits: {
+    objectsPerContainer: number; fdsPerContainer: number; mappingsPerContainer: number; rdmaSessionsPerContainer: number;
+    fdBudget: number; mappingBudget: number; destroyedChannelsOpen: number;
+  };
+  /** Tenant isolation (docs/security-rdma-memory.md): wake-ups that found no work, containers
+   * muted for ringing too often, chunks of long copies made without the engine lock; since the
+   * previous RDMA_STATS, the longest a control request waited for the engine lock and the
+   * longest a worker held it at once (us); mappings held for applications. */
+  isolation: { spuriousWakeups: number; bellMutes: number; unlockedChunks: number; ctlWaitMaxUs: number; holdMaxUs: number; mappings: number };
   /** Every kind of object the router holds for applications, by kind: all 0 when none runs. */
   resources: Record<string, number>;
 }
 
 /** Kinds of `resources` the tests expect (so that a renamed counter cannot drop out of the checks). */
-export const RESOURCE_KINDS = ['sessions', 'pds', 'mrs', 'cqs', 'qps', 'srqs', 'channels', 'mrKeys', 'qpNumbers', 'channelFds', 'cmIds', 'cmChannels', 'cmDestroyedChannelsOpen', 'cmListeners', 'cmPending', 'cmSessions', 'engineQps', 'engineMrs', 'engineCqs', 'engineSrqs', 'engineChannels', 'engineViews', 'enginePending'];
+export const RESOURCE_KINDS = ['sessions', 'pds', 'mrs', 'cqs', 'qps', 'srqs', 'channels', 'mrKeys', 'qpNumbers', 'channelFds', 'cmIds', 'cmChannels', 'cmDestroyedChannelsOpen', 'cmListeners', 'cmPending', 'cmSessions', 'engineQps', 'engineMrs', 'engineCqs', 'engineSrqs', 'engineChannels', 'engineViews', 'enginePending', 'containers', 'pidfds', 'memFiles', 'doorbellPages', 'engineMemOwners', 'engineDoorbellPages'];
 
 export function rdmaStats(tb: Testbed, host: string, timeoutMs = 2000): Promise<RdmaStats> {
   const fd = native.seqpacketConnect(join(tb.socketDir(host), 'ffrouter.sock'));

@@ -1,7 +1,8 @@
 // Run inside a container namespace (node --import tsx test/rdma/raw-caps.ts <socket>): one
-// process fills its sessions' caps with hand-made requests, rdma_cm ids and event channels
+// process fills its container's caps with hand-made requests, rdma_cm ids and event channels
 // included, passing the same descriptor again and again, and checks that every creation past
-// a cap fails with a clear errno while the router keeps answering. Prints one JSON object.
+// a cap fails with a clear errno while the router keeps answering. The caps hold for the
+// container across all its sessions (src/router/rdma/tenancy.ts). Prints one JSON object.
 import { openSync } from 'node:fs';
 import { native } from '../../src/native.js';
 import { MsgType } from '../../src/protocol/codec.js';
@@ -17,11 +18,11 @@ const anyFd = openSync('/dev/null', 'r'); // every request carries a new duplica
 const a = new RawSession(socket, 20_000);
 await a.call(MsgType.RDMA_OPEN).then((r) => native.closeAll(r.fds));
 const before = await stats(a);
-const { objectsPerSession, fdsPerSession, fdBudget } = before.limits;
+const { objectsPerContainer, fdsPerContainer } = before.limits;
 out.limits = before.limits;
 
-// 1. Event channels, each keeping a descriptor in the router: at most fdsPerSession.
-const chans = await a.many(fdsPerSession + 8, () => a.call(MsgType.CM_CREATE_CHANNEL, [], [], [anyFd]));
+// 1. Event channels, each keeping a descriptor in the router: at most fdsPerContainer.
+const chans = await a.many(fdsPerContainer + 8, () => a.call(MsgType.CM_CREATE_CHANNEL, [], [], [anyFd]));
 out.cmChannelsCreated = okCount(chans);
 out.cmChannelOverCap = firstError(chans);
 out.compChannelOverCap = (await a.call(MsgType.RDMA_CREATE_CHANNEL, [], [], [anyFd])).status; // the same cap
@@ -30,15 +31,15 @@ out.routerFdsHeld = (await stats(a)).fds - before.fds;
 const destroyed = await a.many(chans.length, (i) => a.call(MsgType.CM_DESTROY_CHANNEL, [chans[i].h[0]]));
 out.cmChannelsDestroyed = okCount(destroyed.filter((_, i) => chans[i].status === 0));
 out.routerFdsAfterDestroy = (await stats(a)).fds - before.fds;
-const again = await a.many(fdsPerSession, () => a.call(MsgType.CM_CREATE_CHANNEL, [], [], [anyFd]));
+const again = await a.many(fdsPerContainer, () => a.call(MsgType.CM_CREATE_CHANNEL, [], [], [anyFd]));
 out.cmChannelsAgain = okCount(again);
 await a.many(again.length, (i) => a.call(MsgType.CM_DESTROY_CHANNEL, [again[i].h[0]]));
 
-// 2. rdma_cm ids on one channel: they count against the session's object cap with the verbs
+// 2. rdma_cm ids on one channel: they count against the container's object cap with the verbs
 // objects.
 const ch = (await a.call(MsgType.CM_CREATE_CHANNEL, [], [], [anyFd])).h[0];
 const t0 = Date.now();
-const ids = await a.many(objectsPerSession, () => a.call(MsgType.CM_CREATE_ID, [ch, 0x106]), 64);
+const ids = await a.many(objectsPerContainer, () => a.call(MsgType.CM_CREATE_ID, [ch, 0x106]), 64);
 out.idMs = Date.now() - t0;
 out.cmIdsCreated = okCount(ids);
 out.cmIdOverCap = firstError(ids);
@@ -46,40 +47,47 @@ out.pdOverCap = (await a.call(MsgType.RDMA_ALLOC_PD)).status;
 out.destroyOneId = (await a.call(MsgType.CM_DESTROY_ID, [ids[0].h[0]])).status;
 out.pdAfterDestroy = (await a.call(MsgType.RDMA_ALLOC_PD)).status;
 
-// 3. Other sessions are not affected by this one's cap ...
+// 3. Another session of the same container shares the cap: it gets ENOMEM too, until the
+// first session is gone.
 const b = new RawSession(socket);
 await b.call(MsgType.RDMA_OPEN).then((r) => native.closeAll(r.fds));
 out.otherSessionPd = (await b.call(MsgType.RDMA_ALLOC_PD)).status;
-b.close();
+a.close();
+for (let i = 0; i < 50; i++) {
+  out.otherSessionPdAfterClose = (await b.call(MsgType.RDMA_ALLOC_PD)).status;
+  if (out.otherSessionPdAfterClose === 0) break;
+  await new Promise((r) => setTimeout(r, 100));
+}
 
-// 4. ... but all sessions together keep at most fdBudget descriptors in the router.
+// 4. Descriptors: all sessions of the container together keep at most fdsPerContainer
+// channels in the router, however many sessions they open.
+const base = await stats(b);
 const sessions: RawSession[] = [];
-let held = 0, budgetError = 0;
-while (held < fdBudget + fdsPerSession && !budgetError && sessions.length < Math.ceil(fdBudget / fdsPerSession) + 2) {
+let held = 0, capError = 0;
+while (!capError && sessions.length < 12) {
   const s = new RawSession(socket, 20_000);
   sessions.push(s);
   await s.call(MsgType.RDMA_OPEN).then((r) => native.closeAll(r.fds));
-  const rs = await s.many(fdsPerSession, () => s.call(MsgType.CM_CREATE_CHANNEL, [], [], [anyFd]));
+  const rs = await s.many(fdsPerContainer / 4, () => s.call(MsgType.CM_CREATE_CHANNEL, [], [], [anyFd]));
   held += okCount(rs);
-  budgetError = rs.length > okCount(rs) ? firstError(rs) : 0;
+  capError = rs.length > okCount(rs) ? firstError(rs) : 0;
 }
-out.budgetHeld = held;
-out.budgetError = budgetError;
+out.capHeld = held;
+out.capError = capError;
 out.sessionsUsed = sessions.length;
-const st = await stats(a);
-out.routerFdsAtBudget = st.fds - before.fds;
-out.channelsAtBudget = st.resources.cmChannels + st.resources.cmDestroyedChannelsOpen + st.resources.channelFds;
+const st = await stats(b);
+out.routerFdsAtCap = st.fds - base.fds;
 for (const s of sessions) s.close();
 // Their descriptors are closed with them: a new session gets a channel again.
 const c = new RawSession(socket);
 await c.call(MsgType.RDMA_OPEN).then((r) => native.closeAll(r.fds));
 for (let i = 0; i < 50; i++) {
-  out.channelAfterBudget = (await c.call(MsgType.CM_CREATE_CHANNEL, [], [], [anyFd])).status;
-  if (out.channelAfterBudget === 0) break;
+  out.channelAfterCap = (await c.call(MsgType.CM_CREATE_CHANNEL, [], [], [anyFd])).status;
+  if (out.channelAfterCap === 0) break;
   await new Promise((r) => setTimeout(r, 100));
 }
 out.stillAnswers = (await c.call(MsgType.RDMA_ALLOC_PD)).status;
 c.close();
-a.close();
+b.close();
 console.log(JSON.stringify(out));
 process.exit(0);

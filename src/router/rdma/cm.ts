@@ -12,7 +12,7 @@
 // gave us. A destroyed channel's socket stays open, so that a thread still blocked in
 // rdma_get_cm_event sees no EOF (as with the kernel's rdma_cm), but only for the last
 // KEEP_DESTROYED channels of a process: older ones are closed, and all when the process goes.
-// Ids and channels count against the session's cap (extension.ts, MAX_PER_SESSION), and so do
+// Ids and channels count against the container's caps (tenancy.ts, across its sessions), and so do
 // the ids a connection request creates on the listener's side (a full listener rejects it).
 // Messages from peer routers are checked field by field: a malformed one is dropped. A peer
 // speaks only for its own host (docs/security-rdma-qp.md): a connection request goes only to

@@ -12,6 +12,7 @@ import { emptyMsg, FF_RDMA_ARGS_SIZE, ipv4ToWire, MsgType, wireToIpv4, type Wire
 import type { Answer, ClientSession } from '../client-session.js';
 import type { RouterExtension } from '../requests.js';
 import { ConnectionManager, KEEP_DESTROYED } from './cm.js';
+import { MAX_FDS_PER_CONTAINER, MAX_MAPPINGS_PER_CONTAINER, MAX_OBJECTS_PER_CONTAINER, MAX_RDMA_SESSIONS_PER_CONTAINER, Tenancy } from './tenancy.js';
 import { GidDirectory, isIpv4, MAX_PEER_GIDS } from './gid-directory.js';
 
 interface RdmaNative {
@@ -27,7 +28,7 @@ interface RdmaNative {
   rdmaModifyQp(qpn: number, state: number, destQpn: number, dgid: Buffer | null, access: number, rnrRetry: number, minRnrTimer: number): number;
   rdmaDelQp(qpn: number): number;
   rdmaSetRate(bytesPerSec: number): void;
-  rdmaDoorbell(): number;
+  rdmaSafetyStats(): { bellContainers: number; spuriousWakeups: number; bellMutes: number; unlockedChunks: number; memOwners: number; ctlWaitMaxUs: number; holdMaxUs: number };
   /** Starts the engines' transport; every connection proves clusterKey (native/rdma/peer_auth.h). */
   rdmaStartTransport(hostIp: string, port: number, peers: string[], clusterKey: Buffer): number;
   rdmaCmSend(conn: number, data: Buffer): boolean;
@@ -54,12 +55,7 @@ const ANNOUNCE_CHECK_MS = 250;
 const ANNOUNCE_EVERY_MS = 5000;
 /** Default TCP port of the engines' router-to-router transport (the TCP-mode peer port + 1). */
 export const RDMA_PORT = 7472;
-/** Objects one session may hold, of every kind together (PDs, MRs, CQs, QPs, SRQs, completion
- * channels, rdma_cm ids and event channels); one more fails with ENOMEM. */
-export const MAX_PER_SESSION = 65536;
-/** Of those, the ones that keep a descriptor open in the router (completion channels and
- * rdma_cm event channels); one more fails with EMFILE. */
-export const MAX_FDS_PER_SESSION = 1024;
+// Caps hold per container (network namespace) across all its sessions: tenancy.ts.
 /** The router's soft limit on open files (what Node raised it to). */
 function openFileLimit(): number {
   try {
@@ -100,6 +96,8 @@ interface SessionRes {
   cqs: Map<number, number>; // cq -> channel
   qps: Map<number, { pd: number; scq: number; rcq: number; srq: number }>;
   srqs: Map<number, number>; // srq -> pd
+  viewKeys: Set<number>; // MRs registered with a view (each a mapping in the router)
+  owner: number; // the engine's memory owner of this session (tenancy.ts)
 }
 
 export interface RdmaOptions {
@@ -132,7 +130,10 @@ export class RdmaExtension implements RouterExtension {
   private announced = { peers: '', at: 0 };
   private conflictsLogged = '';
 
+  private readonly tenancy: Tenancy;
+
   constructor(private readonly opts: RdmaOptions) {
+    this.tenancy = new Tenancy(opts.log);
     this.cm = new ConnectionManager(
       {
         gidOf: (session) => this.resources(session)?.gid,
@@ -218,6 +219,7 @@ export class RdmaExtension implements RouterExtension {
    * kind of object the router holds for applications (all 0 once they are gone). */
   stats() {
     const e = rdma.rdmaStats();
+    const safety = rdma.rdmaSafetyStats();
     const held = { pds: 0, mrs: 0, cqs: 0, qps: 0, srqs: 0, channels: 0 };
     for (const r of this.sessions.values()) {
       held.pds += r.pds.size;
@@ -247,6 +249,9 @@ export class RdmaExtension implements RouterExtension {
       engineChannels: e.channels,
       engineViews: e.views,
       enginePending: e.pending,
+      ...this.tenancy.held(),
+      engineMemOwners: safety.memOwners,
+      engineDoorbellPages: safety.bellContainers,
     };
     let fds = -1;
     try {
@@ -254,8 +259,15 @@ export class RdmaExtension implements RouterExtension {
     } catch {
       /* not Linux */
     }
-    const limits = { objectsPerSession: MAX_PER_SESSION, fdsPerSession: MAX_FDS_PER_SESSION, fdBudget: this.fdBudget, destroyedChannelsOpen: KEEP_DESTROYED };
-    return { sessions: this.sessions.size, ...e, gidConflicts: this.gids.conflicts.size, cmRefused: [...this.cm.refusals.values()].reduce((a, b) => a + b, 0), cmListeners: this.cm.listening().slice(0, 1024), fds, limits, resources };
+    const limits = {
+      objectsPerContainer: MAX_OBJECTS_PER_CONTAINER, fdsPerContainer: MAX_FDS_PER_CONTAINER, mappingsPerContainer: MAX_MAPPINGS_PER_CONTAINER,
+      rdmaSessionsPerContainer: MAX_RDMA_SESSIONS_PER_CONTAINER, fdBudget: this.fdBudget, mappingBudget: this.tenancy.mappingBudget, destroyedChannelsOpen: KEEP_DESTROYED,
+    };
+    const isolation = {
+      spuriousWakeups: safety.spuriousWakeups, bellMutes: safety.bellMutes, unlockedChunks: safety.unlockedChunks, ctlWaitMaxUs: safety.ctlWaitMaxUs,
+      holdMaxUs: safety.holdMaxUs, mappings: this.mappings(),
+    };
+    return { sessions: this.sessions.size, ...e, gidConflicts: this.gids.conflicts.size, cmRefused: [...this.cm.refusals.values()].reduce((a, b) => a + b, 0), cmListeners: this.cm.listening().slice(0, 1024), fds, limits, isolation, resources };
   }
 
   /** Descriptors the connection manager keeps open: live event channels and destroyed ones
@@ -265,20 +277,58 @@ export class RdmaExtension implements RouterExtension {
     return channels + kept;
   }
 
+  /** Descriptors the router keeps open for applications: channels, rdma_cm event channels,
+   * and what binds sessions (pidfds, mem files, doorbell pages). */
+  private routerFds(): number {
+    return this.channelFds + this.cmDescriptors() + this.tenancy.fds();
+  }
+
+  /** Mappings the router holds for applications: CQ, QP and SRQ rings and MR views. */
+  private mappings(res?: SessionRes): number {
+    if (res) return res.cqs.size + res.qps.size + res.srqs.size + res.viewKeys.size;
+    let n = 0;
+    for (const r of this.sessions.values()) n += this.mappings(r);
+    return n;
+  }
+
+  /** What all sessions of session's container hold together. */
+  private containerHolds(session: ClientSession): { objects: number; fds: number; mappings: number } {
+    let objects = 0, fds = 0, mappings = 0;
+    for (const s of this.tenancy.sessionsWith(session)) {
+      const r = this.sessions.get(s);
+      const cm = this.cm.ownedBy(s);
+      objects += (r ? this.count(r) : 0) + cm.ids + cm.channels;
+      fds += (r?.channels.size ?? 0) + cm.channels;
+      mappings += r ? this.mappings(r) : 0;
+    }
+    return { objects, fds, mappings };
+  }
+
+  /** True if the router may map one more ring or view for session's container. */
+  private mayMap(session: ClientSession): boolean {
+    return this.containerHolds(session).mappings < MAX_MAPPINGS_PER_CONTAINER && this.mappings() < this.tenancy.mappingBudget;
+  }
+
   /** 0 if the session may create one more object (holdsFd: one that keeps a descriptor open
-   * in the router), else the errno to answer: ENOMEM over MAX_PER_SESSION objects, EMFILE
-   * over MAX_FDS_PER_SESSION descriptors or the router-wide budget. */
-  private admit(session: ClientSession, res: SessionRes | undefined, holdsFd: boolean): number {
-    const cm = this.cm.ownedBy(session);
+   * in the router; mapping: one the router maps), else the errno to answer: ENOMEM over
+   * MAX_OBJECTS_PER_CONTAINER objects, MAX_MAPPINGS_PER_CONTAINER mappings or the router's
+   * mapping budget, EMFILE over MAX_FDS_PER_CONTAINER descriptors or the router-wide budget.
+   * All sessions of a container count together. */
+  private admit(session: ClientSession, _res: SessionRes | undefined, holdsFd: boolean, mapping = false): number {
+    const held = this.containerHolds(session);
     let errno = 0;
-    if ((res ? this.count(res) : 0) + cm.ids + cm.channels >= MAX_PER_SESSION) errno = ENOMEM;
-    else if (holdsFd && (res?.channels.size ?? 0) + cm.channels >= MAX_FDS_PER_SESSION) errno = EMFILE;
-    else if (holdsFd && this.channelFds + this.cmDescriptors() >= this.fdBudget) errno = EMFILE;
+    if (held.objects >= MAX_OBJECTS_PER_CONTAINER) errno = ENOMEM;
+    else if (holdsFd && held.fds >= MAX_FDS_PER_CONTAINER) errno = EMFILE;
+    else if (holdsFd && this.routerFds() >= this.fdBudget) errno = EMFILE;
+    else if (mapping && !this.mayMap(session)) errno = ENOMEM;
     if (errno && !this.capWarned.has(session)) {
       this.capWarned.add(session);
       this.opts.log.warn(
-        { pid: session.pid, maxObjects: MAX_PER_SESSION, maxFds: MAX_FDS_PER_SESSION, routerFdBudget: this.fdBudget, error: errno === ENOMEM ? 'ENOMEM' : 'EMFILE' },
-        'rdma: a process reached its resource cap; further creations fail',
+        {
+          pid: session.pid, netns: this.tenancy.containerOf(session), maxObjects: MAX_OBJECTS_PER_CONTAINER, maxFds: MAX_FDS_PER_CONTAINER,
+          maxMappings: MAX_MAPPINGS_PER_CONTAINER, routerFdBudget: this.fdBudget, routerMappingBudget: this.tenancy.mappingBudget, error: errno === ENOMEM ? 'ENOMEM' : 'EMFILE',
+        },
+        'rdma: a container reached its resource cap; further creations fail',
       );
     }
     return errno;
@@ -310,7 +360,10 @@ export class RdmaExtension implements RouterExtension {
     if (res) return res;
     const ip = session.ownership.overlayAddresses()[0];
     if (!ip) return undefined;
-    res = { gid: ipv4ToWire(ip), pds: new Set(), mrs: new Map(), channels: new Set(), cqs: new Map(), qps: new Map(), srqs: new Map() };
+    res = {
+      gid: ipv4ToWire(ip), pds: new Set(), mrs: new Map(), channels: new Set(), cqs: new Map(), qps: new Map(), srqs: new Map(),
+      viewKeys: new Set(), owner: this.tenancy.join(session),
+    };
     this.sessions.set(session, res);
     this.opts.log.debug({ pid: session.pid, ip }, 'rdma session');
     return res;
@@ -323,15 +376,23 @@ export class RdmaExtension implements RouterExtension {
   private dispatch(session: ClientSession, res: SessionRes, msg: WireMsg, a: Args, fd: number, take: () => void): Answer {
     const { h, v } = a;
     if (CREATES.has(msg.type)) {
-      const errno = this.admit(session, res, msg.type === MsgType.RDMA_CREATE_CHANNEL);
+      const maps = msg.type === MsgType.RDMA_CREATE_CQ || msg.type === MsgType.RDMA_CREATE_QP || msg.type === MsgType.RDMA_CREATE_SRQ;
+      const errno = this.admit(session, res, msg.type === MsgType.RDMA_CREATE_CHANNEL, maps);
       if (errno) return fail(errno);
     }
     switch (msg.type) {
       case MsgType.RDMA_OPEN: {
-        // With the GID goes a descriptor of the engine's doorbell page (sealed memfd, struct
-        // ff_doorbells) that the library rings after posting while the engine sleeps.
-        const bell = rdma.rdmaDoorbell();
-        return { ...answer(0, [], (m) => res.gid.copy(m.local_addr)), ...(bell >= 0 ? { fd: bell } : {}) };
+        // Binds the session to its process: the pidfd of the process that connected (the
+        // session closes when it exits) and the /proc/self/mem file it sent, the only way the
+        // engine reaches its memory outside views (tenancy.ts). With the GID goes a descriptor
+        // of the container's doorbell page (sealed memfd, struct ff_doorbells) that the library
+        // rings after posting while the engine sleeps.
+        if (fd >= 0) take();
+        const errno = this.tenancy.bind(session, fd, this.fdBudget - this.routerFds());
+        if (errno) return fail(errno);
+        const bell = this.tenancy.doorbell(session);
+        if (bell < 0) return fail(-bell);
+        return { ...answer(0, [], (m) => res.gid.copy(m.local_addr)), fd: bell };
       }
       case MsgType.RDMA_ALLOC_PD: {
         const pd = this.nextId++;
@@ -356,19 +417,35 @@ export class RdmaExtension implements RouterExtension {
         while (this.usedKeys.has(key));
         // A view (part of the region in shared memory) is an optimisation: one the engine
         // refuses (unsealed file, out of range) fails the registration, as a bad argument.
-        // Without a descriptor (fd -1) the engine ignores the view fields.
+        // Without a descriptor (fd -1) the engine ignores the view fields. Past the container's
+        // or the router's mapping cap the region is registered without its view.
         const [, , viewPages, viewOffPages] = h;
+        let viewFd = fd;
         if (fd >= 0) take();
-        const rc = rdma.rdmaAddMr(key, pd, session.pid, addr, len, iova, access, fd, v[3], viewOffPages * PAGE, viewPages * PAGE);
+        if (fd >= 0 && !this.mayMap(session)) {
+          native.close(fd);
+          viewFd = -1;
+        }
+        // The region must be the caller's own mapped memory; outside a view the engine reaches
+        // it only through the session's mem file.
+        const shared = viewFd >= 0 && v[3] <= addr && v[3] + viewPages * PAGE >= addr + len;
+        const bad = this.tenancy.checkRegion(session, addr, len, access, shared);
+        if (bad) {
+          if (viewFd >= 0) native.close(viewFd);
+          return fail(bad);
+        }
+        const rc = rdma.rdmaAddMr(key, pd, res.owner, addr, len, iova, access, viewFd, v[3], viewOffPages * PAGE, viewPages * PAGE);
         if (rc < 0) return fail(-rc);
         this.usedKeys.add(key);
         res.mrs.set(key, pd);
+        if (viewFd >= 0) res.viewKeys.add(key);
         return answer(0, [key, key]);
       }
       case MsgType.RDMA_DEREG_MR: {
         if (!res.mrs.has(h[0])) return fail(ENOENT);
         rdma.rdmaDelMr(h[0]);
         res.mrs.delete(h[0]);
+        res.viewKeys.delete(h[0]);
         this.usedKeys.delete(h[0]);
         return answer(0);
       }
@@ -435,7 +512,7 @@ export class RdmaExtension implements RouterExtension {
         if (type !== QPT_RC && type !== QPT_UC) return fail(EOPNOTSUPP);
         const qpn = this.allocQpn();
         take();
-        const rc = rdma.rdmaAddQp(qpn, session.pid, pd, scq, rcq, fd, sqd, rqd, v[0] !== 0, res.gid, srq);
+        const rc = rdma.rdmaAddQp(qpn, res.owner, pd, scq, rcq, fd, sqd, rqd, v[0] !== 0, res.gid, srq);
         if (rc < 0) {
           this.usedQpns.delete(qpn);
           return fail(-rc);
@@ -497,6 +574,7 @@ export class RdmaExtension implements RouterExtension {
     for (const cq of res.cqs.keys()) rdma.rdmaDelCq(cq);
     for (const ch of res.channels) rdma.rdmaDelChannel(ch);
     this.channelFds -= res.channels.size;
+    this.tenancy.leave(session);
     this.opts.log.debug({ pid: session.pid, qps: res.qps.size, mrs: res.mrs.size }, 'rdma session closed; resources freed');
   }
 }
