@@ -179,7 +179,8 @@ export class RdmaExtension implements RouterExtension {
   /** This host's registered addresses changed (Router: at start and on REGISTRY_CHANGED). */
   registryChanged(addresses: string[]): void {
     if (this.gids.setLocal(addresses)) this.directoryChanged();
-    this.announced.at = 0; // tell the peers at the next check
+    this.announced.at = 0;
+    if (this.cm.net) this.announce(); // tell the peers now (a new container may connect at once)
   }
 
   private announce(): void {
