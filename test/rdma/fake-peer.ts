@@ -5,8 +5,8 @@
 //   have:  NET_HAVE "yes" for requesters of another host's QPs (to take their traffic)
 //   ack:   NET_ACK "success" with guessed cookies (to complete others' requests)
 //   op:    NET_OP SENDs naming a source GID of another host (to inject into a QP)
-//   cm:    rdma_cm 'disc', 'rtu', 'acc', 'rej', 'nol' for every id handle up to cmIds (40 handles
-//          a round, a round every 10 ms: a steady stream, not a flood)
+//   cm:    rdma_cm 'disc' and 'rtu' for the id handles 1-64 every round, 'acc', 'rej', 'nol' for
+//          every handle up to cmIds, 40 a round (a round every 10 ms: a steady stream, not a flood)
 //   gids:  a GID list that claims this host's and other hosts' addresses
 // Prints "spraying" once the first round is out, then the counts as JSON every 100 rounds and
 // at the end.
@@ -86,11 +86,10 @@ while (Date.now() < end) {
     parts.push(hdr(NET.OP, { len: evil.length, opcode: 2 /* SEND */, flags: 0x80000000, src_qpn: o.src_qpn, dst_qpn: o.dst_qpn, gid: o.gid, src_gid: o.src_gid, cookie: 7n }), evil);
     out.op++;
   }
+  for (let h = 1; h <= Math.min(64, spec.cmIds ?? 0); h++) parts.push(cm({ t: 'disc', h }), cm({ t: 'rtu', sid: h, qpn: 5, gid: spec.cmGid }));
   for (let k = 0; k < Math.min(40, spec.cmIds ?? 0); k++) {
     const h = 1 + ((out.rounds * 40 + k) % spec.cmIds!);
     parts.push(
-      cm({ t: 'disc', h }),
-      cm({ t: 'rtu', sid: h, qpn: 5, gid: spec.cmGid }),
       cm({ t: 'acc', cid: h, sid: 1, qpn: 5, gid: spec.cmGid }),
       cm({ t: 'rej', cid: h }),
       cm({ t: 'nol', cid: h }),
