@@ -87,6 +87,7 @@ struct Srq {
 struct Qp {
   uint32_t srq = 0;  // shared receive queue, 0 = the QP's own
   bool dead = false;  // destroyed while a copy without mu ran in a sweep that holds it (freed after it)
+  int64_t container = -1;  // of its memory owner, for the doorbells (looked up once)
   uint32_t qpn;
   int pid;
   uint32_t pd, scq, rcq;
@@ -258,7 +259,12 @@ std::vector<std::pair<uint8_t*, uint64_t>> retired_views;
 std::vector<int> retired_fds;
 std::atomic<uint64_t> st_yields{0};  // chunks copied without mu
 uint64_t ctl_wait_max = 0;  // (mu) the longest a control request waited for mu since the last GetSafetyStats
-uint64_t hold_since = 0, hold_max = 0;  // (mu) a worker's sweep holds mu since (0: none); the longest since GetSafetyStats
+uint64_t hold_since = 0;  // (mu) a worker's sweep holds mu since (0: none)
+std::atomic<uint64_t> hold_max{0};  // the longest a worker's sweep held mu at once, since GetSafetyStats
+void HoldMax(uint64_t ns) {
+  for (uint64_t m = hold_max.load(std::memory_order_relaxed); ns > m && !hold_max.compare_exchange_weak(m, ns);) {
+  }
+}
 constexpr uint64_t kCopyChunk = 1 << 20;  // ~0.1 ms as memmove, ~0.3 ms through a mem file
 constexpr size_t kMaxViews = 16384;  // each is one mapping of the router process
 uint64_t rate_bps = 0;
@@ -490,7 +496,7 @@ bool Xfer(int pid, std::vector<iovec>& remote, uint8_t* buf, uint64_t len, bool 
       if (!v && fd < 0) return false;
       uint64_t epoch = ctl_epoch;
       if (unlocked) {
-        if (hold_since) hold_max = std::max(hold_max, NowNs() - hold_since);
+        if (hold_since) HoldMax(NowNs() - hold_since);
         yielded = true;
         mu.unlock();
       }
@@ -1360,7 +1366,7 @@ bool Service(Qp& q) {
   if (q.state != FF_QPS_RTS) return false;
   bool did = false;
   batching = true;
-  for (int n = 0; n < 16; n++) {
+  for (int n = 0; n < 16 && !q.dead; n++) {  // (dead: destroyed while a copy ran without mu)
     uint32_t head = __atomic_load_n(&q.shm->sq.head, __ATOMIC_ACQUIRE);
     if (head == q.sq_next) break;
     ff_swqe w;
@@ -1408,6 +1414,8 @@ bool AllAsleep() {
 // Containers whose ring woke worker w (mu); the worker's next sweep charges them if it finds
 // nothing to do (Doorbells::Spurious).
 std::vector<std::vector<uint64_t>> rang_by;
+// What each worker waits on (only that worker touches its own; kept to reuse its memory).
+std::vector<Doorbells::Snapshot> snaps;
 
 // Sleeps on worker w's doorbells (snapshot taken before w was marked asleep). True if it was
 // woken by a hand-over (HandOver already marked it awake).
@@ -1434,7 +1442,7 @@ bool WaitForBell(int w, const Doorbells::Snapshot& snap) {
 // to the others. The doorbell's sequence number is read first: a ring after it makes the wait
 // return at once.
 bool DeepSleep(int w) {
-  Doorbells::Snapshot snap;
+  Doorbells::Snapshot& snap = snaps[w];
   {
     std::lock_guard<std::mutex> g(mu);
     bells.Take(w, NowNs(), &snap);
@@ -1462,7 +1470,7 @@ bool DeepSleep(int w) {
 // keeps the engine until it runs out of work, so they do not pass it back and forth.
 // False if no worker was asleep; else sets *by_hand_over to how this worker was woken again.
 bool HandOver(int w, bool* by_hand_over) {
-  Doorbells::Snapshot snap;
+  Doorbells::Snapshot& snap = snaps[w];
   int to = -1;
   {
     std::lock_guard<std::mutex> g(mu);
@@ -1532,6 +1540,7 @@ void Loop(int w) {
   bool by_hand_over = false;  // this worker got the engine by a hand-over (and keeps it until idle)
   std::vector<Qp*> sweep;
   Reaped reaped;
+  uint64_t held_from = 0;
   for (;;) {
     bool did = false;
     bool was_blocked;
@@ -1554,8 +1563,11 @@ void Loop(int w) {
       for (Qp* q : sweep)
         if (!q->dead && Service(*q)) {
           did = true;
-          auto o = mem_owners.find(q->pid);  // the container had work (its rings were not for nothing)
-          if (o != mem_owners.end()) bells.Worked(o->second.container, sweep_start);
+          if (q->container < 0) {  // the container had work (its rings were not for nothing)
+            auto o = mem_owners.find(q->pid);
+            q->container = o == mem_owners.end() ? 0 : int64_t(o->second.container);
+          }
+          bells.Worked(uint64_t(q->container), sweep_start);
         }
       was_blocked = blocked;
       sent_away |= sent_to_network;
@@ -1564,11 +1576,12 @@ void Loop(int w) {
           for (uint64_t c : rang_by[w]) bells.Spurious(c, sweep_start);
         rang_by[w].clear();
       }
-      hold_max = std::max(hold_max, NowNs() - hold_since);
+      held_from = hold_since;
       hold_since = 0;
     }
-    FreeReaped(&reaped);
     uint64_t now = NowNs();
+    HoldMax(now - held_from);
+    FreeReaped(&reaped);
     if (did) {
       idle_since = 0;
       busy_sweeps++;
@@ -1606,6 +1619,7 @@ void EnsureThread() {
   worker_asleep.assign(worker_cpus.size(), 0);
   handed_over.assign(worker_cpus.size(), 0);
   rang_by.assign(worker_cpus.size(), {});
+  snaps.resize(worker_cpus.size());
   for (size_t w = 0; w < worker_cpus.size(); w++) std::thread(Loop, int(w)).detach();
 }
 
@@ -1952,8 +1966,8 @@ void DelMemOwner(int owner) {
 SafetyStats GetSafetyStats() {
   CtlLock g;
   SafetyStats s{bells.containers(), bells.spurious(), bells.mutes(), st_yields.load(), mem_owners.size(), ctl_wait_max / 1000,
-                hold_max / 1000};
-  ctl_wait_max = hold_max = 0;
+                hold_max.exchange(0) / 1000};
+  ctl_wait_max = 0;
   return s;
 }
 
